@@ -1,0 +1,56 @@
+#include "server/common/executor.h"
+
+#include <pthread.h>
+
+#include <utility>
+
+namespace dbpool {
+
+Executor::Executor(int threads, std::string name) {
+  workers_.reserve(threads);
+  for (int i = 0; i < threads; ++i) {
+    workers_.emplace_back([this] { Loop(); });
+    // Thread names show up in top/perf; Linux caps them at 15 characters.
+    pthread_setname_np(workers_.back().native_handle(),
+                       name.substr(0, 15).c_str());
+  }
+}
+
+Executor::~Executor() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  for (auto& t : workers_) t.join();
+}
+
+void Executor::Post(Task task) {
+  absl::MutexLock lock(&mu_);
+  tasks_.push_back(std::move(task));
+}
+
+size_t Executor::backlog() const {
+  absl::MutexLock lock(&mu_);
+  return tasks_.size();
+}
+
+void Executor::Loop() {
+  for (;;) {
+    Task task;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](Executor* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(e->mu_) {
+            return e->stopping_ || !e->tasks_.empty();
+          },
+          this));
+      // Drain the queue before stopping so no accepted work is dropped.
+      if (tasks_.empty()) return;
+      task = std::move(tasks_.front());
+      tasks_.pop_front();
+    }
+    std::move(task)();
+  }
+}
+
+}  // namespace dbpool

@@ -1,0 +1,221 @@
+#include "server/config/config.h"
+
+#include <cstdlib>
+#include <limits>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/strip.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
+
+namespace dbpool::config {
+namespace {
+
+using Apply = std::function<std::string(Config&, const std::string&)>;
+
+struct Option {
+  const char* env;
+  const char* default_value;
+  const char* help;
+  Apply apply;  // returns an error message, empty when the value is good
+};
+
+template <typename T>
+Apply Int(T Config::*field, int64_t lo, int64_t hi) {
+  return [=](Config& c, const std::string& v) -> std::string {
+    int64_t n = 0;
+    if (!absl::SimpleAtoi(v, &n)) return absl::StrCat("not an integer: \"", v, "\"");
+    if (n < lo || n > hi) {
+      return absl::StrCat(n, " is out of range [", lo, ", ", hi, "]");
+    }
+    c.*field = static_cast<T>(n);
+    return "";
+  };
+}
+
+Apply Millis(absl::Duration Config::*field, int64_t lo, int64_t hi) {
+  return [=](Config& c, const std::string& v) -> std::string {
+    int64_t n = 0;
+    if (!absl::SimpleAtoi(v, &n)) {
+      return absl::StrCat("not a whole number of milliseconds: \"", v, "\"");
+    }
+    if (n < lo || n > hi) {
+      return absl::StrCat(n, " ms is out of range [", lo, ", ", hi, "]");
+    }
+    c.*field = absl::Milliseconds(n);
+    return "";
+  };
+}
+
+Apply Text(std::string Config::*field, bool required) {
+  return [=](Config& c, const std::string& v) -> std::string {
+    if (required && v.empty()) return "must not be empty";
+    c.*field = v;
+    return "";
+  };
+}
+
+Apply OneOf(std::string Config::*field, std::vector<std::string> allowed) {
+  return [=](Config& c, const std::string& v) -> std::string {
+    for (const auto& a : allowed) {
+      if (v == a) {
+        c.*field = v;
+        return "";
+      }
+    }
+    return absl::StrCat("\"", v, "\" is not one of ", absl::StrJoin(allowed, ", "));
+  };
+}
+
+constexpr int64_t kMaxMs = int64_t{24} * 3600 * 1000;
+
+const std::vector<Option>& Options() {
+  static const auto* const options = new std::vector<Option>{
+      {"DATABASE_URL", "",
+       "libpq URI or key=value string; the password is never logged. "
+       "Required (the run script starts a local PostgreSQL when unset)",
+       Text(&Config::database_url, /*required=*/true)},
+      {"DBPOOL_LISTEN_HOST", "0.0.0.0", "address every port binds to",
+       Text(&Config::listen_host, true)},
+      {"DBPOOL_GRPC_PORT", "50051", "gRPC port; 0 picks a free one",
+       Int(&Config::grpc_port, 0, 65535)},
+      {"DBPOOL_HTTP_PORT", "8080", "REST/JSON shim and health port; 0 picks a free one",
+       Int(&Config::http_port, 0, 65535)},
+      {"DBPOOL_METRICS_PORT", "9464", "Prometheus exporter port; 0 picks a free one",
+       Int(&Config::metrics_port, 0, 65535)},
+      {"DB_POOL_MAX_CONNECTIONS", "20", "hard cap on server connections",
+       Int(&Config::max_connections, 1, 10000)},
+      {"DB_POOL_MIN_CONNECTIONS", "2", "connections kept open and warm",
+       Int(&Config::min_connections, 0, 10000)},
+      {"DB_POOL_IDLE_TIMEOUT_MS", "30000",
+       "idle connections above the minimum close after this",
+       Millis(&Config::idle_timeout, 100, kMaxMs)},
+      {"DB_POOL_MAX_LIFETIME_MS", "1800000",
+       "connections retire after this (minus up to 10% jitter), never while in use",
+       Millis(&Config::max_lifetime, 1000, kMaxMs)},
+      {"DB_POOL_ACQUIRE_TIMEOUT_MS", "5000",
+       "longest wait for a connection; the RPC deadline can shorten it",
+       Millis(&Config::acquire_timeout, 1, 600000)},
+      {"DB_POOL_MAX_WAITING", "1000",
+       "callers allowed to wait; beyond it RESOURCE_EXHAUSTED at once",
+       Int(&Config::max_waiting, 0, 1000000)},
+      {"DB_POOL_CONNECT_TIMEOUT_MS", "5000", "time allowed to open one connection",
+       Millis(&Config::connect_timeout, 100, 600000)},
+      {"DB_STATEMENT_TIMEOUT_MS", "30000",
+       "default statement timeout; QueryRequest.timeout and the RPC deadline cap it",
+       Millis(&Config::statement_timeout, 1, kMaxMs)},
+      {"DB_APPLICATION_NAME", "dbpool",
+       "application_name of every pooled connection (see pg_stat_activity)",
+       Text(&Config::application_name, false)},
+      {"DBPOOL_MAX_SQL_BYTES", "1048576", "longest SQL text accepted",
+       Int(&Config::max_sql_bytes, 1, 64 << 20)},
+      {"DBPOOL_MAX_PARAMS", "65535", "most parameters per statement (PostgreSQL's own cap)",
+       Int(&Config::max_params, 0, 65535)},
+      {"DBPOOL_MAX_ROWS", "100000",
+       "most rows one result may have; QueryRequest.max_rows can only lower it",
+       Int(&Config::max_rows, 1, std::numeric_limits<int32_t>::max())},
+      {"DBPOOL_MAX_RESULT_BYTES", "67108864", "largest result, in bytes of cell data",
+       Int(&Config::max_result_bytes, 1024, int64_t{1} << 32)},
+      {"DBPOOL_MAX_STATS_STREAMS", "64", "concurrent StreamPoolStats calls",
+       Int(&Config::max_stats_streams, 1, 100000)},
+      {"DBPOOL_SHUTDOWN_GRACE_MS", "30000",
+       "on SIGTERM, time given to in-flight calls before they are cancelled",
+       Millis(&Config::shutdown_grace, 0, 600000)},
+      {"DBPOOL_LOG_LEVEL", "info", "trace, debug, info, warn, error or off",
+       OneOf(&Config::log_level, {"trace", "debug", "info", "warn", "error", "off"})},
+  };
+  return *options;
+}
+
+// DB_POOL_MAX_CONNECTIONS -> db-pool-max-connections; the DBPOOL_ prefix is
+// dropped because every flag is dbpool's (--grpc-port).
+std::string FlagName(absl::string_view env) {
+  absl::ConsumePrefix(&env, "DBPOOL_");
+  return absl::StrReplaceAll(absl::AsciiStrToLower(env), {{"_", "-"}});
+}
+
+}  // namespace
+
+EnvLookup ProcessEnv() {
+  return [](const std::string& name) -> std::optional<std::string> {
+    const char* v = std::getenv(name.c_str());
+    if (v == nullptr) return std::nullopt;
+    return std::string(v);
+  };
+}
+
+bool WantsHelp(const std::vector<std::string>& args) {
+  for (const auto& a : args) {
+    if (a == "--help" || a == "-h") return true;
+  }
+  return false;
+}
+
+absl::StatusOr<Config> Load(const EnvLookup& env,
+                            const std::vector<std::string>& args) {
+  std::vector<std::string> problems;
+  std::vector<std::string> values(Options().size());
+  for (size_t i = 0; i < Options().size(); ++i) {
+    values[i] = env(Options()[i].env).value_or(Options()[i].default_value);
+  }
+  for (size_t a = 0; a < args.size(); ++a) {
+    absl::string_view arg = args[a];
+    if (!absl::ConsumePrefix(&arg, "--")) {
+      problems.push_back(absl::StrCat("unexpected argument \"", args[a], "\""));
+      continue;
+    }
+    std::string name(arg);
+    std::optional<std::string> value;
+    if (auto eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name.resize(eq);
+    }
+    size_t i = 0;
+    while (i < Options().size() && FlagName(Options()[i].env) != name) ++i;
+    if (i == Options().size()) {
+      problems.push_back(absl::StrCat("unknown flag --", name));
+      continue;
+    }
+    if (!value.has_value()) {
+      if (a + 1 == args.size()) {
+        problems.push_back(absl::StrCat("flag --", name, " needs a value"));
+        continue;
+      }
+      value = args[++a];
+    }
+    values[i] = *value;
+  }
+  Config config;
+  for (size_t i = 0; i < Options().size(); ++i) {
+    std::string error = Options()[i].apply(config, values[i]);
+    if (!error.empty()) {
+      problems.push_back(absl::StrCat(Options()[i].env, " (--",
+                                      FlagName(Options()[i].env), "): ", error));
+    }
+  }
+  if (problems.empty() && config.min_connections > config.max_connections) {
+    problems.push_back(absl::StrCat(
+        "DB_POOL_MIN_CONNECTIONS (", config.min_connections,
+        ") must not exceed DB_POOL_MAX_CONNECTIONS (", config.max_connections, ")"));
+  }
+  if (!problems.empty()) {
+    return absl::InvalidArgumentError(absl::StrJoin(problems, "\n"));
+  }
+  return config;
+}
+
+std::string Help() {
+  std::string out =
+      "Usage: dbpool-server [--flag=value ...]\n"
+      "Every setting is an environment variable; a flag overrides it.\n\n";
+  for (const auto& o : Options()) {
+    absl::StrAppend(&out, "  --", FlagName(o.env), "  (", o.env, ", default \"",
+                    o.default_value, "\")\n      ", o.help, "\n");
+  }
+  return out;
+}
+
+}  // namespace dbpool::config

@@ -1,0 +1,70 @@
+// Config: every setting of dbpool-server, read from the environment with
+// command-line flags overriding, validated as a whole.
+//
+// The table in config.cc is the one place that names each setting, its
+// environment variable, its flag, its default and its limits; `--help` and
+// .env.example are written from the same names. A plain value; loading does
+// no I/O beyond reading the environment through the given lookup.
+#ifndef DBPOOL_SERVER_CONFIG_CONFIG_H_
+#define DBPOOL_SERVER_CONFIG_CONFIG_H_
+
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace dbpool::config {
+
+struct Config {
+  // Where to listen.
+  std::string listen_host;
+  int grpc_port = 0;
+  int http_port = 0;
+  int metrics_port = 0;
+
+  // The database and the pool.
+  std::string database_url;
+  int max_connections = 0;
+  int min_connections = 0;
+  absl::Duration idle_timeout;
+  absl::Duration max_lifetime;
+  absl::Duration acquire_timeout;
+  int max_waiting = 0;
+  absl::Duration connect_timeout;
+  absl::Duration statement_timeout;
+  std::string application_name;
+
+  // Request limits.
+  int max_sql_bytes = 0;
+  int max_params = 0;
+  int64_t max_rows = 0;
+  int64_t max_result_bytes = 0;
+  int max_stats_streams = 0;
+
+  // Process.
+  absl::Duration shutdown_grace;
+  std::string log_level;
+};
+
+// Reads a variable from the environment; nullopt when unset.
+using EnvLookup = std::function<std::optional<std::string>(const std::string&)>;
+EnvLookup ProcessEnv();
+
+// Builds the configuration from defaults, then `env`, then `args` (flags of
+// the form --name=value or --name value, without the program name).
+// On any problem, returns InvalidArgument listing every one, one per line.
+absl::StatusOr<Config> Load(const EnvLookup& env,
+                            const std::vector<std::string>& args);
+
+// A description of every setting, for --help.
+std::string Help();
+
+// Whether `args` asks for help.
+bool WantsHelp(const std::vector<std::string>& args);
+
+}  // namespace dbpool::config
+
+#endif  // DBPOOL_SERVER_CONFIG_CONFIG_H_

@@ -1,0 +1,156 @@
+#include "server/db/pg_connection.h"
+
+#include <poll.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+
+namespace dbpool::db {
+namespace {
+
+struct ConninfoOptionsDeleter {
+  void operator()(PQconninfoOption* o) const { PQconninfoFree(o); }
+};
+using ConninfoOptions = std::unique_ptr<PQconninfoOption, ConninfoOptionsDeleter>;
+
+absl::StatusOr<ConninfoOptions> Parse(const std::string& conninfo) {
+  char* error = nullptr;
+  ConninfoOptions options(PQconninfoParse(conninfo.c_str(), &error));
+  if (options == nullptr) {
+    std::string message = error != nullptr ? error : "out of memory";
+    PQfreemem(error);
+    return absl::InvalidArgumentError(absl::StrCat(
+        "DATABASE_URL is not a valid libpq connection string: ",
+        absl::StripAsciiWhitespace(message)));
+  }
+  return options;
+}
+
+std::string LastError(PGconn* conn) {
+  return std::string(absl::StripAsciiWhitespace(PQerrorMessage(conn)));
+}
+
+}  // namespace
+
+absl::Status ValidateConninfo(const std::string& conninfo) {
+  return Parse(conninfo).status();
+}
+
+std::string RedactConninfo(const std::string& conninfo) {
+  auto options = Parse(conninfo);
+  if (!options.ok()) return "(unparsable connection string)";
+  std::vector<std::string> parts;
+  for (PQconninfoOption* o = options->get(); o->keyword != nullptr; ++o) {
+    if (o->val == nullptr || *o->val == '\0') continue;
+    const bool secret = std::strcmp(o->keyword, "password") == 0;
+    parts.push_back(absl::StrCat(o->keyword, "=", secret ? "***" : o->val));
+  }
+  return absl::StrJoin(parts, " ");
+}
+
+PgConnection::PgConnection(PGconn* conn)
+    : conn_(conn), cancel_(PQgetCancel(conn)) {}
+
+PgConnection::~PgConnection() {
+  PQfreeCancel(cancel_);
+  PQfinish(conn_);
+}
+
+bool PgConnection::IsUsable() {
+  if (PQstatus(conn_) != CONNECTION_OK ||
+      PQtransactionStatus(conn_) != PQTRANS_IDLE) {
+    return false;
+  }
+  // A server that ended the session (pg_terminate_backend, a restart) has
+  // already sent its goodbye; an idle connection has nothing else to read.
+  pollfd pfd{PQsocket(conn_), POLLIN, 0};
+  if (poll(&pfd, 1, 0) == 0) return true;
+  if (PQconsumeInput(conn_) == 0) return false;
+  while (PGnotify* n = PQnotifies(conn_)) PQfreemem(n);
+  return PQstatus(conn_) == CONNECTION_OK && PQisBusy(conn_) == 0;
+}
+
+void PgConnection::CancelRunningQuery() {
+  char error[256];
+  if (cancel_ != nullptr) PQcancel(cancel_, error, sizeof error);
+}
+
+PgConnector::PgConnector(ConnectionSettings settings)
+    : settings_(std::move(settings)) {}
+
+absl::StatusOr<std::unique_ptr<pool::Connection>> PgConnector::Connect(
+    absl::Time deadline) {
+  auto parsed = Parse(settings_.conninfo);
+  if (!parsed.ok()) return parsed.status();
+  // Sessions speak one dialect whatever the server's defaults, so that
+  // result decoding can rely on it.
+  std::string session_options = absl::StrCat(
+      "-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3 "
+      "-c bytea_output=hex -c statement_timeout=",
+      absl::ToInt64Milliseconds(settings_.statement_timeout));
+  std::vector<std::string> keys;
+  std::vector<std::string> values;
+  for (PQconninfoOption* o = parsed->get(); o->keyword != nullptr; ++o) {
+    if (o->val == nullptr) continue;
+    const std::string key = o->keyword;
+    if (key == "options") {
+      session_options = absl::StrCat(o->val, " ", session_options);
+    } else if (key != "application_name") {
+      keys.push_back(key);
+      values.push_back(o->val);
+    }
+  }
+  const auto add = [&](const char* k, std::string v) {
+    keys.emplace_back(k);
+    values.push_back(std::move(v));
+  };
+  add("options", session_options);
+  if (!settings_.application_name.empty()) {
+    add("application_name", settings_.application_name);
+  }
+  // Keepalives find peers that vanished without closing the socket.
+  add("keepalives", "1");
+  add("keepalives_idle", "30");
+  add("keepalives_interval", "10");
+  add("keepalives_count", "3");
+  std::vector<const char*> k;
+  std::vector<const char*> v;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    k.push_back(keys[i].c_str());
+    v.push_back(values[i].c_str());
+  }
+  k.push_back(nullptr);
+  v.push_back(nullptr);
+
+  PGconn* conn = PQconnectStartParams(k.data(), v.data(), /*expand_dbname=*/0);
+  if (conn == nullptr) return absl::ResourceExhaustedError("libpq: out of memory");
+  PostgresPollingStatusType state = PGRES_POLLING_WRITING;
+  while (state != PGRES_POLLING_OK) {
+    if (state == PGRES_POLLING_FAILED || PQstatus(conn) == CONNECTION_BAD) {
+      std::string error = LastError(conn);
+      PQfinish(conn);
+      return absl::UnavailableError(absl::StrCat("cannot connect: ", error));
+    }
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) {
+      PQfinish(conn);
+      return absl::UnavailableError("cannot connect: timed out");
+    }
+    pollfd pfd{PQsocket(conn),
+               static_cast<short>(state == PGRES_POLLING_READING ? POLLIN : POLLOUT),
+               0};
+    const int ms = static_cast<int>(
+        std::min<int64_t>(absl::ToInt64Milliseconds(left) + 1, 1000));
+    if (poll(&pfd, 1, ms) == 0) continue;
+    state = PQconnectPoll(conn);
+  }
+  return std::unique_ptr<pool::Connection>(new PgConnection(conn));
+}
+
+}  // namespace dbpool::db

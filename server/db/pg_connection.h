@@ -1,0 +1,74 @@
+// PgConnection: one libpq connection owned by the pool, and PgConnector,
+// which opens them.
+//
+// dbpool talks to libpq directly (not through libpqxx 6.4) because the query
+// path needs what 6.4 does not expose: parameter type OIDs for type hints,
+// binary parameters, every error field (constraint, detail, hint), a
+// non-blocking liveness check and a connect deadline, and no silent
+// reconnect (a connection that failed is replaced, never revived).
+//
+// A PgConnection is used by one thread at a time (whoever holds its lease).
+// PgConnector is thread-safe. Connect and the query functions block on the
+// network; IsUsable does not.
+#ifndef DBPOOL_SERVER_DB_PG_CONNECTION_H_
+#define DBPOOL_SERVER_DB_PG_CONNECTION_H_
+
+#include <libpq-fe.h>
+
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "server/pool/connection.h"
+
+namespace dbpool::db {
+
+struct ConnectionSettings {
+  std::string conninfo;  // libpq URI or key=value string
+  std::string application_name;
+  absl::Duration statement_timeout = absl::Seconds(30);
+};
+
+// Checks that `conninfo` parses, without connecting.
+absl::Status ValidateConninfo(const std::string& conninfo);
+
+// `conninfo` with any password replaced by "***", for logs.
+std::string RedactConninfo(const std::string& conninfo);
+
+class PgConnection final : public pool::Connection {
+ public:
+  ~PgConnection() override;
+  PgConnection(const PgConnection&) = delete;
+  PgConnection& operator=(const PgConnection&) = delete;
+
+  bool IsUsable() override;
+
+  PGconn* raw() const { return conn_; }
+  // Asks the server to cancel whatever this connection is running. Blocks
+  // for one round trip on a separate connection.
+  void CancelRunningQuery();
+
+ private:
+  friend class PgConnector;
+  explicit PgConnection(PGconn* conn);
+
+  PGconn* conn_;
+  PGcancel* cancel_;
+};
+
+class PgConnector final : public pool::Connector {
+ public:
+  explicit PgConnector(ConnectionSettings settings);
+
+  absl::StatusOr<std::unique_ptr<pool::Connection>> Connect(
+      absl::Time deadline) override;
+
+ private:
+  const ConnectionSettings settings_;
+};
+
+}  // namespace dbpool::db
+
+#endif  // DBPOOL_SERVER_DB_PG_CONNECTION_H_

@@ -1,0 +1,120 @@
+// dbpool-server: wiring only. Loads the configuration, builds the pool, the
+// executor and the services, serves until SIGTERM or SIGINT, then drains.
+#include <signal.h>
+
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "server/common/executor.h"
+#include "server/config/config.h"
+#include "server/db/pg_connection.h"
+#include "server/pool/connection_pool.h"
+#include "server/rpc/database_service.h"
+#include "server/rpc/health_service.h"
+#include "spdlog/spdlog.h"
+
+namespace {
+
+constexpr int kConfigError = 2;
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace dbpool;
+  const std::vector<std::string> args(argv + 1, argv + argc);
+  if (config::WantsHelp(args)) {
+    std::cout << config::Help();
+    return 0;
+  }
+  absl::StatusOr<config::Config> loaded =
+      config::Load(config::ProcessEnv(), args);
+  absl::Status conninfo_status =
+      loaded.ok() ? db::ValidateConninfo(loaded->database_url) : absl::OkStatus();
+  if (!loaded.ok() || !conninfo_status.ok()) {
+    std::cerr << "dbpool-server: invalid configuration:\n"
+              << (loaded.ok() ? conninfo_status.message()
+                              : loaded.status().message())
+              << "\n(see --help)\n";
+    return kConfigError;
+  }
+  const config::Config& cfg = *loaded;
+  spdlog::set_level(spdlog::level::from_str(cfg.log_level));
+
+  // Signals go to the waiting thread below, not to whichever thread runs.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  pool::PoolOptions pool_options;
+  pool_options.max_connections = cfg.max_connections;
+  pool_options.min_connections = cfg.min_connections;
+  pool_options.idle_timeout = cfg.idle_timeout;
+  pool_options.max_lifetime = cfg.max_lifetime;
+  pool_options.acquire_timeout = cfg.acquire_timeout;
+  pool_options.max_waiting = cfg.max_waiting;
+  pool_options.connect_timeout = cfg.connect_timeout;
+  auto connector = std::make_shared<db::PgConnector>(db::ConnectionSettings{
+      cfg.database_url, cfg.application_name, cfg.statement_timeout});
+  spdlog::info("database {}", db::RedactConninfo(cfg.database_url));
+
+  // One worker per connection: a leased connection never waits for a thread.
+  Executor executor(cfg.max_connections, "dbpool-worker");
+  pool::ConnectionPool pool(pool_options, connector);
+
+  rpc::ServiceOptions service_options;
+  service_options.request.max_sql_bytes = cfg.max_sql_bytes;
+  service_options.request.max_params = cfg.max_params;
+  service_options.query.max_rows = cfg.max_rows;
+  service_options.query.max_result_bytes = cfg.max_result_bytes;
+  service_options.statement_timeout = cfg.statement_timeout;
+  service_options.max_stats_streams = cfg.max_stats_streams;
+  rpc::DatabaseService database_service(pool, executor, service_options);
+  rpc::HealthService health_service(pool, cfg.max_stats_streams);
+
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int grpc_port = 0;
+  const std::string address = absl::StrCat(
+      cfg.listen_host.find(':') != std::string::npos ? "[" + cfg.listen_host + "]"
+                                                     : cfg.listen_host,
+      ":", cfg.grpc_port);
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &grpc_port);
+  builder.RegisterService(&database_service);
+  builder.RegisterService(&health_service);
+  builder.SetMaxReceiveMessageSize(cfg.max_sql_bytes + (16 << 20));
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || grpc_port == 0) {
+    spdlog::error("cannot listen on {} (port in use?)", address);
+    return 1;
+  }
+  spdlog::info("pool max={} min={} acquire_timeout={}ms", cfg.max_connections,
+               cfg.min_connections, absl::ToInt64Milliseconds(cfg.acquire_timeout));
+  // Scripts and tests read the bound port from this line.
+  std::printf("dbpool-server listening grpc=%s:%d\n", cfg.listen_host.c_str(),
+              grpc_port);
+  std::fflush(stdout);
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  spdlog::info("signal {}: draining (grace {} ms)", signal_number,
+               absl::ToInt64Milliseconds(cfg.shutdown_grace));
+  health_service.SetDraining();
+  health_service.EndWatches();
+  database_service.EndStreams();
+  // In-flight calls finish within the grace period; new ones are refused.
+  server->Shutdown(absl::ToChronoTime(absl::Now() + cfg.shutdown_grace));
+  server->Wait();
+  pool.Drain();
+  spdlog::info("drained; exiting");
+  return 0;
+}

@@ -1,0 +1,439 @@
+#include "server/pool/connection_pool.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace dbpool::pool {
+
+Lease::Lease(ConnectionPool* pool, std::unique_ptr<Slot> slot,
+             absl::Duration wait, int queue_depth)
+    : pool_(pool),
+      slot_(std::move(slot)),
+      wait_(wait),
+      queue_depth_on_arrival_(queue_depth) {}
+
+Lease::Lease(Lease&& other) noexcept
+    : pool_(std::exchange(other.pool_, nullptr)),
+      slot_(std::move(other.slot_)),
+      broken_(other.broken_),
+      wait_(other.wait_),
+      queue_depth_on_arrival_(other.queue_depth_on_arrival_) {}
+
+Lease& Lease::operator=(Lease&& other) noexcept {
+  if (this != &other) {
+    Release();
+    pool_ = std::exchange(other.pool_, nullptr);
+    slot_ = std::move(other.slot_);
+    broken_ = other.broken_;
+    wait_ = other.wait_;
+    queue_depth_on_arrival_ = other.queue_depth_on_arrival_;
+  }
+  return *this;
+}
+
+Lease::~Lease() { Release(); }
+
+void Lease::Release() {
+  if (pool_ != nullptr && slot_ != nullptr) {
+    std::exchange(pool_, nullptr)->Release(std::move(slot_), broken_);
+  }
+}
+
+void ConnectionPool::Deferred::Run() {
+  // Closing may send a terminate message; callbacks may post work. Neither
+  // belongs under the pool lock.
+  to_close.clear();
+  for (auto& [done, result] : callbacks) std::move(done)(std::move(result));
+  callbacks.clear();
+}
+
+ConnectionPool::ConnectionPool(PoolOptions options,
+                               std::shared_ptr<Connector> connector,
+                               Clock& clock)
+    : options_(std::move(options)),
+      connector_(std::move(connector)),
+      clock_(clock) {
+  {
+    absl::MutexLock lock(&mu_);
+    unreachable_since_ = clock_.Now();
+    next_connect_attempt_ = absl::InfinitePast();
+    counters_.max = options_.max_connections;
+    counters_.min = options_.min_connections;
+  }
+  for (int i = 0; i < options_.max_concurrent_connects; ++i) {
+    threads_.emplace_back([this] { OpenerLoop(); });
+  }
+  if (options_.maintenance_thread) {
+    threads_.emplace_back([this] { MaintenanceLoop(); });
+  }
+}
+
+ConnectionPool::~ConnectionPool() {
+  Deferred deferred;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    for (auto& w : waiters_) {
+      deferred.callbacks.emplace_back(
+          std::move(w.done),
+          absl::UnavailableError("connection pool is shutting down"));
+    }
+    waiters_.clear();
+    waiter_index_.clear();
+    while (!idle_.empty()) {
+      auto slot = std::move(idle_.back());
+      idle_.pop_back();
+      CloseLocked(std::move(slot), CloseReason::kShutdown, deferred);
+    }
+  }
+  deferred.Run();
+  for (auto& t : threads_) t.join();
+}
+
+int ConnectionPool::TotalLocked() const {
+  return static_cast<int>(idle_.size()) + active_ + connecting_;
+}
+
+bool ConnectionPool::FailingFastLocked() const {
+  return !reachable_ &&
+         clock_.Now() - unreachable_since_ > options_.acquire_timeout;
+}
+
+bool ConnectionPool::Serving() const {
+  absl::MutexLock lock(&mu_);
+  return reachable_ && !draining_ && !stopping_;
+}
+
+absl::Status ConnectionPool::StateErrorLocked(absl::string_view what) const {
+  const std::string state = absl::StrFormat(
+      "pool: %d active, %d idle, %d connecting, %d waiting, max %d", active_,
+      idle_.size(), connecting_, waiters_.size(), options_.max_connections);
+  if (!reachable_ && !last_connect_error_.empty()) {
+    return absl::UnavailableError(absl::StrCat(
+        what, ": database unreachable: ", last_connect_error_, " (", state,
+        ")"));
+  }
+  return absl::DeadlineExceededError(absl::StrCat(what, " (", state, ")"));
+}
+
+ConnectionPool::WaitId ConnectionPool::Acquire(absl::Time deadline,
+                                               AcquireCallback done) {
+  for (;;) {
+    Deferred deferred;
+    WaitId id = 0;
+    std::unique_ptr<Slot> candidate;
+    int depth = 0;
+    {
+      absl::MutexLock lock(&mu_);
+      const absl::Time now = clock_.Now();
+      deadline = std::min(deadline, now + options_.acquire_timeout);
+      depth = static_cast<int>(waiters_.size());
+      absl::Status refusal;
+      if (stopping_ || draining_) {
+        refusal = absl::UnavailableError("connection pool is draining");
+      } else if (idle_.empty() && FailingFastLocked()) {
+        refusal = StateErrorLocked("no connection available");
+      } else if (deadline <= now) {
+        refusal = absl::DeadlineExceededError(
+            "deadline passed before a connection could be acquired");
+      }
+      if (!refusal.ok()) {
+        ++counters_.acquires_rejected;
+        deferred.callbacks.emplace_back(std::move(done), std::move(refusal));
+      } else if (waiters_.empty() && !idle_.empty()) {
+        candidate = std::move(idle_.back());
+        idle_.pop_back();
+        ++active_;
+      } else if (depth >= options_.max_waiting) {
+        ++counters_.acquires_rejected;
+        deferred.callbacks.emplace_back(
+            std::move(done),
+            absl::ResourceExhaustedError(absl::StrFormat(
+                "connection pool queue is full: %d callers waiting, "
+                "DB_POOL_MAX_WAITING=%d",
+                depth, options_.max_waiting)));
+      } else {
+        id = next_wait_id_++;
+        waiters_.push_back(Waiter{id, now, deadline, depth, std::move(done)});
+        waiter_index_[id] = std::prev(waiters_.end());
+        ++waiter_epoch_;
+      }
+    }
+    if (candidate == nullptr) {
+      deferred.Run();
+      return id;
+    }
+    // The liveness check reads the socket, so it runs outside the lock while
+    // the slot already counts as active.
+    const bool usable = candidate->connection->IsUsable();
+    {
+      absl::MutexLock lock(&mu_);
+      if (usable) {
+        ++counters_.acquires_immediate;
+        RecordAcquireLocked(absl::ZeroDuration());
+      } else {
+        --active_;
+        CloseLocked(std::move(candidate), CloseReason::kBroken, deferred);
+      }
+    }
+    if (usable) {
+      std::move(done)(
+          Lease(this, std::move(candidate), absl::ZeroDuration(), depth));
+      return 0;
+    }
+    deferred.Run();
+  }
+}
+
+void ConnectionPool::CancelWait(WaitId id) {
+  Deferred deferred;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = waiter_index_.find(id);
+    if (it == waiter_index_.end()) return;
+    ++counters_.acquires_cancelled;
+    deferred.callbacks.emplace_back(
+        std::move(it->second->done),
+        absl::CancelledError("caller cancelled while waiting for a connection"));
+    waiters_.erase(it->second);
+    waiter_index_.erase(it);
+  }
+  deferred.Run();
+}
+
+void ConnectionPool::Drain() {
+  absl::MutexLock lock(&mu_);
+  draining_ = true;
+}
+
+void ConnectionPool::Release(std::unique_ptr<Slot> slot, bool broken) {
+  Deferred deferred;
+  {
+    absl::MutexLock lock(&mu_);
+    --active_;
+    const absl::Time now = clock_.Now();
+    if (broken) {
+      CloseLocked(std::move(slot), CloseReason::kBroken, deferred);
+    } else if (stopping_ || (draining_ && waiters_.empty())) {
+      CloseLocked(std::move(slot), CloseReason::kShutdown, deferred);
+    } else if (now >= slot->retire_at) {
+      CloseLocked(std::move(slot), CloseReason::kLifetime, deferred);
+    } else {
+      slot->last_released = now;
+      PlaceLocked(std::move(slot), deferred);
+    }
+  }
+  deferred.Run();
+}
+
+void ConnectionPool::PlaceLocked(std::unique_ptr<Slot> slot,
+                                 Deferred& deferred) {
+  if (waiters_.empty()) {
+    idle_.push_back(std::move(slot));
+    return;
+  }
+  Waiter w = std::move(waiters_.front());
+  waiters_.pop_front();
+  waiter_index_.erase(w.id);
+  const absl::Duration wait = clock_.Now() - w.enqueued;
+  ++active_;
+  ++counters_.acquires_waited;
+  RecordAcquireLocked(wait);
+  deferred.callbacks.emplace_back(
+      std::move(w.done), Lease(this, std::move(slot), wait, w.queue_depth));
+}
+
+void ConnectionPool::CloseLocked(std::unique_ptr<Slot> slot,
+                                 CloseReason reason, Deferred& deferred) {
+  ++counters_.connections_closed[static_cast<int>(reason)];
+  deferred.to_close.push_back(std::move(slot->connection));
+}
+
+void ConnectionPool::RecordAcquireLocked(absl::Duration wait) {
+  const double s = absl::ToDoubleSeconds(wait);
+  const auto it = std::lower_bound(kAcquireBucketSeconds.begin(),
+                                   kAcquireBucketSeconds.end(), s);
+  ++counters_.acquire_buckets[it - kAcquireBucketSeconds.begin()];
+  counters_.acquire_seconds_sum += s;
+}
+
+PoolStats ConnectionPool::Snapshot() const {
+  absl::MutexLock lock(&mu_);
+  PoolStats s = counters_;
+  s.time = clock_.Now();
+  s.active = active_;
+  s.idle = static_cast<int>(idle_.size());
+  s.connecting = connecting_;
+  s.waiting = static_cast<int>(waiters_.size());
+  s.total = TotalLocked();
+  s.reachable = reachable_;
+  s.draining = draining_;
+  s.oldest_waiter_age = waiters_.empty()
+                            ? absl::ZeroDuration()
+                            : s.time - waiters_.front().enqueued;
+  return s;
+}
+
+bool ConnectionPool::NeedConnectLocked() const {
+  if (stopping_ || draining_) return false;
+  if (clock_.Now() < next_connect_attempt_) return false;
+  const int total = TotalLocked();
+  if (total >= options_.max_connections) return false;
+  return static_cast<int>(waiters_.size()) > connecting_ ||
+         total < options_.min_connections || (!reachable_ && connecting_ == 0);
+}
+
+absl::Duration ConnectionPool::BackoffLocked() {
+  absl::Duration d = options_.backoff_initial;
+  for (int i = 1; i < consecutive_connect_failures_ && d < options_.backoff_max;
+       ++i) {
+    d *= 2;
+  }
+  d = std::min(d, options_.backoff_max);
+  // Full jitter in the upper half keeps replicas from reconnecting in step.
+  return d / 2 + d * absl::Uniform(random_, 0.0, 0.5);
+}
+
+void ConnectionPool::OpenerLoop() {
+  absl::MutexLock lock(&mu_);
+  for (;;) {
+    while (!stopping_ && !NeedConnectLocked()) {
+      // Conditions are re-checked whenever the lock is released; the timeout
+      // covers what only the clock changes (the end of a backoff).
+      const absl::Duration until_attempt =
+          next_connect_attempt_ - clock_.Now();
+      const absl::Duration wait =
+          std::clamp(until_attempt, absl::Milliseconds(1), absl::Seconds(1));
+      mu_.AwaitWithTimeout(
+          absl::Condition(
+              +[](ConnectionPool* p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(p->mu_) {
+                return p->stopping_ || p->NeedConnectLocked();
+              },
+              this),
+          wait);
+    }
+    if (stopping_) return;
+    ++connecting_;
+    const absl::Time deadline = clock_.Now() + options_.connect_timeout;
+    mu_.Unlock();
+    absl::StatusOr<std::unique_ptr<Connection>> conn =
+        connector_->Connect(deadline);
+    mu_.Lock();
+    --connecting_;
+    Deferred deferred;
+    const absl::Time now = clock_.Now();
+    if (conn.ok()) {
+      reachable_ = true;
+      consecutive_connect_failures_ = 0;
+      next_connect_attempt_ = absl::InfinitePast();
+      ++counters_.connections_opened;
+      auto slot = std::make_unique<Slot>();
+      slot->connection = *std::move(conn);
+      slot->created = now;
+      // Up to 10% early, so connections opened together do not all retire
+      // together.
+      slot->retire_at =
+          now + options_.max_lifetime * (1.0 - absl::Uniform(random_, 0.0, 0.1));
+      slot->last_released = now;
+      if (stopping_) {
+        CloseLocked(std::move(slot), CloseReason::kShutdown, deferred);
+      } else {
+        PlaceLocked(std::move(slot), deferred);
+      }
+    } else {
+      ++counters_.connect_errors;
+      ++consecutive_connect_failures_;
+      last_connect_error_ = std::string(conn.status().message());
+      if (reachable_) {
+        reachable_ = false;
+        unreachable_since_ = now;
+      }
+      next_connect_attempt_ = now + BackoffLocked();
+      // Once the outage outlasts the acquire timeout, queued callers learn
+      // now rather than at their deadlines.
+      if (FailingFastLocked()) {
+        for (auto& w : waiters_) {
+          ++counters_.acquires_rejected;
+          deferred.callbacks.emplace_back(
+              std::move(w.done), StateErrorLocked("no connection available"));
+        }
+        waiters_.clear();
+        waiter_index_.clear();
+      }
+    }
+    mu_.Unlock();
+    deferred.Run();
+    mu_.Lock();
+  }
+}
+
+void ConnectionPool::RunMaintenance() {
+  Deferred deferred;
+  {
+    absl::MutexLock lock(&mu_);
+    const absl::Time now = clock_.Now();
+    for (auto it = waiters_.begin(); it != waiters_.end();) {
+      if (it->deadline > now) {
+        ++it;
+        continue;
+      }
+      ++counters_.acquires_timed_out;
+      deferred.callbacks.emplace_back(
+          std::move(it->done),
+          StateErrorLocked(absl::StrFormat(
+              "timed out after %s waiting for a connection",
+              absl::FormatDuration(now - it->enqueued))));
+      waiter_index_.erase(it->id);
+      it = waiters_.erase(it);
+    }
+    // idle_ is a LIFO stack: the front holds the longest-idle connections.
+    int open = TotalLocked();
+    std::vector<std::unique_ptr<Slot>> keep;
+    keep.reserve(idle_.size());
+    for (auto& slot : idle_) {
+      if (now >= slot->retire_at) {
+        CloseLocked(std::move(slot), CloseReason::kLifetime, deferred);
+        --open;
+      } else if (open > options_.min_connections &&
+                 now - slot->last_released >= options_.idle_timeout) {
+        CloseLocked(std::move(slot), CloseReason::kIdle, deferred);
+        --open;
+      } else {
+        keep.push_back(std::move(slot));
+      }
+    }
+    idle_ = std::move(keep);
+  }
+  deferred.Run();
+}
+
+void ConnectionPool::MaintenanceLoop() {
+  constexpr absl::Duration kTick = absl::Milliseconds(250);
+  absl::MutexLock lock(&mu_);
+  while (!stopping_) {
+    absl::Time wake = clock_.Now() + kTick;
+    for (const auto& w : waiters_) wake = std::min(wake, w.deadline);
+    const uint64_t epoch = waiter_epoch_;
+    struct Args {
+      ConnectionPool* pool;
+      uint64_t epoch;
+    } args{this, epoch};
+    // A new waiter may have an earlier deadline than the one slept for.
+    mu_.AwaitWithTimeout(
+        absl::Condition(
+            +[](Args* a) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+              return a->pool->stopping_ || a->pool->waiter_epoch_ != a->epoch;
+            },
+            &args),
+        std::max(wake - clock_.Now(), absl::ZeroDuration()));
+    if (stopping_) return;
+    mu_.Unlock();
+    RunMaintenance();
+    mu_.Lock();
+  }
+}
+
+}  // namespace dbpool::pool

@@ -1,0 +1,200 @@
+// ConnectionPool: a bounded, fair pool of database connections with
+// asynchronous acquire.
+//
+// Waiters are served first in, first out, and a released connection goes
+// straight to the oldest waiter (no barging). Idle connections are reused
+// last in, first out so that surplus ones age out. Connections are opened by
+// a few opener threads, outside the lock, with backoff; a maintenance thread
+// expires waiters, closes idle and old connections and keeps the minimum.
+//
+// Ownership: main owns the pool. A Lease must be destroyed before the pool.
+// Thread-safety: every public method may be called from any thread.
+// Blocking: Acquire, CancelWait, Snapshot and Drain never block on I/O and
+// may run on gRPC callback threads. Acquire callbacks run on whatever thread
+// completes the wait (the caller's, a releasing worker, an opener or the
+// maintenance thread), never under the pool's lock; they must not block.
+// The destructor blocks until the background threads have stopped.
+#ifndef DBPOOL_SERVER_POOL_CONNECTION_POOL_H_
+#define DBPOOL_SERVER_POOL_CONNECTION_POOL_H_
+
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/functional/any_invocable.h"
+#include "absl/random/random.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "server/common/clock.h"
+#include "server/pool/connection.h"
+#include "server/pool/pool_stats.h"
+
+namespace dbpool::pool {
+
+struct PoolOptions {
+  int max_connections = 20;
+  int min_connections = 2;
+  absl::Duration idle_timeout = absl::Seconds(30);
+  absl::Duration max_lifetime = absl::Minutes(30);
+  absl::Duration acquire_timeout = absl::Seconds(5);
+  int max_waiting = 1000;
+  absl::Duration connect_timeout = absl::Seconds(5);
+  // At most this many connections are being opened at once.
+  int max_concurrent_connects = 2;
+  // Reconnect backoff: doubles from the first value up to the cap, with
+  // jitter, while connecting fails.
+  absl::Duration backoff_initial = absl::Milliseconds(25);
+  absl::Duration backoff_max = absl::Milliseconds(500);
+  // Runs the maintenance thread. Tests that drive time by hand turn it off
+  // and call RunMaintenance() themselves.
+  bool maintenance_thread = true;
+};
+
+class ConnectionPool;
+
+// The pool's record of one connection.
+struct Slot {
+  std::unique_ptr<Connection> connection;
+  absl::Time created;
+  absl::Time retire_at;
+  absl::Time last_released;
+};
+
+// Exclusive use of one pooled connection; returns it to the pool when
+// destroyed. Move-only.
+class Lease {
+ public:
+  Lease() = default;
+  Lease(Lease&& other) noexcept;
+  Lease& operator=(Lease&& other) noexcept;
+  ~Lease();
+
+  Connection& connection() const { return *slot_->connection; }
+  // The connection failed or was left in an unknown state: the pool closes
+  // it instead of reusing it.
+  void MarkBroken() { broken_ = true; }
+  // How long the acquire waited.
+  absl::Duration wait() const { return wait_; }
+  // Callers already waiting when this acquire arrived.
+  int queue_depth_on_arrival() const { return queue_depth_on_arrival_; }
+
+ private:
+  friend class ConnectionPool;
+  Lease(ConnectionPool* pool, std::unique_ptr<Slot> slot, absl::Duration wait,
+        int queue_depth);
+  void Release();
+
+  ConnectionPool* pool_ = nullptr;
+  std::unique_ptr<Slot> slot_;
+  bool broken_ = false;
+  absl::Duration wait_;
+  int queue_depth_on_arrival_ = 0;
+};
+
+class ConnectionPool {
+ public:
+  using AcquireCallback = absl::AnyInvocable<void(absl::StatusOr<Lease>) &&>;
+  using WaitId = uint64_t;
+
+  ConnectionPool(PoolOptions options, std::shared_ptr<Connector> connector,
+                 Clock& clock = Clock::Real());
+  ~ConnectionPool();
+  ConnectionPool(const ConnectionPool&) = delete;
+  ConnectionPool& operator=(const ConnectionPool&) = delete;
+
+  // Asks for a connection by `deadline` (capped at now + acquire_timeout).
+  // `done` runs exactly once: with a Lease, or with DEADLINE_EXCEEDED,
+  // RESOURCE_EXHAUSTED (queue full), UNAVAILABLE (database unreachable for
+  // longer than the acquire timeout, or draining) or CANCELLED. When served
+  // at once, `done` runs before Acquire returns. Returns an id for
+  // CancelWait.
+  WaitId Acquire(absl::Time deadline, AcquireCallback done);
+
+  // Abandons a wait: its callback runs now with CANCELLED. No-op when the
+  // wait has already ended.
+  void CancelWait(WaitId id);
+
+  // Refuses new acquires with UNAVAILABLE; waiters already queued are still
+  // served. Connections close as they are released.
+  void Drain();
+
+  PoolStats Snapshot() const;
+
+  // Whether callers can expect a connection: the database answered the
+  // last connection attempt and the pool is not draining.
+  bool Serving() const;
+
+  // Expires waiters, closes idle and old connections. The maintenance thread
+  // calls it; tests with a manual clock call it directly.
+  void RunMaintenance();
+
+  const PoolOptions& options() const { return options_; }
+
+ private:
+  friend class Lease;
+  struct Waiter {
+    WaitId id;
+    absl::Time enqueued;
+    absl::Time deadline;
+    int queue_depth;
+    AcquireCallback done;
+  };
+  // Work decided under the lock and carried out after it is released.
+  struct Deferred {
+    std::vector<std::pair<AcquireCallback, absl::StatusOr<Lease>>> callbacks;
+    std::vector<std::unique_ptr<Connection>> to_close;
+    void Run();
+  };
+
+  void Release(std::unique_ptr<Slot> slot, bool broken);
+  // Gives `slot` to the oldest waiter or puts it on the idle stack.
+  void PlaceLocked(std::unique_ptr<Slot> slot, Deferred& deferred)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void CloseLocked(std::unique_ptr<Slot> slot, CloseReason reason,
+                   Deferred& deferred) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RecordAcquireLocked(absl::Duration wait)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status StateErrorLocked(absl::string_view what) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool FailingFastLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool NeedConnectLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  int TotalLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Duration BackoffLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void OpenerLoop();
+  void MaintenanceLoop();
+
+  const PoolOptions options_;
+  const std::shared_ptr<Connector> connector_;
+  Clock& clock_;
+
+  mutable absl::Mutex mu_;
+  std::vector<std::unique_ptr<Slot>> idle_ ABSL_GUARDED_BY(mu_);  // LIFO
+  std::list<Waiter> waiters_ ABSL_GUARDED_BY(mu_);                 // FIFO
+  absl::flat_hash_map<WaitId, std::list<Waiter>::iterator> waiter_index_
+      ABSL_GUARDED_BY(mu_);
+  WaitId next_wait_id_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t waiter_epoch_ ABSL_GUARDED_BY(mu_) = 0;
+  int active_ ABSL_GUARDED_BY(mu_) = 0;
+  int connecting_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  bool reachable_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time unreachable_since_ ABSL_GUARDED_BY(mu_);
+  absl::Time next_connect_attempt_ ABSL_GUARDED_BY(mu_);
+  int consecutive_connect_failures_ ABSL_GUARDED_BY(mu_) = 0;
+  std::string last_connect_error_ ABSL_GUARDED_BY(mu_);
+  absl::BitGen random_ ABSL_GUARDED_BY(mu_);
+  PoolStats counters_ ABSL_GUARDED_BY(mu_);
+
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace dbpool::pool
+
+#endif  // DBPOOL_SERVER_POOL_CONNECTION_POOL_H_

@@ -1,0 +1,162 @@
+#include "server/rpc/database_service.h"
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "google/protobuf/util/time_util.h"
+#include "server/rpc/stats_conversion.h"
+#include "server/rpc/status_conversion.h"
+
+namespace dbpool::rpc {
+namespace {
+
+using google::protobuf::util::TimeUtil;
+
+absl::Time DeadlineOf(const grpc::CallbackServerContext* context) {
+  const auto deadline = context->deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) {
+    return absl::InfiniteFuture();
+  }
+  return absl::FromChrono(deadline);
+}
+
+google::protobuf::Duration ToProtoDuration(absl::Duration d) {
+  return TimeUtil::NanosecondsToDuration(absl::ToInt64Nanoseconds(d));
+}
+
+}  // namespace
+
+// One Query call, from validation to Finish. Deletes itself in OnDone,
+// which gRPC runs only after Finish and after the handler has returned.
+class DatabaseService::QueryCall final : public grpc::ServerUnaryReactor {
+ public:
+  QueryCall(DatabaseService* service, grpc::CallbackServerContext* context,
+            const v1::QueryRequest* request, v1::QueryResponse* response)
+      : service_(service),
+        context_(context),
+        request_(request),
+        response_(response),
+        rpc_deadline_(DeadlineOf(context)) {}
+
+  // Runs on the gRPC thread inside the handler.
+  void Start() {
+    auto params = ValidateQuery(*request_, service_->options_.request);
+    if (!params.ok()) {
+      Finish(ToGrpcStatus(params.status()));
+      return;
+    }
+    params_ = *std::move(params);
+    const pool::ConnectionPool::WaitId id = service_->pool_.Acquire(
+        rpc_deadline_, [this](absl::StatusOr<pool::Lease> lease) {
+          OnLease(std::move(lease));
+        });
+    wait_id_.store(id);
+    // A cancel that came before the id was known could not end the wait.
+    if (cancelled_.load() && id != 0) service_->pool_.CancelWait(id);
+  }
+
+  void OnCancel() override {
+    cancelled_.store(true);
+    if (const auto id = wait_id_.load(); id != 0) service_->pool_.CancelWait(id);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void OnLease(absl::StatusOr<pool::Lease> lease) {
+    if (!lease.ok()) {
+      Finish(ToGrpcStatus(lease.status()));
+      return;
+    }
+    service_->executor_.Post(
+        [this, lease = *std::move(lease)]() mutable { Run(std::move(lease)); });
+  }
+
+  // Runs on an executor worker.
+  void Run(pool::Lease lease) {
+    const absl::Time start = absl::Now();
+    absl::Duration timeout = service_->options_.statement_timeout;
+    if (request_->has_timeout()) {
+      const absl::Duration requested = absl::Nanoseconds(
+          TimeUtil::DurationToNanoseconds(request_->timeout()));
+      if (requested > absl::ZeroDuration()) timeout = requested;
+    }
+    const absl::Time deadline = std::min(rpc_deadline_, start + timeout);
+    db::QueryOutcome outcome =
+        db::RunQuery(lease.connection(), *request_, params_,
+                     service_->options_.query, deadline, cancelled_, response_);
+    if (outcome.connection_broken) lease.MarkBroken();
+    const absl::Duration wait = lease.wait();
+    const int depth = lease.queue_depth_on_arrival();
+    // Back to the pool before the reply, so the next waiter starts sooner.
+    lease = pool::Lease();
+    const absl::Duration execution = absl::Now() - start;
+    if (outcome.status.ok()) {
+      auto* timings = response_->mutable_timings();
+      *timings->mutable_acquire_wait() = ToProtoDuration(wait);
+      *timings->mutable_execution() = ToProtoDuration(execution);
+      timings->set_queue_depth_on_arrival(depth);
+    }
+    context_->AddTrailingMetadata(
+        "dbpool-acquire-wait-us", absl::StrCat(absl::ToInt64Microseconds(wait)));
+    context_->AddTrailingMetadata("dbpool-queue-depth", absl::StrCat(depth));
+    Finish(ToGrpcStatus(outcome.status));
+  }
+
+  DatabaseService* const service_;
+  grpc::CallbackServerContext* const context_;
+  const v1::QueryRequest* const request_;
+  v1::QueryResponse* const response_;
+  const absl::Time rpc_deadline_;
+  std::vector<db::EncodedParam> params_;
+  std::atomic<bool> cancelled_{false};
+  std::atomic<pool::ConnectionPool::WaitId> wait_id_{0};
+};
+
+DatabaseService::DatabaseService(pool::ConnectionPool& pool, Executor& executor,
+                                 ServiceOptions options)
+    : pool_(pool),
+      executor_(executor),
+      options_(std::move(options)),
+      streams_(options_.max_stats_streams) {}
+
+grpc::ServerUnaryReactor* DatabaseService::Query(
+    grpc::CallbackServerContext* context, const v1::QueryRequest* request,
+    v1::QueryResponse* response) {
+  auto* call = new QueryCall(this, context, request, response);
+  call->Start();
+  return call;
+}
+
+grpc::ServerUnaryReactor* DatabaseService::GetPoolStats(
+    grpc::CallbackServerContext* context, const v1::GetPoolStatsRequest*,
+    v1::PoolStats* response) {
+  *response = ToProto(pool_.Snapshot());
+  auto* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerWriteReactor<v1::PoolStats>* DatabaseService::StreamPoolStats(
+    grpc::CallbackServerContext*, const v1::StreamPoolStatsRequest* request) {
+  absl::Duration interval = absl::Seconds(1);
+  if (request->has_interval()) {
+    interval = absl::Nanoseconds(
+        TimeUtil::DurationToNanoseconds(request->interval()));
+  }
+  interval = std::clamp(interval, absl::Milliseconds(100), absl::Hours(1));
+  PeriodicStreams<v1::PoolStats>::Same same;
+  if (request->only_on_change()) same = SameGauges;
+  return streams_.Open(
+      interval, [this] { return ToProto(pool_.Snapshot()); }, std::move(same));
+}
+
+void DatabaseService::EndStreams() {
+  streams_.Shutdown(
+      grpc::Status(grpc::StatusCode::UNAVAILABLE, "server is shutting down"));
+}
+
+}  // namespace dbpool::rpc

@@ -1,0 +1,62 @@
+// DatabaseService: the dbpool.v1.DatabaseService implementation on gRPC's
+// callback API.
+//
+// Handlers validate on the gRPC thread, then ask the pool for a connection
+// asynchronously: a waiting call holds no thread. The query runs on the
+// executor; its worker finishes the call. Cancellation by the caller ends a
+// wait at once and cancels a running statement on the server.
+//
+// Owned by main; must outlive the grpc::Server. Thread-safe. No method
+// blocks; the destructor waits for open stats streams to end.
+#ifndef DBPOOL_SERVER_RPC_DATABASE_SERVICE_H_
+#define DBPOOL_SERVER_RPC_DATABASE_SERVICE_H_
+
+#include <atomic>
+
+#include "dbpool/v1/database_service.grpc.pb.h"
+#include "server/common/executor.h"
+#include "server/db/query_runner.h"
+#include "server/pool/connection_pool.h"
+#include "server/rpc/periodic_streams.h"
+#include "server/rpc/request_validation.h"
+
+namespace dbpool::rpc {
+
+struct ServiceOptions {
+  RequestLimits request;
+  db::QueryLimits query;
+  // Used when a request sets no timeout; the RPC deadline caps it.
+  absl::Duration statement_timeout = absl::Seconds(30);
+  int max_stats_streams = 64;
+};
+
+class DatabaseService final : public v1::DatabaseService::CallbackService {
+ public:
+  DatabaseService(pool::ConnectionPool& pool, Executor& executor,
+                  ServiceOptions options);
+
+  grpc::ServerUnaryReactor* Query(grpc::CallbackServerContext* context,
+                                  const v1::QueryRequest* request,
+                                  v1::QueryResponse* response) override;
+  grpc::ServerUnaryReactor* GetPoolStats(grpc::CallbackServerContext* context,
+                                         const v1::GetPoolStatsRequest* request,
+                                         v1::PoolStats* response) override;
+  grpc::ServerWriteReactor<v1::PoolStats>* StreamPoolStats(
+      grpc::CallbackServerContext* context,
+      const v1::StreamPoolStatsRequest* request) override;
+
+  // Ends stats streams (they would otherwise hold up shutdown).
+  void EndStreams();
+
+ private:
+  class QueryCall;
+
+  pool::ConnectionPool& pool_;
+  Executor& executor_;
+  const ServiceOptions options_;
+  PeriodicStreams<v1::PoolStats> streams_;
+};
+
+}  // namespace dbpool::rpc
+
+#endif  // DBPOOL_SERVER_RPC_DATABASE_SERVICE_H_

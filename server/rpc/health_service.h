@@ -1,0 +1,46 @@
+// HealthService: grpc.health.v1.Health built from generated code, so that
+// reflection can describe it (gRPC 1.51's built-in one cannot be called
+// through reflection). SERVING while the pool reaches the database and the
+// server is not draining.
+//
+// Owned by main; must outlive the grpc::Server. Thread-safe; never blocks.
+#ifndef DBPOOL_SERVER_RPC_HEALTH_SERVICE_H_
+#define DBPOOL_SERVER_RPC_HEALTH_SERVICE_H_
+
+#include <atomic>
+
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "server/pool/connection_pool.h"
+#include "server/rpc/periodic_streams.h"
+
+namespace dbpool::rpc {
+
+class HealthService final : public grpc::health::v1::Health::CallbackService {
+ public:
+  explicit HealthService(const pool::ConnectionPool& pool, int max_watches = 64);
+
+  grpc::ServerUnaryReactor* Check(
+      grpc::CallbackServerContext* context,
+      const grpc::health::v1::HealthCheckRequest* request,
+      grpc::health::v1::HealthCheckResponse* response) override;
+  grpc::ServerWriteReactor<grpc::health::v1::HealthCheckResponse>* Watch(
+      grpc::CallbackServerContext* context,
+      const grpc::health::v1::HealthCheckRequest* request) override;
+
+  // From now on every service reports NOT_SERVING.
+  void SetDraining();
+  // Ends Watch streams.
+  void EndWatches();
+
+ private:
+  grpc::health::v1::HealthCheckResponse::ServingStatus StatusOf(
+      const std::string& service) const;
+
+  const pool::ConnectionPool& pool_;
+  std::atomic<bool> draining_{false};
+  PeriodicStreams<grpc::health::v1::HealthCheckResponse> watches_;
+};
+
+}  // namespace dbpool::rpc
+
+#endif  // DBPOOL_SERVER_RPC_HEALTH_SERVICE_H_

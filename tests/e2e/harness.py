@@ -1,0 +1,400 @@
+"""Shared helpers for the dbpool end-to-end tests.
+
+Both test modules drive the real server binary against a throwaway
+PostgreSQL cluster started through tests/support/pg_cluster.sh:
+
+    cls.pg = harness.PgCluster.start()
+    cls.server = harness.DbpoolServer.start(cls.pg.database_url)
+    ...
+    rc = cls.server.stop()          # SIGTERM, then wait
+    cls.pg.stop()
+
+Nothing here is specific to unittest; failures are raised as
+HarnessError with the server's output attached, so that a broken start is
+easy to diagnose from the test log.
+"""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+E2E_DIR = Path(__file__).resolve().parent
+REPO_ROOT = E2E_DIR.parent.parent
+PROTO_DIR = REPO_ROOT / "proto"
+PG_CLUSTER_SH = REPO_ROOT / "tests" / "support" / "pg_cluster.sh"
+BUF_BIN = REPO_ROOT / "node_modules" / ".bin" / "buf"
+
+# Third-party proto roots shipped by Debian packages.
+GOOGLEAPIS_DIR = Path("/usr/share/gocode/src/github.com/gogo/googleapis")
+GRPC_PROTO_DIR = Path("/usr/share/grpc-proto")
+
+DEFAULT_SERVER_BIN = REPO_ROOT / "build" / "dbpool-server"
+READY_RE = re.compile(r"dbpool-server listening grpc=([0-9.]+|\[[0-9a-fA-F:]+\]):(\d+)")
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 15.0
+
+
+class HarnessError(AssertionError):
+    """A precondition of the end-to-end tests does not hold.
+
+    It derives from AssertionError so that unittest reports it as a test
+    failure with its message rather than as an anonymous crash.
+    """
+
+
+def server_bin():
+    return Path(os.environ.get("DBPOOL_SERVER_BIN") or DEFAULT_SERVER_BIN)
+
+
+def make_temp_dir(prefix):
+    """A fresh temporary directory that the postgres user can traverse."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(d, 0o755)
+    return Path(d)
+
+
+def tail(text, lines=40):
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# ---------------------------------------------------------------------------
+# PostgreSQL
+
+
+class PgCluster:
+    """A throwaway PostgreSQL cluster owned by this test process."""
+
+    def __init__(self, root, port):
+        self.root = root
+        self.dir = root / "pg"
+        self.port = port
+        self._stopped = False
+
+    @property
+    def database_url(self):
+        return "postgresql://postgres@127.0.0.1:%d/postgres" % self.port
+
+    @classmethod
+    def start(cls):
+        if not PG_CLUSTER_SH.is_file():
+            raise HarnessError("missing %s" % PG_CLUSTER_SH)
+        root = make_temp_dir("dbpool-e2e-pg-")
+        pg_dir = root / "pg"
+        try:
+            proc = subprocess.run(
+                ["bash", str(PG_CLUSTER_SH), "start", str(pg_dir)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True, timeout=180)
+        except subprocess.TimeoutExpired:
+            cls._stop_dir(pg_dir)
+            shutil.rmtree(root, ignore_errors=True)
+            raise HarnessError("pg_cluster.sh start did not finish in 180 s")
+        port_text = proc.stdout.strip().splitlines()[-1:] if proc.stdout else []
+        if proc.returncode != 0 or not port_text or not port_text[0].isdigit():
+            cls._stop_dir(pg_dir)
+            shutil.rmtree(root, ignore_errors=True)
+            raise HarnessError(
+                "pg_cluster.sh start failed (exit %d)\nstdout:\n%s\nstderr:\n%s"
+                % (proc.returncode, proc.stdout, proc.stderr))
+        return cls(root, int(port_text[0]))
+
+    @staticmethod
+    def _stop_dir(pg_dir):
+        subprocess.run(["bash", str(PG_CLUSTER_SH), "stop", str(pg_dir)],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=120)
+
+    def stop(self):
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            self._stop_dir(self.dir)
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def psql(self, sql):
+        """Runs SQL through psql (as a side channel to the server)."""
+        proc = subprocess.run(
+            ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+             "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+             "-d", "postgres", "-c", sql],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            timeout=60)
+        if proc.returncode != 0:
+            raise HarnessError("psql failed: %s" % proc.stderr)
+        return proc.stdout
+
+
+# ---------------------------------------------------------------------------
+# The server under test
+
+
+class DbpoolServer:
+    """The dbpool-server binary, started on an ephemeral port."""
+
+    def __init__(self, proc, log_dir):
+        self.proc = proc
+        self.log_dir = log_dir
+        self.host = None
+        self.port = None
+        self._stdout_lines = []
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read_stdout, daemon=True)
+        self._reader.start()
+        self.exit_code = None
+
+    @property
+    def address(self):
+        return "%s:%d" % (self.host, self.port)
+
+    @property
+    def url(self):
+        return "http://%s:%d" % (self.host, self.port)
+
+    @classmethod
+    def start(cls, database_url, extra_args=(), extra_env=None):
+        binary = server_bin()
+        if not (binary.is_file() and os.access(binary, os.X_OK)):
+            raise HarnessError(
+                "server binary %s does not exist or is not executable "
+                "(set DBPOOL_SERVER_BIN or build the project)" % binary)
+        log_dir = Path(tempfile.mkdtemp(prefix="dbpool-e2e-server-"))
+        env = dict(os.environ)
+        # Flags win over the environment; drop inherited settings that could
+        # point the server elsewhere.
+        for name in ("DATABASE_URL", "DBPOOL_LISTEN_HOST", "DBPOOL_GRPC_PORT"):
+            env.pop(name, None)
+        env.update(extra_env or {})
+        args = [str(binary), "--listen-host=127.0.0.1", "--grpc-port=0",
+                "--database-url=" + database_url, *extra_args]
+        stderr = open(log_dir / "stderr.log", "wb")
+        try:
+            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=stderr,
+                                    env=env)
+        finally:
+            stderr.close()
+        server = cls(proc, log_dir)
+        server._wait_ready()
+        return server
+
+    def _read_stdout(self):
+        for raw in iter(self.proc.stdout.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            with self._lock:
+                self._stdout_lines.append(line)
+            m = READY_RE.search(line)
+            if m and not self._ready.is_set():
+                self.host = m.group(1).strip("[]")
+                self.port = int(m.group(2))
+                self._ready.set()
+        self.proc.stdout.close()
+
+    def _wait_ready(self):
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._ready.wait(0.1):
+                return
+            if self.proc.poll() is not None:
+                self._reader.join(5)
+                if self._ready.is_set():
+                    break
+                raise HarnessError(
+                    "dbpool-server exited with %d before it was ready\n%s"
+                    % (self.proc.returncode, self.diagnostics()))
+        if not self._ready.is_set():
+            self.kill()
+            raise HarnessError(
+                "dbpool-server printed no 'dbpool-server listening grpc=HOST:PORT' "
+                "line within %.0f s\n%s" % (READY_TIMEOUT_S, self.diagnostics()))
+        if self.port == 0:
+            self.kill()
+            raise HarnessError("dbpool-server reported port 0\n" + self.diagnostics())
+
+    def stdout_text(self):
+        with self._lock:
+            return "\n".join(self._stdout_lines)
+
+    def stderr_text(self):
+        try:
+            return (self.log_dir / "stderr.log").read_text("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def diagnostics(self, lines=40):
+        return ("--- server stdout (tail) ---\n%s\n--- server stderr (tail) ---\n%s"
+                % (tail(self.stdout_text(), lines), tail(self.stderr_text(), lines)))
+
+    def is_running(self):
+        return self.proc.poll() is None
+
+    def stop(self, timeout=STOP_TIMEOUT_S):
+        """SIGTERM; returns the exit code, or None if it did not exit in time
+        (in which case the process is killed)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                return None
+        self._reader.join(5)
+        self.exit_code = self.proc.returncode
+        return self.exit_code
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        self._reader.join(5)
+
+    def cleanup(self):
+        self.kill()
+        shutil.rmtree(self.log_dir, ignore_errors=True)
+
+
+def start_stack(test_class):
+    """Starts PostgreSQL and the server for a unittest.TestCase class.
+
+    Sets test_class.pg and test_class.server, and registers class cleanups
+    that kill whatever is still running, even if setUpClass fails halfway
+    (unittest skips tearDownClass in that case but still runs cleanups).
+    """
+    binary = server_bin()
+    if not (binary.is_file() and os.access(binary, os.X_OK)):
+        raise HarnessError(
+            "server binary %s does not exist or is not executable "
+            "(set DBPOOL_SERVER_BIN or build the project)" % binary)
+    test_class.pg = PgCluster.start()
+    test_class.addClassCleanup(test_class.pg.stop)
+    test_class.server = DbpoolServer.start(test_class.pg.database_url)
+    test_class.addClassCleanup(test_class.server.cleanup)
+
+
+def stop_server_checked(test_class):
+    """SIGTERMs the server and raises unless it exits 0 within 15 s."""
+    server = getattr(test_class, "server", None)
+    if server is None:
+        return
+    rc = server.stop()
+    if rc is None:
+        raise HarnessError("dbpool-server did not exit within %.0f s of SIGTERM\n%s"
+                           % (STOP_TIMEOUT_S, server.diagnostics()))
+    if rc != 0:
+        raise HarnessError("dbpool-server exited with %d after SIGTERM (want 0)\n%s"
+                           % (rc, server.diagnostics()))
+
+
+# ---------------------------------------------------------------------------
+# Python stubs
+
+
+STUB_PROTOS = [
+    "dbpool/v1/database_service.proto",
+    "google/api/annotations.proto",
+    "google/api/http.proto",
+    "google/rpc/status.proto",
+    "google/rpc/error_details.proto",
+    "grpc/health/v1/health.proto",
+]
+
+
+def generate_python_stubs(out_dir):
+    """Runs protoc with the gRPC Python plugin into out_dir and puts out_dir
+    on sys.path. Well-known types come from the protobuf runtime."""
+    plugin = shutil.which("grpc_python_plugin")
+    if not plugin:
+        raise HarnessError("grpc_python_plugin not found on PATH")
+    protoc = shutil.which("protoc")
+    if not protoc:
+        raise HarnessError("protoc not found on PATH")
+    for d in (PROTO_DIR, GOOGLEAPIS_DIR, GRPC_PROTO_DIR):
+        if not d.is_dir():
+            raise HarnessError("proto include directory %s is missing" % d)
+    cmd = [protoc,
+           "-I", str(PROTO_DIR), "-I", str(GOOGLEAPIS_DIR), "-I", str(GRPC_PROTO_DIR),
+           "--python_out=%s" % out_dir,
+           "--grpc_out=%s" % out_dir,
+           "--plugin=protoc-gen-grpc=%s" % plugin,
+           *STUB_PROTOS]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, timeout=120)
+    if proc.returncode != 0:
+        raise HarnessError("protoc failed (exit %d): %s\n%s"
+                           % (proc.returncode, " ".join(cmd), proc.stderr))
+    out = str(out_dir)
+    if out not in sys.path:
+        sys.path.insert(0, out)
+    # `google` is a namespace package shared with the protobuf runtime, so
+    # the generated google/api and google/rpc directories join it on their
+    # own. `grpc` is a regular package (grpcio), so its generated
+    # grpc/health/v1 directory has to be added to grpc.__path__ by hand for
+    # `grpc.health.v1.health_pb2` (which health_pb2_grpc imports) to resolve.
+    import importlib
+    import grpc
+    extra = os.path.join(out, "grpc")
+    if extra not in grpc.__path__:
+        grpc.__path__.append(extra)
+    importlib.invalidate_caches()
+
+
+# ---------------------------------------------------------------------------
+# buf
+
+
+def buf_bin():
+    if not (BUF_BIN.exists() and os.access(BUF_BIN, os.X_OK)):
+        raise HarnessError(
+            "buf not found at %s: run `npm ci` (or `npm install`) in %s to "
+            "install @bufbuild/buf from package.json" % (BUF_BIN, REPO_ROOT))
+    return str(BUF_BIN)
+
+
+def run_buf(args, cwd=None, timeout=60, env=None):
+    """Runs buf with args; returns the CompletedProcess (text mode)."""
+    full_env = dict(os.environ)
+    full_env.setdefault("BUF_LOG_FORMAT", "text")
+    # Colour codes would get in the way of assertions on stderr.
+    full_env["NO_COLOR"] = "1"
+    full_env.update(env or {})
+    cmd = [buf_bin(), *args]
+    try:
+        return subprocess.run(cmd, cwd=cwd, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, timeout=timeout, env=full_env)
+    except subprocess.TimeoutExpired as e:
+        raise HarnessError("buf %s did not finish within %s s\nstdout:\n%s\nstderr:\n%s"
+                           % (" ".join(args), timeout, e.stdout, e.stderr))
+
+
+def decode_json_stream(text):
+    """Parses JSON values printed one after another (as buf curl does for
+    streaming responses). Returns (values, rest) where rest is whatever
+    trailing text did not parse (empty when the output is well formed)."""
+    import json
+    decoder = json.JSONDecoder()
+    values = []
+    i = 0
+    n = len(text)
+    while True:
+        while i < n and text[i].isspace():
+            i += 1
+        if i >= n:
+            return values, ""
+        try:
+            value, i = decoder.raw_decode(text, i)
+        except ValueError:
+            return values, text[i:]
+        values.append(value)

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs the dbpool end-to-end tests (Python gRPC client, buf curl, buf lint).
+#
+#   tests/e2e/run.sh                 both modules
+#   tests/e2e/run.sh -k health       extra arguments go to unittest
+#
+# Environment: DBPOOL_SERVER_BIN (default <repo>/build/dbpool-server).
+# Needs: Debian's /usr/bin/python3 with python3-grpcio and python3-protobuf,
+# protoc and grpc_python_plugin, PostgreSQL server binaries, and buf from
+# `npm ci` at the repo root.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "$here"
+exec /usr/bin/python3 -m unittest -v "$@" test_python_client test_buf_curl

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Throwaway PostgreSQL cluster for tests and local runs.
+#
+#   pg_cluster.sh start DIR   initdb (once) and start on a free loopback port;
+#                             prints the port on stdout
+#   pg_cluster.sh stop DIR    fast shutdown
+#   pg_cluster.sh port DIR    the port of a running cluster
+#
+# PostgreSQL refuses to run as root, so as root the cluster belongs to the
+# `postgres` system user (created by Debian's postgresql package).
+set -euo pipefail
+
+cmd=${1:?usage: pg_cluster.sh start|stop|port DIR}
+dir=$(realpath -m "${2:?usage: pg_cluster.sh start|stop|port DIR}")
+bin=$(pg_config --bindir 2>/dev/null || true)
+if [[ ! -x "$bin/initdb" ]]; then
+  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+fi
+[[ -x "$bin/initdb" ]] || { echo "pg_cluster: PostgreSQL server binaries not found" >&2; exit 1; }
+
+as_owner() {
+  if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+case $cmd in
+  start)
+    mkdir -p "$dir"
+    if [[ $(id -u) == 0 ]]; then
+      chown postgres:postgres "$dir"
+      runuser -u postgres -- test -x "$dir" || {
+        echo "pg_cluster: user postgres cannot reach $dir; make its parents traversable (chmod o+x)" >&2
+        exit 1
+      }
+    fi
+    if [[ ! -f "$dir/data/PG_VERSION" ]]; then
+      as_owner "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 \
+        --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 ||
+        { cat "$dir/initdb.log" >&2; exit 1; }
+    fi
+    # A port can be taken between the probe and the bind; try a few.
+    for _ in 1 2 3 4 5; do
+      port=$(free_port)
+      if as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+          -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
+          start >/dev/null 2>&1; then
+        echo "$port" >"$dir/port"
+        echo "$port"
+        exit 0
+      fi
+    done
+    tail -20 "$dir/server.log" >&2
+    exit 1
+    ;;
+  stop)
+    if [[ -f "$dir/data/postmaster.pid" ]]; then
+      as_owner "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
+    fi
+    ;;
+  port)
+    cat "$dir/port"
+    ;;
+  *)
+    echo "pg_cluster: unknown command $cmd" >&2
+    exit 2
+    ;;
+esac
