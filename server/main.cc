@@ -19,6 +19,7 @@
 #include "server/pool/connection_pool.h"
 #include "server/rpc/database_service.h"
 #include "server/rpc/health_service.h"
+#include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 
 namespace {
@@ -46,6 +47,8 @@ int main(int argc, char** argv) {
     return kConfigError;
   }
   const config::Config& cfg = *loaded;
+  // Logs go to stderr; stdout carries only the machine-readable ready line.
+  spdlog::set_default_logger(spdlog::stderr_color_mt("dbpool"));
   spdlog::set_level(spdlog::level::from_str(cfg.log_level));
 
   // Signals go to the waiting thread below, not to whichever thread runs.

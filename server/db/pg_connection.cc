@@ -55,7 +55,19 @@ std::string RedactConninfo(const std::string& conninfo) {
 }
 
 PgConnection::PgConnection(PGconn* conn)
-    : conn_(conn), cancel_(PQgetCancel(conn)) {}
+    : conn_(conn), cancel_(PQgetCancel(conn)) {
+  // Replaces libpq's default, which prints every notice to stderr.
+  PQsetNoticeReceiver(conn_, &PgConnection::OnNotice, this);
+}
+
+void PgConnection::OnNotice(void* self, const PGresult* notice) {
+  const char* severity =
+      PQresultErrorField(notice, PG_DIAG_SEVERITY_NONLOCALIZED);
+  if (severity != nullptr &&
+      (std::strcmp(severity, "FATAL") == 0 || std::strcmp(severity, "PANIC") == 0)) {
+    static_cast<PgConnection*>(self)->fatal_notice_ = true;
+  }
+}
 
 PgConnection::~PgConnection() {
   PQfreeCancel(cancel_);
@@ -63,7 +75,7 @@ PgConnection::~PgConnection() {
 }
 
 bool PgConnection::IsUsable() {
-  if (PQstatus(conn_) != CONNECTION_OK ||
+  if (fatal_notice_ || PQstatus(conn_) != CONNECTION_OK ||
       PQtransactionStatus(conn_) != PQTRANS_IDLE) {
     return false;
   }
@@ -73,7 +85,8 @@ bool PgConnection::IsUsable() {
   if (poll(&pfd, 1, 0) == 0) return true;
   if (PQconsumeInput(conn_) == 0) return false;
   while (PGnotify* n = PQnotifies(conn_)) PQfreemem(n);
-  return PQstatus(conn_) == CONNECTION_OK && PQisBusy(conn_) == 0;
+  return !fatal_notice_ && PQstatus(conn_) == CONNECTION_OK &&
+         PQisBusy(conn_) == 0;
 }
 
 void PgConnection::CancelRunningQuery() {

@@ -53,9 +53,14 @@ class PgConnection final : public pool::Connection {
  private:
   friend class PgConnector;
   explicit PgConnection(PGconn* conn);
+  static void OnNotice(void* self, const PGresult* notice);
 
   PGconn* conn_;
   PGcancel* cancel_;
+  // Set when the server reported a FATAL error outside a query (a
+  // terminated backend, a shutdown): the session is over even if the socket
+  // has not closed yet.
+  bool fatal_notice_ = false;
 };
 
 class PgConnector final : public pool::Connector {

@@ -45,7 +45,12 @@ void Lease::Release() {
 void ConnectionPool::Deferred::Run() {
   // Closing may send a terminate message; callbacks may post work. Neither
   // belongs under the pool lock.
-  to_close.clear();
+  if (!to_close.empty()) {
+    const int n = static_cast<int>(to_close.size());
+    to_close.clear();
+    absl::MutexLock lock(&pool->mu_);
+    pool->closing_ -= n;
+  }
   for (auto& [done, result] : callbacks) std::move(done)(std::move(result));
   callbacks.clear();
 }
@@ -72,7 +77,7 @@ ConnectionPool::ConnectionPool(PoolOptions options,
 }
 
 ConnectionPool::~ConnectionPool() {
-  Deferred deferred;
+  Deferred deferred(this);
   {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
@@ -122,7 +127,7 @@ absl::Status ConnectionPool::StateErrorLocked(absl::string_view what) const {
 ConnectionPool::WaitId ConnectionPool::Acquire(absl::Time deadline,
                                                AcquireCallback done) {
   for (;;) {
-    Deferred deferred;
+    Deferred deferred(this);
     WaitId id = 0;
     std::unique_ptr<Slot> candidate;
     int depth = 0;
@@ -189,7 +194,7 @@ ConnectionPool::WaitId ConnectionPool::Acquire(absl::Time deadline,
 }
 
 void ConnectionPool::CancelWait(WaitId id) {
-  Deferred deferred;
+  Deferred deferred(this);
   {
     absl::MutexLock lock(&mu_);
     auto it = waiter_index_.find(id);
@@ -210,7 +215,7 @@ void ConnectionPool::Drain() {
 }
 
 void ConnectionPool::Release(std::unique_ptr<Slot> slot, bool broken) {
-  Deferred deferred;
+  Deferred deferred(this);
   {
     absl::MutexLock lock(&mu_);
     --active_;
@@ -249,6 +254,7 @@ void ConnectionPool::PlaceLocked(std::unique_ptr<Slot> slot,
 void ConnectionPool::CloseLocked(std::unique_ptr<Slot> slot,
                                  CloseReason reason, Deferred& deferred) {
   ++counters_.connections_closed[static_cast<int>(reason)];
+  ++closing_;
   deferred.to_close.push_back(std::move(slot->connection));
 }
 
@@ -281,7 +287,7 @@ bool ConnectionPool::NeedConnectLocked() const {
   if (stopping_ || draining_) return false;
   if (clock_.Now() < next_connect_attempt_) return false;
   const int total = TotalLocked();
-  if (total >= options_.max_connections) return false;
+  if (total + closing_ >= options_.max_connections) return false;
   return static_cast<int>(waiters_.size()) > connecting_ ||
          total < options_.min_connections || (!reachable_ && connecting_ == 0);
 }
@@ -323,7 +329,7 @@ void ConnectionPool::OpenerLoop() {
         connector_->Connect(deadline);
     mu_.Lock();
     --connecting_;
-    Deferred deferred;
+    Deferred deferred(this);
     const absl::Time now = clock_.Now();
     if (conn.ok()) {
       reachable_ = true;
@@ -371,7 +377,7 @@ void ConnectionPool::OpenerLoop() {
 }
 
 void ConnectionPool::RunMaintenance() {
-  Deferred deferred;
+  Deferred deferred(this);
   {
     absl::MutexLock lock(&mu_);
     const absl::Time now = clock_.Now();

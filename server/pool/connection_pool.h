@@ -147,6 +147,8 @@ class ConnectionPool {
   };
   // Work decided under the lock and carried out after it is released.
   struct Deferred {
+    explicit Deferred(ConnectionPool* pool) : pool(pool) {}
+    ConnectionPool* const pool;
     std::vector<std::pair<AcquireCallback, absl::StatusOr<Lease>>> callbacks;
     std::vector<std::unique_ptr<Connection>> to_close;
     void Run();
@@ -182,6 +184,9 @@ class ConnectionPool {
   uint64_t waiter_epoch_ ABSL_GUARDED_BY(mu_) = 0;
   int active_ ABSL_GUARDED_BY(mu_) = 0;
   int connecting_ ABSL_GUARDED_BY(mu_) = 0;
+  // Closed but not yet destroyed: they still hold a server connection, so
+  // they count against max_connections until they are gone.
+  int closing_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool reachable_ ABSL_GUARDED_BY(mu_) = false;

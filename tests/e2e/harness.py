@@ -173,6 +173,12 @@ class DbpoolServer:
         # point the server elsewhere.
         for name in ("DATABASE_URL", "DBPOOL_LISTEN_HOST", "DBPOOL_GRPC_PORT"):
             env.pop(name, None)
+        # The server may also open HTTP and metrics ports (fixed defaults);
+        # ask for ephemeral ones so that runs never collide with each other
+        # or with a developer's server. Environment rather than flags, so a
+        # server without those settings simply ignores them.
+        env["DBPOOL_HTTP_PORT"] = "0"
+        env["DBPOOL_METRICS_PORT"] = "0"
         env.update(extra_env or {})
         args = [str(binary), "--listen-host=127.0.0.1", "--grpc-port=0",
                 "--database-url=" + database_url, *extra_args]

@@ -4,7 +4,10 @@
 #   pg_cluster.sh start DIR   initdb (once) and start on a free loopback port;
 #                             prints the port on stdout
 #   pg_cluster.sh stop DIR    fast shutdown
+#   pg_cluster.sh restart DIR fast restart on the same port
 #   pg_cluster.sh port DIR    the port of a running cluster
+#
+# A stopped cluster started again keeps its port when it is still free.
 #
 # PostgreSQL refuses to run as root, so as root the cluster belongs to the
 # `postgres` system user (created by Debian's postgresql package).
@@ -42,8 +45,10 @@ case $cmd in
         { cat "$dir/initdb.log" >&2; exit 1; }
     fi
     # A port can be taken between the probe and the bind; try a few.
+    previous=$(cat "$dir/port" 2>/dev/null || true)
     for _ in 1 2 3 4 5; do
-      port=$(free_port)
+      port=${previous:-$(free_port)}
+      previous=""
       if as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
           -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
           start >/dev/null 2>&1; then
@@ -59,6 +64,9 @@ case $cmd in
     if [[ -f "$dir/data/postmaster.pid" ]]; then
       as_owner "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
     fi
+    ;;
+  restart)
+    as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -m fast -w -t 60 restart >/dev/null
     ;;
   port)
     cat "$dir/port"

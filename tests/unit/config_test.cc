@@ -1,0 +1,95 @@
+#include "server/config/config.h"
+
+#include <map>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+namespace dbpool::config {
+namespace {
+
+using ::testing::HasSubstr;
+
+EnvLookup Env(std::map<std::string, std::string> vars) {
+  return [vars](const std::string& name) -> std::optional<std::string> {
+    auto it = vars.find(name);
+    if (it == vars.end()) return std::nullopt;
+    return it->second;
+  };
+}
+
+TEST(Config, DefaultsMirrorTheDesign) {
+  auto c = Load(Env({{"DATABASE_URL", "postgresql://localhost/x"}}), {});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->max_connections, 20);
+  EXPECT_EQ(c->min_connections, 2);
+  EXPECT_EQ(c->idle_timeout, absl::Seconds(30));
+  EXPECT_EQ(c->max_lifetime, absl::Minutes(30));
+  EXPECT_EQ(c->acquire_timeout, absl::Seconds(5));
+  EXPECT_EQ(c->max_waiting, 1000);
+  EXPECT_EQ(c->statement_timeout, absl::Seconds(30));
+  EXPECT_EQ(c->application_name, "dbpool");
+  EXPECT_EQ(c->grpc_port, 50051);
+  EXPECT_EQ(c->http_port, 8080);
+  EXPECT_EQ(c->metrics_port, 9464);
+  EXPECT_EQ(c->listen_host, "0.0.0.0");
+}
+
+TEST(Config, FlagsOverrideEnvironment) {
+  auto c = Load(Env({{"DATABASE_URL", "x"}, {"DB_POOL_MAX_CONNECTIONS", "7"}}),
+                {"--db-pool-max-connections=9", "--grpc-port", "0",
+                 "--listen-host=127.0.0.1"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->max_connections, 9);
+  EXPECT_EQ(c->grpc_port, 0);
+  EXPECT_EQ(c->listen_host, "127.0.0.1");
+}
+
+TEST(Config, ReportsEveryViolationAtOnce) {
+  auto c = Load(Env({{"DB_POOL_MAX_CONNECTIONS", "zero"},
+                     {"DB_POOL_IDLE_TIMEOUT_MS", "-5"},
+                     {"DBPOOL_GRPC_PORT", "70000"}}),
+                {"--no-such-flag=1", "stray"});
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  const std::string m(c.status().message());
+  EXPECT_THAT(m, HasSubstr("DATABASE_URL"));
+  EXPECT_THAT(m, HasSubstr("DB_POOL_MAX_CONNECTIONS"));
+  EXPECT_THAT(m, HasSubstr("DB_POOL_IDLE_TIMEOUT_MS"));
+  EXPECT_THAT(m, HasSubstr("DBPOOL_GRPC_PORT"));
+  EXPECT_THAT(m, HasSubstr("--no-such-flag"));
+  EXPECT_THAT(m, HasSubstr("stray"));
+}
+
+TEST(Config, MinimumMustNotExceedMaximum) {
+  auto c = Load(Env({{"DATABASE_URL", "x"},
+                     {"DB_POOL_MAX_CONNECTIONS", "3"},
+                     {"DB_POOL_MIN_CONNECTIONS", "4"}}),
+                {});
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("must not exceed"));
+}
+
+TEST(Config, FlagWithoutValueIsAnError) {
+  auto c = Load(Env({{"DATABASE_URL", "x"}}), {"--grpc-port"});
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("needs a value"));
+}
+
+TEST(Config, HelpNamesEveryVariable) {
+  const std::string help = Help();
+  for (const char* name :
+       {"DATABASE_URL", "DB_POOL_MAX_CONNECTIONS", "DB_POOL_MIN_CONNECTIONS",
+        "DB_POOL_IDLE_TIMEOUT_MS", "DB_POOL_MAX_LIFETIME_MS",
+        "DB_POOL_ACQUIRE_TIMEOUT_MS", "DB_POOL_MAX_WAITING",
+        "DB_POOL_CONNECT_TIMEOUT_MS", "DB_STATEMENT_TIMEOUT_MS",
+        "DB_APPLICATION_NAME", "DBPOOL_GRPC_PORT", "DBPOOL_HTTP_PORT",
+        "DBPOOL_METRICS_PORT", "DBPOOL_LISTEN_HOST"}) {
+    EXPECT_THAT(help, HasSubstr(name));
+  }
+  EXPECT_TRUE(WantsHelp({"--help"}));
+  EXPECT_FALSE(WantsHelp({"--grpc-port=1"}));
+}
+
+}  // namespace
+}  // namespace dbpool::config

@@ -1,0 +1,481 @@
+#include "server/pool/connection_pool.h"
+
+#include <atomic>
+#include <memory>
+#include <optional>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "tests/unit/fake_connection.h"
+
+namespace dbpool::pool {
+namespace {
+
+using ::dbpool::testing::FakeConnection;
+using ::dbpool::testing::FakeConnector;
+
+// Collects the result of one asynchronous acquire.
+class Pending {
+ public:
+  ConnectionPool::AcquireCallback Callback() {
+    return [this](absl::StatusOr<Lease> r) {
+      absl::MutexLock lock(&mu_);
+      EXPECT_FALSE(result_.has_value()) << "callback ran twice";
+      result_.emplace(std::move(r));
+    };
+  }
+  bool done() const {
+    absl::MutexLock lock(&mu_);
+    return result_.has_value();
+  }
+  // Waits (real time) for the callback.
+  absl::StatusOr<Lease> Take(absl::Duration timeout = absl::Seconds(5)) {
+    absl::MutexLock lock(&mu_);
+    mu_.AwaitWithTimeout(absl::Condition(
+                             +[](std::optional<absl::StatusOr<Lease>>* r) {
+                               return r->has_value();
+                             },
+                             &result_),
+                         timeout);
+    if (!result_.has_value()) return absl::InternalError("callback never ran");
+    absl::StatusOr<Lease> r = std::move(*result_);
+    result_.reset();
+    return r;
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  std::optional<absl::StatusOr<Lease>> result_ ABSL_GUARDED_BY(mu_);
+};
+
+int IdOf(const Lease& lease) {
+  return static_cast<FakeConnection&>(lease.connection()).id();
+}
+
+// Polls `pred` for up to five seconds of real time.
+template <typename Pred>
+bool Eventually(Pred pred) {
+  const absl::Time end = absl::Now() + absl::Seconds(5);
+  while (absl::Now() < end) {
+    if (pred()) return true;
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  return pred();
+}
+
+class PoolTest : public ::testing::Test {
+ protected:
+  std::unique_ptr<ConnectionPool> MakePool(PoolOptions options,
+                                           Clock& clock = Clock::Real()) {
+    return std::make_unique<ConnectionPool>(options, connector_, clock);
+  }
+
+  std::shared_ptr<FakeConnector> connector_ = std::make_shared<FakeConnector>();
+};
+
+TEST_F(PoolTest, OpensMinimumAndServesAtOnce) {
+  PoolOptions o;
+  o.min_connections = 2;
+  auto pool = MakePool(o);
+  ASSERT_TRUE(Eventually([&] { return pool->Snapshot().idle == 2; }));
+  Pending p;
+  EXPECT_EQ(pool->Acquire(absl::InfiniteFuture(), p.Callback()), 0u);
+  ASSERT_TRUE(p.done()) << "an idle connection is handed out before Acquire returns";
+  auto lease = p.Take();
+  ASSERT_TRUE(lease.ok());
+  const PoolStats s = pool->Snapshot();
+  EXPECT_EQ(s.active, 1);
+  EXPECT_EQ(s.idle, 1);
+  EXPECT_EQ(s.acquires_immediate, 1);
+  EXPECT_TRUE(pool->Serving());
+}
+
+TEST_F(PoolTest, IdleConnectionsAreReusedLastInFirstOut) {
+  PoolOptions o;
+  o.min_connections = 2;
+  o.max_connections = 2;
+  auto pool = MakePool(o);
+  ASSERT_TRUE(Eventually([&] { return pool->Snapshot().idle == 2; }));
+  Pending a, b;
+  pool->Acquire(absl::InfiniteFuture(), a.Callback());
+  pool->Acquire(absl::InfiniteFuture(), b.Callback());
+  auto la = a.Take();
+  auto lb = b.Take();
+  ASSERT_TRUE(la.ok() && lb.ok());
+  const int released_last = IdOf(*la);
+  *lb = Lease();
+  *la = Lease();
+  Pending c;
+  pool->Acquire(absl::InfiniteFuture(), c.Callback());
+  auto lc = c.Take();
+  ASSERT_TRUE(lc.ok());
+  EXPECT_EQ(IdOf(*lc), released_last);
+}
+
+TEST_F(PoolTest, WaitersAreServedFirstInFirstOut) {
+  PoolOptions o;
+  o.min_connections = 1;
+  o.max_connections = 1;
+  auto pool = MakePool(o);
+  Pending holder;
+  pool->Acquire(absl::InfiniteFuture(), holder.Callback());
+  auto held = holder.Take();
+  ASSERT_TRUE(held.ok());
+  std::vector<Pending> waiters(5);
+  for (auto& w : waiters) pool->Acquire(absl::InfiniteFuture(), w.Callback());
+  EXPECT_EQ(pool->Snapshot().waiting, 5);
+  Lease current = *std::move(held);
+  for (size_t i = 0; i < waiters.size(); ++i) {
+    for (size_t j = i; j < waiters.size(); ++j) {
+      EXPECT_FALSE(waiters[j].done()) << "waiter " << j << " served early";
+    }
+    current = Lease();  // hands off to the oldest waiter
+    auto next = waiters[i].Take();
+    ASSERT_TRUE(next.ok()) << next.status();
+    EXPECT_EQ(next->queue_depth_on_arrival(), static_cast<int>(i));
+    current = *std::move(next);
+  }
+  EXPECT_EQ(connector_->opened.load(), 1) << "hand-off reuses the connection";
+}
+
+TEST_F(PoolTest, ReleasedConnectionGoesToWaiterNotToNewcomer) {
+  PoolOptions o;
+  o.min_connections = 1;
+  o.max_connections = 1;
+  auto pool = MakePool(o);
+  Pending holder, waiter, newcomer;
+  pool->Acquire(absl::InfiniteFuture(), holder.Callback());
+  auto held = holder.Take();
+  ASSERT_TRUE(held.ok());
+  pool->Acquire(absl::InfiniteFuture(), waiter.Callback());
+  *held = Lease();
+  pool->Acquire(absl::InfiniteFuture(), newcomer.Callback());
+  EXPECT_TRUE(waiter.done());
+  EXPECT_FALSE(newcomer.done());
+  EXPECT_EQ(pool->Snapshot().waiting, 1);
+}
+
+TEST_F(PoolTest, QueueBoundRejectsAtOnce) {
+  PoolOptions o;
+  o.min_connections = 1;
+  o.max_connections = 1;
+  o.max_waiting = 2;
+  auto pool = MakePool(o);
+  Pending holder, w1, w2, over;
+  pool->Acquire(absl::InfiniteFuture(), holder.Callback());
+  auto held = holder.Take();
+  ASSERT_TRUE(held.ok());
+  pool->Acquire(absl::InfiniteFuture(), w1.Callback());
+  pool->Acquire(absl::InfiniteFuture(), w2.Callback());
+  pool->Acquire(absl::InfiniteFuture(), over.Callback());
+  ASSERT_TRUE(over.done()) << "rejection must not wait";
+  auto r = over.Take();
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(r.status().message()), ::testing::HasSubstr("DB_POOL_MAX_WAITING"));
+  EXPECT_EQ(pool->Snapshot().acquires_rejected, 1);
+}
+
+TEST_F(PoolTest, WaiterTimesOutAtAcquireTimeout) {
+  ManualClock clock;
+  PoolOptions o;
+  o.min_connections = 1;
+  o.max_connections = 1;
+  o.acquire_timeout = absl::Seconds(1);
+  o.maintenance_thread = false;
+  auto pool = MakePool(o, clock);
+  Pending holder, waiter;
+  pool->Acquire(absl::InfiniteFuture(), holder.Callback());
+  auto held = holder.Take();
+  ASSERT_TRUE(held.ok());
+  pool->Acquire(absl::InfiniteFuture(), waiter.Callback());
+  clock.Advance(absl::Milliseconds(999));
+  pool->RunMaintenance();
+  EXPECT_FALSE(waiter.done());
+  clock.Advance(absl::Milliseconds(2));
+  pool->RunMaintenance();
+  auto r = waiter.Take();
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(pool->Snapshot().acquires_timed_out, 1);
+  EXPECT_EQ(pool->Snapshot().waiting, 0);
+}
+
+TEST_F(PoolTest, CallerDeadlineShorterThanAcquireTimeoutWins) {
+  ManualClock clock;
+  PoolOptions o;
+  o.min_connections = 1;
+  o.max_connections = 1;
+  o.acquire_timeout = absl::Seconds(10);
+  o.maintenance_thread = false;
+  auto pool = MakePool(o, clock);
+  Pending holder, short_deadline, long_deadline;
+  pool->Acquire(absl::InfiniteFuture(), holder.Callback());
+  auto held = holder.Take();
+  ASSERT_TRUE(held.ok());
+  pool->Acquire(clock.Now() + absl::Milliseconds(100), short_deadline.Callback());
+  pool->Acquire(absl::InfiniteFuture(), long_deadline.Callback());
+  clock.Advance(absl::Milliseconds(150));
+  pool->RunMaintenance();
+  EXPECT_EQ(short_deadline.Take().status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+  EXPECT_FALSE(long_deadline.done());
+  *held = Lease();
+  EXPECT_TRUE(long_deadline.Take().ok());
+}
+
+TEST_F(PoolTest, PastDeadlineIsRefusedAtOnce) {
+  PoolOptions o;
+  auto pool = MakePool(o);
+  Pending p;
+  pool->Acquire(absl::Now() - absl::Seconds(1), p.Callback());
+  ASSERT_TRUE(p.done());
+  EXPECT_EQ(p.Take().status().code(), absl::StatusCode::kDeadlineExceeded);
+}
+
+TEST_F(PoolTest, CancelledWaitEndsWithCancelled) {
+  PoolOptions o;
+  o.min_connections = 1;
+  o.max_connections = 1;
+  auto pool = MakePool(o);
+  Pending holder, waiter;
+  pool->Acquire(absl::InfiniteFuture(), holder.Callback());
+  auto held = holder.Take();
+  ASSERT_TRUE(held.ok());
+  const auto id = pool->Acquire(absl::InfiniteFuture(), waiter.Callback());
+  ASSERT_NE(id, 0u);
+  pool->CancelWait(id);
+  EXPECT_EQ(waiter.Take().status().code(), absl::StatusCode::kCancelled);
+  pool->CancelWait(id);  // a second cancel is a no-op
+  const PoolStats s = pool->Snapshot();
+  EXPECT_EQ(s.waiting, 0);
+  EXPECT_EQ(s.acquires_cancelled, 1);
+}
+
+TEST_F(PoolTest, BrokenConnectionIsDiscardedAndReplaced) {
+  PoolOptions o;
+  o.min_connections = 1;
+  o.max_connections = 1;
+  auto pool = MakePool(o);
+  Pending p;
+  pool->Acquire(absl::InfiniteFuture(), p.Callback());
+  auto lease = p.Take();
+  ASSERT_TRUE(lease.ok());
+  const int broken_id = IdOf(*lease);
+  lease->MarkBroken();
+  *lease = Lease();
+  EXPECT_EQ(pool->Snapshot().connections_closed[static_cast<int>(CloseReason::kBroken)], 1);
+  ASSERT_TRUE(Eventually([&] { return pool->Snapshot().idle == 1; }));
+  Pending q;
+  pool->Acquire(absl::InfiniteFuture(), q.Callback());
+  auto again = q.Take();
+  ASSERT_TRUE(again.ok());
+  EXPECT_NE(IdOf(*again), broken_id);
+  EXPECT_EQ(connector_->live.load(), 1);
+}
+
+TEST_F(PoolTest, DeadIdleConnectionIsNeverHandedOut) {
+  PoolOptions o;
+  o.min_connections = 2;
+  o.max_connections = 2;
+  auto pool = MakePool(o);
+  ASSERT_TRUE(Eventually([&] { return pool->Snapshot().idle == 2; }));
+  connector_->BreakAll();  // e.g. pg_terminate_backend on both
+  Pending p;
+  pool->Acquire(absl::InfiniteFuture(), p.Callback());
+  auto lease = p.Take();
+  ASSERT_TRUE(lease.ok());
+  EXPECT_TRUE(lease->connection().IsUsable());
+  EXPECT_EQ(pool->Snapshot().connections_closed[static_cast<int>(CloseReason::kBroken)], 2);
+}
+
+TEST_F(PoolTest, IdleConnectionsAboveMinimumCloseAfterIdleTimeout) {
+  ManualClock clock;
+  PoolOptions o;
+  o.min_connections = 1;
+  o.max_connections = 3;
+  o.idle_timeout = absl::Seconds(10);
+  o.maintenance_thread = false;
+  auto pool = MakePool(o, clock);
+  std::vector<Pending> p(3);
+  std::vector<Lease> leases;
+  for (auto& x : p) pool->Acquire(absl::InfiniteFuture(), x.Callback());
+  for (auto& x : p) {
+    auto l = x.Take();
+    ASSERT_TRUE(l.ok()) << l.status();
+    leases.push_back(*std::move(l));
+  }
+  leases.clear();
+  ASSERT_EQ(pool->Snapshot().idle, 3);
+  clock.Advance(absl::Seconds(9));
+  pool->RunMaintenance();
+  EXPECT_EQ(pool->Snapshot().idle, 3);
+  clock.Advance(absl::Seconds(2));
+  pool->RunMaintenance();
+  const PoolStats s = pool->Snapshot();
+  EXPECT_EQ(s.idle, 1) << "the minimum stays open";
+  EXPECT_EQ(s.connections_closed[static_cast<int>(CloseReason::kIdle)], 2);
+  EXPECT_EQ(connector_->live.load(), 1);
+}
+
+TEST_F(PoolTest, ConnectionsRetireAfterMaxLifetimeButNeverWhileInUse) {
+  ManualClock clock;
+  PoolOptions o;
+  o.min_connections = 2;
+  o.max_connections = 2;
+  o.max_lifetime = absl::Seconds(60);
+  o.maintenance_thread = false;
+  auto pool = MakePool(o, clock);
+  ASSERT_TRUE(Eventually([&] { return pool->Snapshot().idle == 2; }));
+  Pending p;
+  pool->Acquire(absl::InfiniteFuture(), p.Callback());
+  auto lease = p.Take();
+  ASSERT_TRUE(lease.ok());
+  clock.Advance(absl::Seconds(53));  // inside the 10% jitter: none retire
+  pool->RunMaintenance();
+  EXPECT_EQ(pool->Snapshot().connections_closed_total(), 0);
+  clock.Advance(absl::Seconds(8));
+  pool->RunMaintenance();
+  PoolStats s = pool->Snapshot();
+  EXPECT_EQ(s.connections_closed[static_cast<int>(CloseReason::kLifetime)], 1)
+      << "only the idle one";
+  EXPECT_EQ(s.active, 1);
+  *lease = Lease();
+  s = pool->Snapshot();
+  EXPECT_EQ(s.connections_closed[static_cast<int>(CloseReason::kLifetime)], 2);
+  ASSERT_TRUE(Eventually([&] { return pool->Snapshot().idle == 2; }))
+      << "the minimum is restored";
+}
+
+TEST_F(PoolTest, LongOutageFailsFastAndRecoversByItself) {
+  connector_->failing = true;
+  PoolOptions o;
+  o.min_connections = 1;
+  o.acquire_timeout = absl::Milliseconds(200);
+  o.backoff_initial = absl::Milliseconds(5);
+  o.backoff_max = absl::Milliseconds(20);
+  auto pool = MakePool(o);
+  // A short outage keeps callers queued.
+  Pending early;
+  pool->Acquire(absl::InfiniteFuture(), early.Callback());
+  EXPECT_FALSE(early.done());
+  EXPECT_FALSE(pool->Serving());
+  // Past the acquire timeout, callers learn at once.
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_EQ(early.Take().status().code(), absl::StatusCode::kUnavailable);
+  Pending late;
+  const absl::Time asked = absl::Now();
+  pool->Acquire(absl::InfiniteFuture(), late.Callback());
+  ASSERT_TRUE(late.done());
+  auto r = late.Take();
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(r.status().message()), ::testing::HasSubstr("fake database is down"));
+  EXPECT_LT(absl::Now() - asked, absl::Milliseconds(50));
+  EXPECT_GT(pool->Snapshot().connect_errors, 0);
+  connector_->failing = false;
+  ASSERT_TRUE(Eventually([&] { return pool->Serving(); }));
+  Pending after;
+  pool->Acquire(absl::InfiniteFuture(), after.Callback());
+  EXPECT_TRUE(after.Take().ok());
+}
+
+TEST_F(PoolTest, ShortOutageLosesNoWaiter) {
+  PoolOptions o;
+  o.min_connections = 0;
+  o.max_connections = 2;
+  o.acquire_timeout = absl::Seconds(5);
+  o.backoff_initial = absl::Milliseconds(5);
+  o.backoff_max = absl::Milliseconds(20);
+  auto pool = MakePool(o);
+  ASSERT_TRUE(Eventually([&] { return pool->Serving(); }));
+  connector_->BreakAll();
+  connector_->failing = true;
+  std::vector<Pending> waiters(4);
+  for (auto& w : waiters) pool->Acquire(absl::InfiniteFuture(), w.Callback());
+  absl::SleepFor(absl::Milliseconds(100));
+  for (auto& w : waiters) EXPECT_FALSE(w.done());
+  connector_->failing = false;
+  for (auto& w : waiters) {
+    auto l = w.Take();
+    ASSERT_TRUE(l.ok()) << l.status();
+  }
+}
+
+TEST_F(PoolTest, DrainRefusesNewAcquires) {
+  PoolOptions o;
+  auto pool = MakePool(o);
+  pool->Drain();
+  Pending p;
+  pool->Acquire(absl::InfiniteFuture(), p.Callback());
+  EXPECT_EQ(p.Take().status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_FALSE(pool->Serving());
+}
+
+TEST_F(PoolTest, AccountingHoldsUnderChurn) {
+  PoolOptions o;
+  o.min_connections = 1;
+  o.max_connections = 4;
+  o.max_waiting = 1000;
+  o.idle_timeout = absl::Milliseconds(100);
+  auto pool = MakePool(o);
+  std::atomic<bool> stop{false};
+  std::atomic<int> callbacks{0};
+  std::atomic<int> violations{0};
+  std::thread observer([&] {
+    while (!stop.load()) {
+      const PoolStats s = pool->Snapshot();
+      if (s.total != s.idle + s.active + s.connecting || s.total > o.max_connections ||
+          s.active < 0 || s.idle < 0 || s.connecting < 0 || s.waiting < 0) {
+        violations.fetch_add(1);
+      }
+      if (connector_->live.load() > o.max_connections) violations.fetch_add(1);
+    }
+  });
+  constexpr int kThreads = 8;
+  constexpr int kIterations = 400;
+  std::vector<std::thread> workers;
+  for (int t = 0; t < kThreads; ++t) {
+    workers.emplace_back([&, t] {
+      std::mt19937 rng(t);
+      for (int i = 0; i < kIterations; ++i) {
+        Pending p;
+        pool->Acquire(absl::Now() + absl::Seconds(5), p.Callback());
+        auto lease = p.Take();
+        callbacks.fetch_add(1);
+        if (!lease.ok()) continue;
+        if (rng() % 10 == 0) lease->MarkBroken();
+        if (rng() % 4 == 0) std::this_thread::yield();
+      }
+    });
+  }
+  for (auto& w : workers) w.join();
+  stop = true;
+  observer.join();
+  EXPECT_EQ(violations.load(), 0);
+  EXPECT_EQ(callbacks.load(), kThreads * kIterations);
+  const PoolStats s = pool->Snapshot();
+  EXPECT_EQ(s.active, 0);
+  EXPECT_EQ(s.waiting, 0);
+  EXPECT_EQ(s.acquires_immediate + s.acquires_waited, kThreads * kIterations);
+  ASSERT_TRUE(Eventually([&] {
+    return pool->Snapshot().connecting == 0 &&
+           connector_->live.load() == pool->Snapshot().total;
+  }));
+}
+
+TEST_F(PoolTest, AcquireQuantilesComeFromTheHistogram) {
+  PoolStats s;
+  s.acquire_buckets[0] = 90;  // <= 50 us
+  s.acquire_buckets[7] = 9;   // <= 10 ms
+  s.acquire_buckets[13] = 1;  // <= 1 s
+  EXPECT_EQ(s.AcquireQuantile(0.5), absl::Microseconds(50));
+  EXPECT_EQ(s.AcquireQuantile(0.95), absl::Milliseconds(10));
+  EXPECT_EQ(s.AcquireQuantile(0.999), absl::Seconds(1));
+}
+
+}  // namespace
+}  // namespace dbpool::pool

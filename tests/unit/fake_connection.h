@@ -1,0 +1,72 @@
+// Fakes behind the pool's connection interface, for pool and RPC unit
+// tests. FakeConnector is thread-safe; each FakeConnection is used by one
+// thread at a time, as the pool promises.
+#ifndef DBPOOL_TESTS_UNIT_FAKE_CONNECTION_H_
+#define DBPOOL_TESTS_UNIT_FAKE_CONNECTION_H_
+
+#include <atomic>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "server/pool/connection.h"
+
+namespace dbpool::testing {
+
+class FakeConnector;
+
+class FakeConnection final : public pool::Connection {
+ public:
+  FakeConnection(FakeConnector* owner, int id,
+                 std::shared_ptr<std::atomic<bool>> usable);
+  ~FakeConnection() override;
+  bool IsUsable() override { return usable_->load(); }
+  int id() const { return id_; }
+
+ private:
+  FakeConnector* const owner_;
+  const int id_;
+  const std::shared_ptr<std::atomic<bool>> usable_;
+};
+
+class FakeConnector final : public pool::Connector {
+ public:
+  absl::StatusOr<std::unique_ptr<pool::Connection>> Connect(
+      absl::Time) override {
+    if (failing.load()) return absl::UnavailableError("fake database is down");
+    const int id = opened.fetch_add(1) + 1;
+    auto usable = std::make_shared<std::atomic<bool>>(true);
+    {
+      absl::MutexLock lock(&mu_);
+      usable_flags_.push_back(usable);
+    }
+    live.fetch_add(1);
+    return std::unique_ptr<pool::Connection>(new FakeConnection(this, id, usable));
+  }
+
+  // Makes every connection opened so far report itself unusable, as a
+  // server that terminated its sessions would.
+  void BreakAll() {
+    absl::MutexLock lock(&mu_);
+    for (auto& f : usable_flags_) f->store(false);
+  }
+
+  std::atomic<bool> failing{false};
+  std::atomic<int> opened{0};
+  std::atomic<int> live{0};
+
+ private:
+  absl::Mutex mu_;
+  std::vector<std::shared_ptr<std::atomic<bool>>> usable_flags_ ABSL_GUARDED_BY(mu_);
+};
+
+inline FakeConnection::FakeConnection(FakeConnector* owner, int id,
+                                      std::shared_ptr<std::atomic<bool>> usable)
+    : owner_(owner), id_(id), usable_(std::move(usable)) {}
+
+inline FakeConnection::~FakeConnection() { owner_->live.fetch_sub(1); }
+
+}  // namespace dbpool::testing
+
+#endif  // DBPOOL_TESTS_UNIT_FAKE_CONNECTION_H_
