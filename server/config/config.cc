@@ -207,6 +207,12 @@ absl::StatusOr<Config> Load(const EnvLookup& env,
   return config;
 }
 
+std::vector<std::string> VariableNames() {
+  std::vector<std::string> names;
+  for (const auto& o : Options()) names.emplace_back(o.env);
+  return names;
+}
+
 std::string Help() {
   std::string out =
       "Usage: dbpool-server [--flag=value ...]\n"

@@ -62,6 +62,9 @@ absl::StatusOr<Config> Load(const EnvLookup& env,
 // A description of every setting, for --help.
 std::string Help();
 
+// The environment variable of every setting, in table order.
+std::vector<std::string> VariableNames();
+
 // Whether `args` asks for help.
 bool WantsHelp(const std::vector<std::string>& args);
 

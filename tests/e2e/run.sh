@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the dbpool end-to-end tests (Python gRPC client, buf curl, buf lint).
 #
-#   tests/e2e/run.sh                 both modules
-#   tests/e2e/run.sh -k health       extra arguments go to unittest
+#   tests/e2e/run.sh                 every test_*.py module
+#   tests/e2e/run.sh -k health       extra arguments go to unittest discover
 #
 # Environment: DBPOOL_SERVER_BIN (default <repo>/build/dbpool-server).
 # Needs: Debian's /usr/bin/python3 with python3-grpcio and python3-protobuf,
@@ -12,4 +12,4 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$here"
-exec /usr/bin/python3 -m unittest -v "$@" test_python_client test_buf_curl
+exec /usr/bin/python3 -m unittest discover -v -s "$here" -p "test_*.py" "$@"

@@ -1,6 +1,8 @@
 #include "server/config/config.h"
 
+#include <fstream>
 #include <map>
+#include <sstream>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -89,6 +91,33 @@ TEST(Config, HelpNamesEveryVariable) {
   }
   EXPECT_TRUE(WantsHelp({"--help"}));
   EXPECT_FALSE(WantsHelp({"--grpc-port=1"}));
+}
+
+TEST(Config, EnvExampleDocumentsEveryVariableWithItsDefault) {
+  std::ifstream file(std::string(DBPOOL_SOURCE_DIR) + "/.env.example");
+  ASSERT_TRUE(file.good());
+  std::stringstream text;
+  text << file.rdbuf();
+  // The example's values, loaded as an environment, must be valid.
+  std::map<std::string, std::string> vars;
+  std::string line;
+  while (std::getline(text, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    const auto eq = line.find('=');
+    ASSERT_NE(eq, std::string::npos) << line;
+    vars[line.substr(0, eq)] = line.substr(eq + 1);
+  }
+  for (const std::string& name : VariableNames()) {
+    EXPECT_EQ(vars.count(name), 1u) << name << " is missing from .env.example";
+  }
+  EXPECT_EQ(vars.size(), VariableNames().size()) << "unknown variables in .env.example";
+  auto c = Load(Env(vars), {});
+  EXPECT_TRUE(c.ok()) << c.status();
+  auto defaults = Load(Env({{"DATABASE_URL", vars["DATABASE_URL"]}}), {});
+  ASSERT_TRUE(defaults.ok());
+  EXPECT_EQ(c->max_connections, defaults->max_connections);
+  EXPECT_EQ(c->acquire_timeout, defaults->acquire_timeout);
+  EXPECT_EQ(c->max_lifetime, defaults->max_lifetime);
 }
 
 }  // namespace
