@@ -111,6 +111,9 @@ struct ErrorCase {
   const char* sqlstate;
 };
 
+// Names the case in test output instead of dumping its bytes.
+void PrintTo(const ErrorCase& c, std::ostream* os) { *os << c.name; }
+
 // One statement per row of DESIGN §3 that a statement can produce. Rows
 // whose natural cause needs another session or a broken server are raised
 // with their exact SQLSTATE through RAISE ... USING ERRCODE.
