@@ -109,6 +109,7 @@ TestServer::TestServer(TestServerOptions options) {
   so.statement_timeout = options.statement_timeout;
   so.query.max_rows = 1000;
   so.query.max_result_bytes = 1 << 20;
+  so.max_stats_streams = options.max_stats_streams;
   service_ = std::make_unique<rpc::DatabaseService>(*pool_, *executor_, so);
   health_service_ = std::make_unique<rpc::HealthService>(*pool_);
   grpc::ServerBuilder builder;

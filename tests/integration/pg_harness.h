@@ -49,6 +49,7 @@ struct TestServerOptions {
   absl::Duration statement_timeout = absl::Seconds(30);
   std::string conninfo;  // empty: the shared cluster
   std::string application_name = "dbpool-test";
+  int max_stats_streams = 64;
 };
 
 class TestServer {
