@@ -6,6 +6,8 @@ find_package(absl CONFIG REQUIRED)        # 20220623
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(PQ REQUIRED IMPORTED_TARGET libpq)
 find_package(spdlog CONFIG REQUIRED)
+find_package(prometheus-cpp CONFIG REQUIRED)  # no version file: ask for none
+find_package(civetweb CONFIG REQUIRED)
 
 # Protos that the contract imports, from golang-github-gogo-googleapis-dev
 # (google/api, google/rpc) and grpc-proto (grpc/health/v1).

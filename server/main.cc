@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include <google/protobuf/descriptor.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 
@@ -16,6 +17,8 @@
 #include "server/common/executor.h"
 #include "server/config/config.h"
 #include "server/db/pg_connection.h"
+#include "server/http/rest_gateway.h"
+#include "server/metrics/metrics.h"
 #include "server/pool/connection_pool.h"
 #include "server/rpc/database_service.h"
 #include "server/rpc/health_service.h"
@@ -25,6 +28,26 @@
 namespace {
 
 constexpr int kConfigError = 2;
+
+// Every method the server registers, for bounded RPC metric labels.
+absl::flat_hash_set<std::string> KnownMethods() {
+  absl::flat_hash_set<std::string> methods;
+  for (const char* name : {"dbpool.v1.DatabaseService", "grpc.health.v1.Health",
+                           "grpc.reflection.v1alpha.ServerReflection"}) {
+    const auto* service =
+        google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(name);
+    if (service == nullptr) continue;
+    for (int i = 0; i < service->method_count(); ++i) {
+      methods.insert(absl::StrCat("/", name, "/", service->method(i)->name()));
+    }
+  }
+  return methods;
+}
+
+std::string HostPort(const std::string& host, int port) {
+  return absl::StrCat(host.find(':') != std::string::npos ? "[" + host + "]" : host,
+                      ":", port);
+}
 
 }  // namespace
 
@@ -73,6 +96,8 @@ int main(int argc, char** argv) {
   // One worker per connection: a leased connection never waits for a thread.
   Executor executor(cfg.max_connections, "dbpool-worker");
   pool::ConnectionPool pool(pool_options, connector);
+  metrics::Metrics metrics(DBPOOL_VERSION);
+  metrics.AddPool(pool);
 
   rpc::ServiceOptions service_options;
   service_options.request.max_sql_bytes = cfg.max_sql_bytes;
@@ -81,16 +106,17 @@ int main(int argc, char** argv) {
   service_options.query.max_result_bytes = cfg.max_result_bytes;
   service_options.statement_timeout = cfg.statement_timeout;
   service_options.max_stats_streams = cfg.max_stats_streams;
-  rpc::DatabaseService database_service(pool, executor, service_options);
+  rpc::DatabaseService database_service(pool, executor, service_options, &metrics);
   rpc::HealthService health_service(pool, cfg.max_stats_streams);
 
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int grpc_port = 0;
-  const std::string address = absl::StrCat(
-      cfg.listen_host.find(':') != std::string::npos ? "[" + cfg.listen_host + "]"
-                                                     : cfg.listen_host,
-      ":", cfg.grpc_port);
+  const std::string address = HostPort(cfg.listen_host, cfg.grpc_port);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
+      interceptors;
+  interceptors.push_back(metrics.InterceptorFactory(KnownMethods()));
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &grpc_port);
   builder.RegisterService(&database_service);
   builder.RegisterService(&health_service);
@@ -100,11 +126,31 @@ int main(int argc, char** argv) {
     spdlog::error("cannot listen on {} (port in use?)", address);
     return 1;
   }
+  absl::StatusOr<int> metrics_port = metrics.Expose(cfg.listen_host, cfg.metrics_port);
+  if (!metrics_port.ok()) {
+    spdlog::error("{}", std::string(metrics_port.status().message()));
+    return 1;
+  }
+  http::GatewayOptions gateway_options;
+  gateway_options.host = cfg.listen_host;
+  gateway_options.port = cfg.http_port;
+  gateway_options.max_body_bytes = int64_t{cfg.max_sql_bytes} * 2 + (1 << 20);
+  gateway_options.call_timeout = cfg.acquire_timeout + cfg.statement_timeout;
+  http::RestGateway gateway(server->InProcessChannel(grpc::ChannelArguments()),
+                            [&health_service] { return health_service.Serving(); },
+                            gateway_options);
+  absl::StatusOr<int> http_port = gateway.Start();
+  if (!http_port.ok()) {
+    spdlog::error("{}", std::string(http_port.status().message()));
+    return 1;
+  }
   spdlog::info("pool max={} min={} acquire_timeout={}ms", cfg.max_connections,
                cfg.min_connections, absl::ToInt64Milliseconds(cfg.acquire_timeout));
-  // Scripts and tests read the bound port from this line.
-  std::printf("dbpool-server listening grpc=%s:%d\n", cfg.listen_host.c_str(),
-              grpc_port);
+  // Scripts and tests read the bound ports from this line.
+  std::printf("dbpool-server listening grpc=%s http=%s metrics=%s\n",
+              HostPort(cfg.listen_host, grpc_port).c_str(),
+              HostPort(cfg.listen_host, *http_port).c_str(),
+              HostPort(cfg.listen_host, *metrics_port).c_str());
   std::fflush(stdout);
 
   int signal_number = 0;
@@ -117,6 +163,7 @@ int main(int argc, char** argv) {
   // In-flight calls finish within the grace period; new ones are refused.
   server->Shutdown(absl::ToChronoTime(absl::Now() + cfg.shutdown_grace));
   server->Wait();
+  gateway.Stop();
   pool.Drain();
   spdlog::info("drained; exiting");
   return 0;

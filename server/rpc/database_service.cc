@@ -27,6 +27,22 @@ google::protobuf::Duration ToProtoDuration(absl::Duration d) {
   return TimeUtil::NanosecondsToDuration(absl::ToInt64Nanoseconds(d));
 }
 
+// Errors that mean "the pool could not serve you in time" carry the pool's
+// state, so the caller can tell saturation from an outage.
+absl::Status WithPoolState(absl::Status status, const pool::ConnectionPool& pool) {
+  switch (status.code()) {
+    case absl::StatusCode::kResourceExhausted:
+    case absl::StatusCode::kDeadlineExceeded:
+    case absl::StatusCode::kUnavailable:
+      status.SetPayload("type.googleapis.com/dbpool.v1.PoolStats",
+                        absl::Cord(ToProto(pool.Snapshot()).SerializeAsString()));
+      break;
+    default:
+      break;
+  }
+  return status;
+}
+
 }  // namespace
 
 // One Query call, from validation to Finish. Deletes itself in OnDone,
@@ -68,7 +84,7 @@ class DatabaseService::QueryCall final : public grpc::ServerUnaryReactor {
  private:
   void OnLease(absl::StatusOr<pool::Lease> lease) {
     if (!lease.ok()) {
-      Finish(ToGrpcStatus(lease.status()));
+      Finish(ToGrpcStatus(WithPoolState(lease.status(), service_->pool_)));
       return;
     }
     service_->executor_.Post(
@@ -94,6 +110,9 @@ class DatabaseService::QueryCall final : public grpc::ServerUnaryReactor {
     // Back to the pool before the reply, so the next waiter starts sooner.
     lease = pool::Lease();
     const absl::Duration execution = absl::Now() - start;
+    if (service_->metrics_ != nullptr) {
+      service_->metrics_->ObserveQuery(execution, outcome.status);
+    }
     if (outcome.status.ok()) {
       auto* timings = response_->mutable_timings();
       *timings->mutable_acquire_wait() = ToProtoDuration(wait);
@@ -103,7 +122,7 @@ class DatabaseService::QueryCall final : public grpc::ServerUnaryReactor {
     context_->AddTrailingMetadata(
         "dbpool-acquire-wait-us", absl::StrCat(absl::ToInt64Microseconds(wait)));
     context_->AddTrailingMetadata("dbpool-queue-depth", absl::StrCat(depth));
-    Finish(ToGrpcStatus(outcome.status));
+    Finish(ToGrpcStatus(WithPoolState(std::move(outcome.status), service_->pool_)));
   }
 
   DatabaseService* const service_;
@@ -117,10 +136,11 @@ class DatabaseService::QueryCall final : public grpc::ServerUnaryReactor {
 };
 
 DatabaseService::DatabaseService(pool::ConnectionPool& pool, Executor& executor,
-                                 ServiceOptions options)
+                                 ServiceOptions options, metrics::Metrics* metrics)
     : pool_(pool),
       executor_(executor),
       options_(std::move(options)),
+      metrics_(metrics),
       streams_(options_.max_stats_streams) {}
 
 grpc::ServerUnaryReactor* DatabaseService::Query(

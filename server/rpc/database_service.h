@@ -16,6 +16,7 @@
 #include "dbpool/v1/database_service.grpc.pb.h"
 #include "server/common/executor.h"
 #include "server/db/query_runner.h"
+#include "server/metrics/metrics.h"
 #include "server/pool/connection_pool.h"
 #include "server/rpc/periodic_streams.h"
 #include "server/rpc/request_validation.h"
@@ -32,8 +33,9 @@ struct ServiceOptions {
 
 class DatabaseService final : public v1::DatabaseService::CallbackService {
  public:
+  // `metrics` may be null (tests that do not look at metrics).
   DatabaseService(pool::ConnectionPool& pool, Executor& executor,
-                  ServiceOptions options);
+                  ServiceOptions options, metrics::Metrics* metrics = nullptr);
 
   grpc::ServerUnaryReactor* Query(grpc::CallbackServerContext* context,
                                   const v1::QueryRequest* request,
@@ -54,6 +56,7 @@ class DatabaseService final : public v1::DatabaseService::CallbackService {
   pool::ConnectionPool& pool_;
   Executor& executor_;
   const ServiceOptions options_;
+  metrics::Metrics* const metrics_;
   PeriodicStreams<v1::PoolStats> streams_;
 };
 

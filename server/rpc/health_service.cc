@@ -53,6 +53,10 @@ grpc::ServerWriteReactor<HealthCheckResponse>* HealthService::Watch(
       });
 }
 
+bool HealthService::Serving() const {
+  return StatusOf("") == HealthCheckResponse::SERVING;
+}
+
 void HealthService::SetDraining() { draining_.store(true); }
 
 void HealthService::EndWatches() {

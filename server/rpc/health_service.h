@@ -27,6 +27,8 @@ class HealthService final : public grpc::health::v1::Health::CallbackService {
       grpc::CallbackServerContext* context,
       const grpc::health::v1::HealthCheckRequest* request) override;
 
+  // Whether the whole server ("") is SERVING.
+  bool Serving() const;
   // From now on every service reports NOT_SERVING.
   void SetDraining();
   // Ends Watch streams.

@@ -275,7 +275,7 @@ TEST(Resilience, SigtermDrainsInFlightCalls) {
   const std::string ready = line;
   const auto at = ready.find("grpc=");
   ASSERT_NE(at, std::string::npos) << ready;
-  const std::string target = ready.substr(at + 5, ready.find('\n') - at - 5);
+  const std::string target = ready.substr(at + 5, ready.find(' ', at) - at - 5);
   auto stub = v1::DatabaseService::NewStub(
       grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
   std::vector<std::unique_ptr<AsyncQuery>> inflight;

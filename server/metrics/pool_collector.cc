@@ -1,0 +1,155 @@
+#include "server/metrics/pool_collector.h"
+
+#include <dirent.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <limits>
+#include <sstream>
+#include <string>
+
+namespace dbpool::metrics {
+namespace {
+
+using prometheus::ClientMetric;
+using prometheus::MetricFamily;
+using prometheus::MetricType;
+
+MetricFamily Single(const std::string& name, const std::string& help,
+                    MetricType type, double value) {
+  MetricFamily f{name, help, type, {}};
+  ClientMetric m;
+  if (type == MetricType::Counter) {
+    m.counter.value = value;
+  } else {
+    m.gauge.value = value;
+  }
+  f.metric.push_back(std::move(m));
+  return f;
+}
+
+ClientMetric Labelled(const std::string& label, const std::string& value,
+                      double count) {
+  ClientMetric m;
+  m.label.push_back({label, value});
+  m.counter.value = count;
+  return m;
+}
+
+}  // namespace
+
+std::vector<MetricFamily> PoolFamilies(const pool::PoolStats& s) {
+  std::vector<MetricFamily> out;
+  const auto gauge = [&](const char* name, const char* help, double v) {
+    out.push_back(Single(name, help, MetricType::Gauge, v));
+  };
+  gauge("db_pool_active_connections", "Connections running a query for a caller.", s.active);
+  gauge("db_pool_idle_connections", "Open connections ready for use.", s.idle);
+  gauge("db_pool_max_connections", "Hard cap on connections (DB_POOL_MAX_CONNECTIONS).", s.max);
+  gauge("db_pool_waiting_connections", "Callers waiting for a connection.", s.waiting);
+  gauge("db_pool_min_connections", "Connections kept open (DB_POOL_MIN_CONNECTIONS).", s.min);
+  gauge("db_pool_total_connections", "Open and opening connections: idle + active + connecting.", s.total);
+  gauge("db_pool_connecting_connections", "Connections being opened.", s.connecting);
+  gauge("db_pool_oldest_waiter_seconds", "How long the oldest waiting caller has waited.",
+        absl::ToDoubleSeconds(s.oldest_waiter_age));
+  gauge("db_pool_database_reachable", "1 when the last connection attempt succeeded.",
+        s.reachable ? 1 : 0);
+
+  MetricFamily acquires{"db_pool_acquires_total", "Connection acquires by outcome.",
+                        MetricType::Counter, {}};
+  acquires.metric.push_back(Labelled("result", "immediate", s.acquires_immediate));
+  acquires.metric.push_back(Labelled("result", "waited", s.acquires_waited));
+  acquires.metric.push_back(Labelled("result", "timeout", s.acquires_timed_out));
+  acquires.metric.push_back(Labelled("result", "rejected", s.acquires_rejected));
+  acquires.metric.push_back(Labelled("result", "cancelled", s.acquires_cancelled));
+  out.push_back(std::move(acquires));
+
+  out.push_back(Single("db_pool_connections_opened_total", "Connections opened.",
+                       MetricType::Counter, s.connections_opened));
+  MetricFamily closed{"db_pool_connections_closed_total", "Connections closed, by reason.",
+                      MetricType::Counter, {}};
+  for (int r = 0; r < pool::kCloseReasonCount; ++r) {
+    closed.metric.push_back(Labelled(
+        "reason", pool::CloseReasonName(static_cast<pool::CloseReason>(r)),
+        s.connections_closed[r]));
+  }
+  out.push_back(std::move(closed));
+  out.push_back(Single("db_pool_connect_errors_total", "Failed connection attempts.",
+                       MetricType::Counter, s.connect_errors));
+
+  MetricFamily hist{"db_pool_acquire_duration_seconds",
+                    "Time from asking for a connection to getting one.",
+                    MetricType::Histogram, {}};
+  ClientMetric h;
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < pool::kAcquireBucketSeconds.size(); ++i) {
+    cumulative += s.acquire_buckets[i];
+    h.histogram.bucket.push_back({cumulative, pool::kAcquireBucketSeconds[i]});
+  }
+  cumulative += s.acquire_buckets.back();
+  h.histogram.bucket.push_back({cumulative, std::numeric_limits<double>::infinity()});
+  h.histogram.sample_count = cumulative;
+  h.histogram.sample_sum = s.acquire_seconds_sum;
+  hist.metric.push_back(std::move(h));
+  out.push_back(std::move(hist));
+  return out;
+}
+
+std::vector<MetricFamily> PoolCollector::Collect() const {
+  return PoolFamilies(pool_.Snapshot());
+}
+
+std::vector<MetricFamily> ProcessCollector::Collect() const {
+  std::vector<MetricFamily> out;
+  std::ifstream stat_file("/proc/self/stat");
+  std::string stat((std::istreambuf_iterator<char>(stat_file)),
+                   std::istreambuf_iterator<char>());
+  // Fields after the command name, which may itself contain spaces.
+  const auto close = stat.rfind(')');
+  if (close == std::string::npos) return out;
+  std::istringstream fields(stat.substr(close + 2));
+  std::vector<std::string> f;
+  for (std::string x; fields >> x;) f.push_back(x);
+  // f[0] is field 3 (state): utime is field 14, stime 15, starttime 22,
+  // vsize 23, rss 24.
+  if (f.size() < 22) return out;
+  const double ticks = static_cast<double>(sysconf(_SC_CLK_TCK));
+  const double page = static_cast<double>(sysconf(_SC_PAGESIZE));
+  const double utime = std::stod(f[11]);
+  const double stime = std::stod(f[12]);
+  const double start_ticks = std::stod(f[19]);
+  out.push_back(Single("process_cpu_seconds_total", "User and system CPU time.",
+                       MetricType::Counter, (utime + stime) / ticks));
+  out.push_back(Single("process_virtual_memory_bytes", "Virtual memory size.",
+                       MetricType::Gauge, std::stod(f[20])));
+  out.push_back(Single("process_resident_memory_bytes", "Resident memory size.",
+                       MetricType::Gauge, std::stod(f[21]) * page));
+  std::ifstream proc_stat("/proc/stat");
+  for (std::string key; proc_stat >> key;) {
+    if (key == "btime") {
+      double boot = 0;
+      proc_stat >> boot;
+      out.push_back(Single("process_start_time_seconds",
+                           "Start time since the Unix epoch.", MetricType::Gauge,
+                           boot + start_ticks / ticks));
+      break;
+    }
+  }
+  int fds = 0;
+  if (DIR* dir = opendir("/proc/self/fd")) {
+    while (readdir(dir) != nullptr) ++fds;
+    closedir(dir);
+    fds -= 3;  // ".", ".." and the directory's own descriptor
+  }
+  out.push_back(Single("process_open_fds", "Open file descriptors.",
+                       MetricType::Gauge, fds));
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0) {
+    out.push_back(Single("process_max_fds", "Limit on open file descriptors.",
+                         MetricType::Gauge, static_cast<double>(limit.rlim_cur)));
+  }
+  return out;
+}
+
+}  // namespace dbpool::metrics

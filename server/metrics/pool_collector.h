@@ -1,0 +1,37 @@
+// PoolCollector: a Prometheus collectable that turns one pool snapshot into
+// the db_pool_* families at scrape time. Holds a reference to the pool,
+// which must outlive it. Thread-safe (Snapshot takes the pool lock briefly).
+#ifndef DBPOOL_SERVER_METRICS_POOL_COLLECTOR_H_
+#define DBPOOL_SERVER_METRICS_POOL_COLLECTOR_H_
+
+#include <vector>
+
+#include <prometheus/collectable.h>
+#include <prometheus/metric_family.h>
+
+#include "server/pool/connection_pool.h"
+#include "server/pool/pool_stats.h"
+
+namespace dbpool::metrics {
+
+class PoolCollector final : public prometheus::Collectable {
+ public:
+  explicit PoolCollector(const pool::ConnectionPool& pool) : pool_(pool) {}
+  std::vector<prometheus::MetricFamily> Collect() const override;
+
+ private:
+  const pool::ConnectionPool& pool_;
+};
+
+// The families for one snapshot; separate so tests can feed a fixed one.
+std::vector<prometheus::MetricFamily> PoolFamilies(const pool::PoolStats& s);
+
+// process_* families for this process, read from /proc.
+class ProcessCollector final : public prometheus::Collectable {
+ public:
+  std::vector<prometheus::MetricFamily> Collect() const override;
+};
+
+}  // namespace dbpool::metrics
+
+#endif  // DBPOOL_SERVER_METRICS_POOL_COLLECTOR_H_
