@@ -2,8 +2,8 @@
 //
 //   dbpool [--target HOST:PORT] [--timeout 5s] [--json] COMMAND ...
 //
-// Runs one SQL statement (query), prints a pool snapshot (stats) or follows
-// the pool (watch). Output is a human table or proto3 JSON (--json). Exit
+// Runs one SQL statement (query), prints a pool snapshot (stats), follows
+// the pool (watch) or load-tests the server (bench, in bench.cc). Output is a human table or proto3 JSON (--json). Exit
 // status: 0 success, 1 RPC error, 2 usage error.
 #include <algorithm>
 #include <cmath>
@@ -12,6 +12,7 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -30,6 +31,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "bench.h"
 #include "dbpool/v1/database_service.grpc.pb.h"
 #include "google/protobuf/duration.pb.h"
 #include "google/protobuf/struct.pb.h"
@@ -64,6 +66,8 @@ commands:
       print a snapshot of the connection pool
   watch [--interval DURATION] [--only-on-change] [--count N]
       print pool snapshots until --count, Ctrl-C or an explicit --timeout
+  bench --sql SQL [--param VALUE]... [--concurrency N | --rate R] [--duration 10s]
+      load-test Query; run 'dbpool bench --help' for its flags
   help
       print the full help
 )";
@@ -745,11 +749,34 @@ int RunWatch(v1::DatabaseService::Stub& stub, const Options& options) {
   return ReportRpcError(status, options.json);
 }
 
+// The position of a "bench" command word, which may follow global flags.
+// bench parses its own flags, so it is dispatched before ParseArgs.
+std::optional<size_t> FindBenchCommand(const std::vector<std::string>& args) {
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (arg == "--") return std::nullopt;
+    if (arg.size() < 2 || arg[0] != '-') {
+      if (arg == "bench") return i;
+      return std::nullopt;
+    }
+    const FlagSpec* spec = FindFlag(arg.substr(0, arg.find('=')));
+    if (spec != nullptr && spec->takes_value &&
+        arg.find('=') == std::string::npos) {
+      ++i;  // the flag's value
+    }
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  const absl::StatusOr<Options> options =
-      ParseArgs(std::vector<std::string>(argv + 1, argv + argc));
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (const std::optional<size_t> bench = FindBenchCommand(args)) {
+    args.erase(args.begin() + static_cast<std::ptrdiff_t>(*bench));
+    return dbpool::cli::RunBench(args, &ParseParam);
+  }
+  const absl::StatusOr<Options> options = ParseArgs(args);
   if (!options.ok()) return ReportUsageError(options.status().message());
   if (options->help) {
     std::cout << kSynopsis << kDetails;

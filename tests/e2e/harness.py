@@ -37,6 +37,10 @@ GRPC_PROTO_DIR = Path("/usr/share/grpc-proto")
 
 DEFAULT_SERVER_BIN = REPO_ROOT / "build" / "dbpool-server"
 READY_RE = re.compile(r"dbpool-server listening grpc=([0-9.]+|\[[0-9a-fA-F:]+\]):(\d+)")
+# The same line goes on with the HTTP gateway and metrics exporter addresses:
+#   dbpool-server listening grpc=H:P http=H:P metrics=H:P
+HTTP_RE = re.compile(r"\bhttp=([0-9.]+|\[[0-9a-fA-F:]+\]):(\d+)")
+METRICS_RE = re.compile(r"\bmetrics=([0-9.]+|\[[0-9a-fA-F:]+\]):(\d+)")
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 
@@ -145,6 +149,11 @@ class DbpoolServer:
         self.log_dir = log_dir
         self.host = None
         self.port = None
+        # From the same ready line; None when the server did not report them.
+        self.http_host = None
+        self.http_port = None
+        self.metrics_host = None
+        self.metrics_port = None
         self._stdout_lines = []
         self._lock = threading.Lock()
         self._ready = threading.Event()
@@ -158,7 +167,33 @@ class DbpoolServer:
 
     @property
     def url(self):
+        """The gRPC endpoint as a URL (what buf curl wants)."""
         return "http://%s:%d" % (self.host, self.port)
+
+    @staticmethod
+    def _join(host, port):
+        if host is None or port is None:
+            raise HarnessError("dbpool-server did not report this address")
+        return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+
+    @property
+    def http_address(self):
+        """host:port of the REST/JSON gateway (/v1/query, /healthz, ...)."""
+        return self._join(self.http_host, self.http_port)
+
+    @property
+    def http_url(self):
+        return "http://" + self.http_address
+
+    @property
+    def metrics_address(self):
+        """host:port of the Prometheus exporter."""
+        return self._join(self.metrics_host, self.metrics_port)
+
+    @property
+    def metrics_url(self):
+        """The exposition URL: http://host:port/metrics."""
+        return "http://%s/metrics" % self.metrics_address
 
     @classmethod
     def start(cls, database_url, extra_args=(), extra_env=None):
@@ -202,6 +237,11 @@ class DbpoolServer:
             if m and not self._ready.is_set():
                 self.host = m.group(1).strip("[]")
                 self.port = int(m.group(2))
+                for regex, attr in ((HTTP_RE, "http"), (METRICS_RE, "metrics")):
+                    extra = regex.search(line)
+                    if extra:
+                        setattr(self, attr + "_host", extra.group(1).strip("[]"))
+                        setattr(self, attr + "_port", int(extra.group(2)))
                 self._ready.set()
         self.proc.stdout.close()
 
@@ -271,8 +311,11 @@ class DbpoolServer:
         shutil.rmtree(self.log_dir, ignore_errors=True)
 
 
-def start_stack(test_class):
+def start_stack(test_class, server_args=(), server_env=None):
     """Starts PostgreSQL and the server for a unittest.TestCase class.
+
+    server_args and server_env go to DbpoolServer.start (extra flags, such as
+    --db-pool-max-connections=4, and extra environment).
 
     Sets test_class.pg and test_class.server, and registers class cleanups
     that kill whatever is still running, even if setUpClass fails halfway
@@ -285,7 +328,9 @@ def start_stack(test_class):
             "(set DBPOOL_SERVER_BIN or build the project)" % binary)
     test_class.pg = PgCluster.start()
     test_class.addClassCleanup(test_class.pg.stop)
-    test_class.server = DbpoolServer.start(test_class.pg.database_url)
+    test_class.server = DbpoolServer.start(test_class.pg.database_url,
+                                           extra_args=server_args,
+                                           extra_env=server_env)
     test_class.addClassCleanup(test_class.server.cleanup)
 
 

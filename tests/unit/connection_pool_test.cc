@@ -285,11 +285,17 @@ TEST_F(PoolTest, DeadIdleConnectionIsNeverHandedOut) {
   auto pool = MakePool(o);
   ASSERT_TRUE(Eventually([&] { return pool->Snapshot().idle == 2; }));
   connector_->BreakAll();  // e.g. pg_terminate_backend on both
-  Pending p;
-  pool->Acquire(absl::InfiniteFuture(), p.Callback());
-  auto lease = p.Take();
-  ASSERT_TRUE(lease.ok());
-  EXPECT_TRUE(lease->connection().IsUsable());
+  Pending a, b;
+  pool->Acquire(absl::InfiniteFuture(), a.Callback());
+  pool->Acquire(absl::InfiniteFuture(), b.Callback());
+  auto la = a.Take();
+  auto lb = b.Take();
+  ASSERT_TRUE(la.ok() && lb.ok());
+  // Both callers got fresh connections: the two dead ones were discarded.
+  EXPECT_TRUE(la->connection().IsUsable());
+  EXPECT_TRUE(lb->connection().IsUsable());
+  EXPECT_GT(IdOf(*la), 2);
+  EXPECT_GT(IdOf(*lb), 2);
   EXPECT_EQ(pool->Snapshot().connections_closed[static_cast<int>(CloseReason::kBroken)], 2);
 }
 
