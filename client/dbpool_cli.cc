@@ -3,8 +3,9 @@
 //   dbpool [--target HOST:PORT] [--timeout 5s] [--json] COMMAND ...
 //
 // Runs one SQL statement (query), prints a pool snapshot (stats), follows
-// the pool (watch) or load-tests the server (bench, in bench.cc). Output is a human table or proto3 JSON (--json). Exit
-// status: 0 success, 1 RPC error, 2 usage error.
+// the pool (watch) or load-tests the server (bench, in bench.cc). Output is
+// a human table or proto3 JSON (--json). Exit status: 0 success, 1 RPC
+// error, 2 usage error (bench adds 3: error rate above --max-error-rate).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>

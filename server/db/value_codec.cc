@@ -1,7 +1,6 @@
 #include "server/db/value_codec.h"
 
 #include <cmath>
-#include <cstdio>
 #include <limits>
 
 #include "absl/strings/ascii.h"
@@ -125,14 +124,26 @@ absl::Status DecodeBytea(absl::string_view text, std::string* out) {
 // TimeZone=UTC): "2024-05-06 07:08:09.123456+00" or, for timestamp, no
 // offset. Returns nullopt for forms a Timestamp cannot hold (infinity, BC,
 // years past 9999) so that they travel as text.
+// Reads `n` decimal digits at `pos`; -1 if any is not a digit.
+int Digits(absl::string_view s, size_t pos, size_t n) {
+  if (pos + n > s.size()) return -1;
+  int v = 0;
+  for (size_t i = pos; i < pos + n; ++i) {
+    if (!absl::ascii_isdigit(s[i])) return -1;
+    v = v * 10 + (s[i] - '0');
+  }
+  return v;
+}
+
 std::optional<absl::Time> ParseTimestamp(absl::string_view text) {
-  int y, mo, d, h, mi, s, consumed = 0;
-  const std::string str(text);
-  if (std::sscanf(str.c_str(), "%4d-%2d-%2d %2d:%2d:%2d%n", &y, &mo, &d, &h, &mi,
-                  &s, &consumed) != 6 ||
-      consumed != 19) {
+  // Fixed layout "YYYY-MM-DD HH:MM:SS"; this runs once per result cell.
+  if (text.size() < 19 || text[4] != '-' || text[7] != '-' || text[10] != ' ' ||
+      text[13] != ':' || text[16] != ':') {
     return std::nullopt;
   }
+  const int y = Digits(text, 0, 4), mo = Digits(text, 5, 2), d = Digits(text, 8, 2);
+  const int h = Digits(text, 11, 2), mi = Digits(text, 14, 2), s = Digits(text, 17, 2);
+  if (y < 0 || mo < 0 || d < 0 || h < 0 || mi < 0 || s < 0) return std::nullopt;
   absl::string_view rest = text.substr(19);
   int64_t micros = 0;
   if (!rest.empty() && rest[0] == '.') {
@@ -148,13 +159,22 @@ std::optional<absl::Time> ParseTimestamp(absl::string_view text) {
   int offset_seconds = 0;
   if (!rest.empty() && (rest[0] == '+' || rest[0] == '-')) {
     const int sign = rest[0] == '-' ? -1 : 1;
-    int oh = 0, om = 0, os = 0;
-    const std::string tz(rest.substr(1));
-    if (std::sscanf(tz.c_str(), "%2d:%2d:%2d", &oh, &om, &os) < 1) {
-      return std::nullopt;
+    // "+HH", "+HH:MM" or "+HH:MM:SS"
+    const int oh = Digits(rest, 1, 2);
+    if (oh < 0) return std::nullopt;
+    int om = 0, os = 0;
+    size_t used = 3;
+    if (rest.size() >= 6 && rest[3] == ':') {
+      om = Digits(rest, 4, 2);
+      used = 6;
+      if (rest.size() >= 9 && rest[6] == ':') {
+        os = Digits(rest, 7, 2);
+        used = 9;
+      }
     }
+    if (om < 0 || os < 0) return std::nullopt;
     offset_seconds = sign * (oh * 3600 + om * 60 + os);
-    rest = {};
+    rest.remove_prefix(used);
   }
   if (!rest.empty()) return std::nullopt;  // " BC" and anything unexpected
   const absl::Time t = absl::FromCivil(absl::CivilSecond(y, mo, d, h, mi, s),

@@ -44,7 +44,13 @@ TEST(DecodeCell, TimestampsBecomeUtcInstants) {
   v1::Value before_epoch = Decode(kTimestamptzOid, "1969-12-31 23:59:59.5+00");
   EXPECT_EQ(before_epoch.timestamp_value().seconds(), -1);
   EXPECT_EQ(before_epoch.timestamp_value().nanos(), 500000000);
+  EXPECT_EQ(Decode(kTimestamptzOid, "2024-01-01 00:00:00-05:30").timestamp_value().seconds(),
+            1704067200 + 5 * 3600 + 30 * 60);
+  EXPECT_EQ(Decode(kTimestamptzOid, "1900-01-01 00:00:00+00:09:21").timestamp_value().seconds(),
+            -2208988800 - 561);
   EXPECT_EQ(Decode(kTimestamptzOid, "infinity").string_value(), "infinity");
+  EXPECT_EQ(Decode(kTimestamptzOid, "2024-01-01 00:00:00+0x").string_value(),
+            "2024-01-01 00:00:00+0x");
   EXPECT_EQ(Decode(kTimestampOid, "0044-03-15 00:00:00 BC").string_value(),
             "0044-03-15 00:00:00 BC");
 }

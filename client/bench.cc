@@ -1,0 +1,894 @@
+// dbpool bench: see bench.h.
+#include "bench.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "dbpool/v1/database_service.grpc.pb.h"
+#include "google/protobuf/util/time_util.h"
+
+namespace dbpool::cli {
+namespace {
+
+namespace v1 = ::dbpool::v1;
+using google::protobuf::util::TimeUtil;
+using Clock = std::chrono::steady_clock;
+
+constexpr int kExitOk = 0;
+constexpr int kExitUnreachable = 1;
+constexpr int kExitUsage = 2;
+constexpr int kExitErrorGate = 3;
+
+constexpr absl::string_view kDefaultTarget = "127.0.0.1:50051";
+// Calls in flight at most in the open loop; a call due beyond it is not sent
+// and counts as a client_overload error.
+constexpr int64_t kMaxOutstanding = 10000;
+constexpr int kMaxChannels = 4;
+constexpr absl::string_view kClientOverload = "client_overload";
+// How long to wait for calls that were cancelled at the end of the run.
+constexpr absl::Duration kCancelGrace = absl::Seconds(5);
+
+constexpr absl::string_view kBenchUsage =
+    R"(usage: dbpool bench --target HOST:PORT --sql SQL [--param VALUE [--param-type TYPE]]...
+                    [--concurrency N | --rate R] [--duration 10s] [--warmup 0s]
+                    [--timeout 5s] [--max-error-rate X] [--json]
+)";
+
+constexpr absl::string_view kBenchDetails = R"(
+Load-tests Query with one SQL statement and reports throughput, latency
+percentiles (p50, p95, p99, p99.9, max) and pool snapshots sampled once a
+second from StreamPoolStats.
+
+  --target HOST:PORT    server (default $DBPOOL_TARGET, else 127.0.0.1:50051)
+  --sql SQL             the statement; $1..$n are bound to the --param values
+  --param VALUE         as for `dbpool query` (int:42, str:x, null, ...), plus
+                        rand:MIN:MAX, a uniform random int64 drawn per call
+  --param-type TYPE     binds the preceding --param as that PostgreSQL type
+  --concurrency N       closed loop: N calls in flight, each completion sends
+                        the next (default 8)
+  --rate R              open loop: R calls per second on a fixed schedule,
+                        latency measured from the intended send time; at most
+                        10000 calls in flight, the rest count as errors
+                        (client_overload)
+  --duration D          measured time (default 10s)
+  --warmup D            load before the measured time, not counted (default 0s)
+  --timeout D           deadline of every call (default 5s); at the end the
+                        run waits at most this long for calls in flight
+  --max-error-rate X    exit 3 when errors / requests > X
+  --json                print the report as one JSON object
+
+requests counts the calls sent in the measured time that completed, failed
+ones included; latency covers every completed call (not client_overload).
+
+exit status: 0 done, 1 target unreachable, 2 usage error,
+             3 error rate above --max-error-rate
+)";
+
+// ---------------------------------------------------------------------------
+// Options
+
+struct ParamSpec {
+  // The value sent; for rand: the type hint only.
+  v1::Value value;
+  bool random = false;
+  int64_t min = 0;
+  int64_t max = 0;
+};
+
+struct BenchOptions {
+  std::string target;
+  std::string sql;
+  bool sql_set = false;
+  std::vector<ParamSpec> params;
+  int64_t concurrency = 8;
+  bool concurrency_set = false;
+  double rate = 0;
+  bool rate_set = false;
+  absl::Duration duration = absl::Seconds(10);
+  absl::Duration warmup = absl::ZeroDuration();
+  absl::Duration timeout = absl::Seconds(5);
+  double max_error_rate = 0;
+  bool gate = false;
+  bool json = false;
+  bool help = false;
+
+  bool open_loop() const { return rate_set; }
+};
+
+absl::StatusOr<absl::Duration> ParseDurationFlag(absl::string_view text,
+                                                 bool allow_zero) {
+  absl::Duration d;
+  if (!absl::ParseDuration(text, &d) || d == absl::InfiniteDuration() ||
+      d < absl::ZeroDuration() || (!allow_zero && d == absl::ZeroDuration())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "want a ", allow_zero ? "" : "positive ",
+        "finite duration such as 10s or 250ms, got \"", text, "\""));
+  }
+  return d;
+}
+
+absl::StatusOr<ParamSpec> ParseBenchParam(absl::string_view text,
+                                          ParamParser parse_param) {
+  ParamSpec spec;
+  absl::string_view rest = text;
+  if (absl::ConsumePrefix(&rest, "rand:")) {
+    std::vector<absl::string_view> bounds = absl::StrSplit(rest, ':');
+    if (bounds.size() != 2 || !absl::SimpleAtoi(bounds[0], &spec.min) ||
+        !absl::SimpleAtoi(bounds[1], &spec.max) || spec.min > spec.max) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "want rand:MIN:MAX with int64 MIN <= MAX, got \"", text, "\""));
+    }
+    spec.random = true;
+    spec.value.set_int64_value(spec.min);
+    return spec;
+  }
+  absl::StatusOr<v1::Value> value = parse_param(text);
+  if (!value.ok()) return value.status();
+  spec.value = *std::move(value);
+  return spec;
+}
+
+absl::Status ApplyBenchFlag(absl::string_view name, const std::string& value,
+                            ParamParser parse_param, BenchOptions* o) {
+  if (name == "--target") {
+    if (value.empty()) return absl::InvalidArgumentError("must not be empty");
+    o->target = value;
+  } else if (name == "--sql") {
+    if (value.empty()) return absl::InvalidArgumentError("must not be empty");
+    o->sql = value;
+    o->sql_set = true;
+  } else if (name == "--param") {
+    absl::StatusOr<ParamSpec> spec = ParseBenchParam(value, parse_param);
+    if (!spec.ok()) return spec.status();
+    o->params.push_back(*std::move(spec));
+  } else if (name == "--param-type") {
+    if (o->params.empty()) {
+      return absl::InvalidArgumentError("must follow a --param");
+    }
+    o->params.back().value.set_type_hint(value);
+  } else if (name == "--concurrency") {
+    int64_t n;
+    if (!absl::SimpleAtoi(value, &n) || n <= 0 || n > kMaxOutstanding) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "want an integer from 1 to ", kMaxOutstanding, ", got \"", value,
+          "\""));
+    }
+    o->concurrency = n;
+    o->concurrency_set = true;
+  } else if (name == "--rate") {
+    double r;
+    if (!absl::SimpleAtod(value, &r) || !std::isfinite(r) || r <= 0 ||
+        r > 1e7) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "want calls per second, a number above 0, got \"", value, "\""));
+    }
+    o->rate = r;
+    o->rate_set = true;
+  } else if (name == "--duration" || name == "--warmup" ||
+             name == "--timeout") {
+    absl::StatusOr<absl::Duration> d =
+        ParseDurationFlag(value, /*allow_zero=*/name == "--warmup");
+    if (!d.ok()) return d.status();
+    (name == "--duration" ? o->duration
+     : name == "--warmup" ? o->warmup
+                          : o->timeout) = *d;
+  } else if (name == "--max-error-rate") {
+    double x;
+    if (!absl::SimpleAtod(value, &x) || !std::isfinite(x) || x < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "want a fraction such as 0.01, got \"", value, "\""));
+    }
+    o->max_error_rate = x;
+    o->gate = true;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("unknown flag ", name));
+  }
+  return absl::OkStatus();
+}
+
+constexpr absl::string_view kValueFlags[] = {
+    "--target",   "--sql",      "--param",   "--param-type",
+    "--concurrency", "--rate", "--duration", "--warmup",
+    "--timeout",  "--max-error-rate"};
+
+absl::StatusOr<BenchOptions> ParseBenchArgs(const std::vector<std::string>& args,
+                                            ParamParser parse_param) {
+  BenchOptions o;
+  const char* env_target = std::getenv("DBPOOL_TARGET");
+  o.target = env_target != nullptr && *env_target != '\0'
+                 ? env_target
+                 : std::string(kDefaultTarget);
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (arg.size() < 2 || arg[0] != '-') {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "unexpected argument \"", arg, "\" (give the statement as --sql)"));
+    }
+    const size_t eq = arg.find('=');
+    const std::string name = arg.substr(0, eq);
+    if (name == "--help" || name == "-h" || name == "--json") {
+      if (eq != std::string::npos) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("flag ", name, " takes no value"));
+      }
+      (name == "--json" ? o.json : o.help) = true;
+      continue;
+    }
+    if (std::find(std::begin(kValueFlags), std::end(kValueFlags), name) ==
+        std::end(kValueFlags)) {
+      return absl::InvalidArgumentError(absl::StrCat("unknown flag ", name));
+    }
+    std::string value;
+    if (eq != std::string::npos) {
+      value = arg.substr(eq + 1);
+    } else if (++i == args.size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("flag ", name, " needs a value"));
+    } else {
+      value = args[i];
+    }
+    if (absl::Status s = ApplyBenchFlag(name, value, parse_param, &o);
+        !s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(name, ": ", s.message()));
+    }
+  }
+  if (o.help) return o;
+  if (!o.sql_set) return absl::InvalidArgumentError("--sql is required");
+  if (o.rate_set && o.concurrency_set) {
+    return absl::InvalidArgumentError(
+        "give either --concurrency (closed loop) or --rate (open loop)");
+  }
+  return o;
+}
+
+// ---------------------------------------------------------------------------
+// Latency histogram
+
+// Log-linear buckets over nanoseconds, as in HdrHistogram: values below 256
+// are exact; above, every power of two is split into 128 equal buckets, so a
+// bucket is at most 1/128 (0.8%) of its values wide, and reporting its
+// midpoint keeps the error under 0.4%. 7424 buckets cover all of uint64.
+class LatencyHistogram {
+ public:
+  static constexpr int kLinear = 256;
+  static constexpr int kSubBuckets = 128;
+  static constexpr int kBuckets = kLinear + 56 * kSubBuckets;
+
+  LatencyHistogram() : counts_(kBuckets, 0) {}
+
+  void Record(uint64_t ns) {
+    ++counts_[Index(ns)];
+    ++count_;
+    min_ = std::min(min_, ns);
+    max_ = std::max(max_, ns);
+  }
+
+  uint64_t count() const { return count_; }
+  uint64_t max() const { return count_ == 0 ? 0 : max_; }
+
+  // The value at quantile q (0 < q <= 1): the midpoint of the bucket holding
+  // the ceil(q * count)-th smallest value, kept within [min, max].
+  uint64_t Quantile(double q) const {
+    if (count_ == 0) return 0;
+    const uint64_t rank = std::max<uint64_t>(
+        1, static_cast<uint64_t>(std::ceil(q * static_cast<double>(count_))));
+    uint64_t seen = 0;
+    for (int i = 0; i < kBuckets; ++i) {
+      seen += counts_[i];
+      if (seen >= rank) {
+        const uint64_t mid = Lower(i) + (Width(i) - 1) / 2;
+        return std::clamp(mid, min_, max_);
+      }
+    }
+    return max_;
+  }
+
+  static int Index(uint64_t v) {
+    if (v < kLinear) return static_cast<int>(v);
+    const int msb = 63 - __builtin_clzll(v);  // >= 8
+    const int shift = msb - 7;                // v >> shift in [128, 256)
+    return kLinear + (shift - 1) * kSubBuckets +
+           static_cast<int>((v >> shift) - kSubBuckets);
+  }
+  static uint64_t Lower(int i) {
+    if (i < kLinear) return static_cast<uint64_t>(i);
+    const int k = i - kLinear;
+    const int shift = k / kSubBuckets + 1;
+    return static_cast<uint64_t>(k % kSubBuckets + kSubBuckets) << shift;
+  }
+  static uint64_t Width(int i) {
+    if (i < kLinear) return 1;
+    return uint64_t{1} << ((i - kLinear) / kSubBuckets + 1);
+  }
+
+ private:
+  std::vector<uint64_t> counts_;
+  uint64_t count_ = 0;
+  uint64_t min_ = UINT64_MAX;
+  uint64_t max_ = 0;
+};
+
+// ---------------------------------------------------------------------------
+// Pool samples
+
+struct PoolSample {
+  double t_s = 0;  // since the start of the run, warm-up included
+  bool warmup = false;
+  int32_t active = 0;
+  int32_t idle = 0;
+  int32_t waiting = 0;
+  int32_t total = 0;
+  int32_t max = 0;
+  double acquire_p95_ms = 0;
+  double acquire_p99_ms = 0;
+};
+
+double ProtoMillis(const google::protobuf::Duration& d) {
+  return static_cast<double>(TimeUtil::DurationToNanoseconds(d)) / 1e6;
+}
+
+// Follows StreamPoolStats (interval 1 s) for the length of the run.
+class PoolWatcher : public grpc::ClientReadReactor<v1::PoolStats> {
+ public:
+  PoolWatcher(v1::DatabaseService::Stub* stub, Clock::time_point t0,
+              Clock::time_point measure_start)
+      : t0_(t0), measure_start_(measure_start) {
+    request_.mutable_interval()->set_seconds(1);
+    stub->async()->StreamPoolStats(&context_, &request_, this);
+    StartRead(&stats_);
+    StartCall();
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) return;  // OnDone follows.
+    const Clock::time_point now = Clock::now();
+    PoolSample s;
+    s.t_s = std::chrono::duration<double>(now - t0_).count();
+    s.warmup = now < measure_start_;
+    s.active = stats_.active_connections();
+    s.idle = stats_.idle_connections();
+    s.waiting = stats_.waiting_connections();
+    s.total = stats_.total_connections();
+    s.max = stats_.max_connections();
+    s.acquire_p95_ms = ProtoMillis(stats_.acquire_p95());
+    s.acquire_p99_ms = ProtoMillis(stats_.acquire_p99());
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      samples_.push_back(s);
+    }
+    StartRead(&stats_);
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    status_ = status;
+    done_ = true;
+    cv_.notify_all();
+  }
+
+  // Ends the stream; true once gRPC is done with this object.
+  bool Stop(absl::Duration wait) {
+    context_.TryCancel();
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, absl::ToChronoNanoseconds(wait),
+                        [this] { return done_; });
+  }
+
+  std::vector<PoolSample> samples() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return samples_;
+  }
+  // The stream's status if it ended before Stop, else OK.
+  grpc::Status early_status() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return stopped_early_status_;
+  }
+  void MarkStopping() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (done_) stopped_early_status_ = status_;
+  }
+
+ private:
+  const Clock::time_point t0_;
+  const Clock::time_point measure_start_;
+  grpc::ClientContext context_;
+  v1::StreamPoolStatsRequest request_;
+  v1::PoolStats stats_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<PoolSample> samples_;
+  bool done_ = false;
+  grpc::Status status_;
+  grpc::Status stopped_early_status_;
+};
+
+// ---------------------------------------------------------------------------
+// The load
+
+struct Results {
+  LatencyHistogram latency;
+  int64_t requests = 0;
+  int64_t ok = 0;
+  int64_t errors = 0;
+  std::map<std::string, int64_t> errors_by_code;
+};
+
+std::string CodeName(grpc::StatusCode code) {
+  // gRPC and absl share the canonical code numbers.
+  return absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
+}
+
+std::mt19937_64& Rng() {
+  thread_local std::mt19937_64 rng = [] {
+    std::random_device device;
+    std::seed_seq seed{device(), device(), device(), device()};
+    return std::mt19937_64(seed);
+  }();
+  return rng;
+}
+
+class Runner {
+ public:
+  Runner(const BenchOptions& options,
+         std::vector<std::unique_ptr<v1::DatabaseService::Stub>> stubs)
+      : options_(options), stubs_(std::move(stubs)) {
+    request_.set_sql(options.sql);
+    for (size_t i = 0; i < options.params.size(); ++i) {
+      *request_.add_params() = options.params[i].value;
+      if (options.params[i].random) random_params_.push_back(i);
+    }
+  }
+
+  ~Runner() {
+    for (Call* call : graveyard_) delete call;
+  }
+
+  // Runs the load from t0; returns true when every call has finished (false
+  // only if cancelled calls did not come back, in which case this object
+  // must not be destroyed).
+  bool Run(Clock::time_point t0) {
+    t0_ = t0;
+    measure_start_ = t0 + absl::ToChronoNanoseconds(options_.warmup);
+    end_ = measure_start_ + absl::ToChronoNanoseconds(options_.duration);
+    if (options_.open_loop()) {
+      RunSchedule();
+    } else {
+      for (int64_t i = 0; i < options_.concurrency; ++i) Issue(Clock::now());
+      std::this_thread::sleep_until(end_);
+    }
+    std::unique_lock<std::mutex> lock(mu_);
+    stopping_ = true;
+    // Every call has a deadline of --timeout from its send, so this wait
+    // normally ends as the last one completes.
+    cv_.wait_for(lock, absl::ToChronoNanoseconds(options_.timeout),
+                 [this] { return outstanding_ == 0; });
+    if (outstanding_ == 0) return true;
+    // Stragglers: from here on completed calls are kept, not deleted, so
+    // that the pointers taken below stay valid while they are cancelled.
+    cancelling_ = true;
+    std::vector<Call*> live(live_.begin(), live_.end());
+    lock.unlock();
+    for (Call* call : live) call->context.TryCancel();
+    lock.lock();
+    return cv_.wait_for(lock, absl::ToChronoNanoseconds(kCancelGrace),
+                        [this] { return outstanding_ == 0; });
+  }
+
+  Results results() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return results_;
+  }
+  size_t channels() const { return stubs_.size(); }
+  Clock::time_point measure_start() const { return measure_start_; }
+
+ private:
+  struct Call {
+    grpc::ClientContext context;
+    v1::QueryRequest request;
+    v1::QueryResponse response;
+    // Intended send time (open loop) or actual send time (closed loop).
+    Clock::time_point start;
+    bool counted = false;
+  };
+
+  // Open loop: call i is due at t0 + i / rate, whatever became of the
+  // earlier ones. A late scheduler sends the overdue calls at once; their
+  // latency still counts from when they were due.
+  void RunSchedule() {
+    const double period_ns = 1e9 / options_.rate;
+    for (int64_t i = 0;; ++i) {
+      const Clock::time_point due =
+          t0_ + std::chrono::nanoseconds(
+                    static_cast<int64_t>(std::llround(i * period_ns)));
+      if (due >= end_) break;
+      if (Clock::now() < due) std::this_thread::sleep_until(due);
+      Issue(due);
+    }
+  }
+
+  void Issue(Clock::time_point start) {
+    const bool counted = start >= measure_start_;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (outstanding_ >= kMaxOutstanding) {
+        if (counted) {
+          ++results_.requests;
+          ++results_.errors;
+          ++results_.errors_by_code[std::string(kClientOverload)];
+        }
+        return;
+      }
+      ++outstanding_;
+    }
+    auto* call = new Call;
+    call->start = start;
+    call->counted = counted;
+    call->request = request_;
+    for (size_t i : random_params_) {
+      const ParamSpec& spec = options_.params[i];
+      std::uniform_int_distribution<int64_t> dist(spec.min, spec.max);
+      call->request.mutable_params(static_cast<int>(i))
+          ->set_int64_value(dist(Rng()));
+    }
+    call->context.set_deadline(std::chrono::system_clock::now() +
+                               absl::ToChronoNanoseconds(options_.timeout));
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      live_.insert(call);
+    }
+    v1::DatabaseService::Stub* stub =
+        stubs_[next_stub_.fetch_add(1, std::memory_order_relaxed) %
+               stubs_.size()]
+            .get();
+    stub->async()->Query(&call->context, &call->request, &call->response,
+                         [this, call](grpc::Status status) {
+                           OnDone(call, status);
+                         });
+  }
+
+  void OnDone(Call* call, const grpc::Status& status) {
+    const Clock::time_point now = Clock::now();
+    bool again = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      live_.erase(call);
+      if (call->counted) {
+        ++results_.requests;
+        if (status.ok()) {
+          ++results_.ok;
+        } else {
+          ++results_.errors;
+          ++results_.errors_by_code[CodeName(status.error_code())];
+        }
+        const int64_t ns =
+            std::chrono::duration_cast<std::chrono::nanoseconds>(now -
+                                                                 call->start)
+                .count();
+        results_.latency.Record(static_cast<uint64_t>(std::max<int64_t>(ns, 0)));
+      }
+      again = !options_.open_loop() && !stopping_ && now < end_;
+    }
+    // Closed loop: the next call goes out before this one is let go, so the
+    // count in flight never dips below --concurrency mid-run.
+    if (again) Issue(Clock::now());
+    std::lock_guard<std::mutex> lock(mu_);
+    if (cancelling_) {
+      graveyard_.push_back(call);
+    } else {
+      delete call;
+    }
+    if (--outstanding_ == 0) cv_.notify_all();
+  }
+
+  const BenchOptions& options_;
+  const std::vector<std::unique_ptr<v1::DatabaseService::Stub>> stubs_;
+  v1::QueryRequest request_;
+  std::vector<size_t> random_params_;
+  Clock::time_point t0_;
+  Clock::time_point measure_start_;
+  Clock::time_point end_;
+  std::atomic<uint64_t> next_stub_{0};
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  int64_t outstanding_ = 0;
+  std::unordered_set<Call*> live_;
+  std::vector<Call*> graveyard_;
+  bool stopping_ = false;
+  bool cancelling_ = false;
+  Results results_;
+};
+
+// ---------------------------------------------------------------------------
+// Report
+
+struct Report {
+  const BenchOptions* options;
+  size_t channels;
+  Results results;
+  std::vector<PoolSample> samples;
+  grpc::Status pool_stream_status;
+
+  double duration_s() const {
+    return absl::ToDoubleSeconds(options->duration);
+  }
+  double rps() const { return results.requests / duration_s(); }
+  double error_rate() const {
+    return results.requests == 0
+               ? 0.0
+               : static_cast<double>(results.errors) / results.requests;
+  }
+  // The gate fails also when nothing completed: no evidence of health.
+  bool gate_failed() const {
+    return options->gate &&
+           (results.requests == 0 || error_rate() > options->max_error_rate);
+  }
+  double LatencyMs(double q) const {
+    return static_cast<double>(results.latency.Quantile(q)) / 1e6;
+  }
+  double MaxMs() const {
+    return static_cast<double>(results.latency.max()) / 1e6;
+  }
+};
+
+std::string JsonEscape(absl::string_view s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        if (c < 0x20) {
+          out += absl::StrFormat("\\u%04x", c);
+        } else {
+          out += static_cast<char>(c);
+        }
+    }
+  }
+  out += "\"";
+  return out;
+}
+
+// A JSON number: integral values without a fraction, others with up to 6
+// significant digits after the point.
+std::string JsonNumber(double d) {
+  if (!std::isfinite(d)) return "null";
+  if (d == std::floor(d) && std::fabs(d) < 1e15) {
+    return absl::StrCat(static_cast<int64_t>(d));
+  }
+  std::string s = absl::StrFormat("%.6f", d);
+  s.erase(s.find_last_not_of('0') + 1);
+  if (s.back() == '.') s.pop_back();
+  return s;
+}
+
+std::string Ms(double ms) { return absl::StrFormat("%.3f", ms); }
+
+void PrintJsonReport(const Report& r) {
+  const BenchOptions& o = *r.options;
+  std::vector<std::string> m;
+  m.push_back(absl::StrCat("\"mode\":", JsonEscape(o.open_loop() ? "open" : "closed")));
+  if (o.open_loop()) {
+    m.push_back(absl::StrCat("\"rate\":", JsonNumber(o.rate)));
+  } else {
+    m.push_back(absl::StrCat("\"concurrency\":", o.concurrency));
+  }
+  m.push_back(absl::StrCat("\"target\":", JsonEscape(o.target)));
+  m.push_back(absl::StrCat("\"sql\":", JsonEscape(o.sql)));
+  m.push_back(absl::StrCat("\"channels\":", r.channels));
+  m.push_back(absl::StrCat("\"duration_s\":", JsonNumber(r.duration_s())));
+  m.push_back(absl::StrCat("\"warmup_s\":",
+                           JsonNumber(absl::ToDoubleSeconds(o.warmup))));
+  m.push_back(absl::StrCat("\"timeout_s\":",
+                           JsonNumber(absl::ToDoubleSeconds(o.timeout))));
+  m.push_back(absl::StrCat("\"requests\":", r.results.requests));
+  m.push_back(absl::StrCat("\"ok\":", r.results.ok));
+  m.push_back(absl::StrCat("\"errors\":", r.results.errors));
+  std::vector<std::string> codes;
+  for (const auto& [code, n] : r.results.errors_by_code) {
+    codes.push_back(absl::StrCat(JsonEscape(code), ":", n));
+  }
+  m.push_back(absl::StrCat("\"errors_by_code\":{", absl::StrJoin(codes, ","), "}"));
+  m.push_back(absl::StrCat("\"error_rate\":", JsonNumber(r.error_rate())));
+  if (o.gate) {
+    m.push_back(absl::StrCat("\"max_error_rate\":", JsonNumber(o.max_error_rate)));
+  }
+  m.push_back(absl::StrCat("\"rps\":", JsonNumber(std::round(r.rps() * 1000) / 1000)));
+  m.push_back(absl::StrFormat(
+      "\"latency_ms\":{\"p50\":%s,\"p95\":%s,\"p99\":%s,\"p999\":%s,\"max\":%s}",
+      Ms(r.LatencyMs(0.50)), Ms(r.LatencyMs(0.95)), Ms(r.LatencyMs(0.99)),
+      Ms(r.LatencyMs(0.999)), Ms(r.MaxMs())));
+  std::vector<std::string> samples;
+  for (const PoolSample& s : r.samples) {
+    samples.push_back(absl::StrFormat(
+        "{\"t_s\":%.3f,\"warmup\":%s,\"active\":%d,\"idle\":%d,\"waiting\":%d,"
+        "\"total\":%d,\"max\":%d,\"acquire_p95_ms\":%s,\"acquire_p99_ms\":%s}",
+        s.t_s, s.warmup ? "true" : "false", s.active, s.idle, s.waiting,
+        s.total, s.max, Ms(s.acquire_p95_ms), Ms(s.acquire_p99_ms)));
+  }
+  m.push_back(absl::StrCat("\"pool_samples\":[", absl::StrJoin(samples, ","), "]"));
+  if (!r.pool_stream_status.ok()) {
+    m.push_back(absl::StrCat(
+        "\"pool_stream_error\":",
+        JsonEscape(absl::StrCat(CodeName(r.pool_stream_status.error_code()),
+                                ": ", r.pool_stream_status.error_message()))));
+  }
+  std::cout << "{" << absl::StrJoin(m, ",") << "}" << std::endl;
+}
+
+void PrintHumanReport(const Report& r) {
+  const BenchOptions& o = *r.options;
+  std::string out;
+  absl::StrAppend(
+      &out, "dbpool bench: ",
+      o.open_loop() ? absl::StrCat("open loop, ", JsonNumber(o.rate), " calls/s")
+                    : absl::StrCat("closed loop, concurrency ", o.concurrency),
+      ", ", absl::FormatDuration(o.duration), " measured (warm-up ",
+      absl::FormatDuration(o.warmup), "), timeout ",
+      absl::FormatDuration(o.timeout), ", ", r.channels, " channel",
+      r.channels == 1 ? "" : "s", ", target ", o.target, "\n");
+  absl::StrAppend(&out, "  sql: ", o.sql, "\n");
+  absl::StrAppendFormat(&out,
+                        "requests   %d (%d ok, %d errors, error rate %.2f%%)\n",
+                        r.results.requests, r.results.ok, r.results.errors,
+                        100 * r.error_rate());
+  absl::StrAppendFormat(&out, "throughput %.1f calls/s\n", r.rps());
+  absl::StrAppendFormat(
+      &out, "latency ms p50 %s  p95 %s  p99 %s  p99.9 %s  max %s\n",
+      Ms(r.LatencyMs(0.50)), Ms(r.LatencyMs(0.95)), Ms(r.LatencyMs(0.99)),
+      Ms(r.LatencyMs(0.999)), Ms(r.MaxMs()));
+  if (!r.results.errors_by_code.empty()) {
+    absl::StrAppend(&out, "errors    ");
+    for (const auto& [code, n] : r.results.errors_by_code) {
+      absl::StrAppend(&out, " ", code, "=", n);
+    }
+    absl::StrAppend(&out, "\n");
+  }
+  absl::StrAppend(&out, "pool samples (", r.samples.size(), "):\n");
+  absl::StrAppend(&out,
+                  "     t_s  active  idle  waiting  total  max  acquire_p95_ms"
+                  "  acquire_p99_ms\n");
+  for (const PoolSample& s : r.samples) {
+    absl::StrAppendFormat(&out, "  %6.1f%s %6d %5d %8d %6d %4d %15s %15s\n",
+                          s.t_s, s.warmup ? "w" : " ", s.active, s.idle,
+                          s.waiting, s.total, s.max, Ms(s.acquire_p95_ms),
+                          Ms(s.acquire_p99_ms));
+  }
+  if (!r.pool_stream_status.ok()) {
+    absl::StrAppend(&out, "pool stream ended early: ",
+                    CodeName(r.pool_stream_status.error_code()), ": ",
+                    r.pool_stream_status.error_message(), "\n");
+  }
+  std::cout << out << std::flush;
+}
+
+int ReportBenchUsageError(absl::string_view message) {
+  std::cerr << "dbpool bench: " << message << "\n\n"
+            << kBenchUsage << "\nrun 'dbpool bench --help' for details\n";
+  return kExitUsage;
+}
+
+// Channels: one per 8 calls in flight (closed loop) or per 500 calls/s (open
+// loop), 1 to 4.
+int ChannelCount(const BenchOptions& o) {
+  const double load = o.open_loop() ? o.rate / 500.0 : o.concurrency / 8.0;
+  return std::clamp(static_cast<int>(std::ceil(load)), 1, kMaxChannels);
+}
+
+}  // namespace
+
+int RunBench(const std::vector<std::string>& args, ParamParser parse_param) {
+  absl::StatusOr<BenchOptions> parsed = ParseBenchArgs(args, parse_param);
+  if (!parsed.ok()) return ReportBenchUsageError(parsed.status().message());
+  const BenchOptions& options = *parsed;
+  if (options.help) {
+    std::cout << kBenchUsage << kBenchDetails;
+    return kExitOk;
+  }
+
+  // Distinct channel args keep the channels from sharing one subchannel, and
+  // so one HTTP/2 connection.
+  std::vector<std::unique_ptr<v1::DatabaseService::Stub>> stubs;
+  std::shared_ptr<grpc::Channel> first_channel;
+  const auto connect_deadline =
+      std::chrono::system_clock::now() +
+      absl::ToChronoNanoseconds(options.timeout);
+  const int channel_count = ChannelCount(options);
+  for (int i = 0; i < channel_count; ++i) {
+    grpc::ChannelArguments channel_args;
+    channel_args.SetInt("grpc.channel_id", i);
+    channel_args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(
+        options.target, grpc::InsecureChannelCredentials(), channel_args);
+    // Connected up front, so that the connection set-up is not measured.
+    if (!channel->WaitForConnected(connect_deadline)) {
+      std::cerr << "dbpool bench: cannot connect to " << options.target
+                << " within " << absl::FormatDuration(options.timeout) << "\n";
+      return kExitUnreachable;
+    }
+    if (i == 0) first_channel = channel;
+    stubs.push_back(v1::DatabaseService::NewStub(channel));
+  }
+  const std::unique_ptr<v1::DatabaseService::Stub> stats_stub =
+      v1::DatabaseService::NewStub(first_channel);
+
+  const Clock::time_point t0 = Clock::now();
+  const Clock::time_point measure_start =
+      t0 + absl::ToChronoNanoseconds(options.warmup);
+  auto* watcher = new PoolWatcher(stats_stub.get(), t0, measure_start);
+  auto* runner = new Runner(options, std::move(stubs));
+  const bool runner_done = runner->Run(t0);
+  watcher->MarkStopping();
+  const grpc::Status early = watcher->early_status();
+  const bool watcher_done = watcher->Stop(absl::Seconds(2));
+
+  Report report{&options, runner->channels(), runner->results(),
+                watcher->samples(), early};
+  if (options.json) {
+    PrintJsonReport(report);
+  } else {
+    PrintHumanReport(report);
+  }
+  int code = kExitOk;
+  if (report.gate_failed()) {
+    std::cerr << absl::StrFormat(
+        "dbpool bench: error rate %.4f (%d of %d) is above --max-error-rate "
+        "%g\n",
+        report.error_rate(), report.results.errors, report.results.requests,
+        options.max_error_rate);
+    code = kExitErrorGate;
+  }
+  if (!runner_done || !watcher_done) {
+    // gRPC still holds calls that refer to these objects: leave without
+    // destroying them.
+    std::cout.flush();
+    std::cerr.flush();
+    std::_Exit(code);
+  }
+  delete runner;
+  delete watcher;
+  return code;
+}
+
+}  // namespace dbpool::cli

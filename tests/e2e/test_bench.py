@@ -1,0 +1,185 @@
+"""End-to-end tests of `dbpool bench`, the load generator of the CLI.
+
+Runs the built `dbpool` binary against dbpool-server and a throwaway
+PostgreSQL cluster, both started through harness.py:
+
+    /usr/bin/python3 -m unittest -v tests/e2e/test_bench.py
+
+The client binary is $DBPOOL_CLI_BIN (default <repo>/build/dbpool), the
+server binary $DBPOOL_SERVER_BIN (default <repo>/build/dbpool-server).
+The whole module takes about 20 s of load plus the stack start.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import unittest
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+DEFAULT_CLI_BIN = harness.REPO_ROOT / "build" / "dbpool"
+# A bench run lasts --duration plus at most --timeout; this is generous on
+# top of the longest run here (10 s) but still catches a hung client.
+CLI_TIMEOUT_S = 60.0
+LATENCY_KEYS = ("p50", "p95", "p99", "p999", "max")
+SAMPLE_KEYS = ("active", "idle", "waiting", "total",
+               "acquire_p95_ms", "acquire_p99_ms")
+
+
+def cli_bin():
+    return Path(os.environ.get("DBPOOL_CLI_BIN") or DEFAULT_CLI_BIN)
+
+
+class BenchTest(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        binary = cli_bin()
+        if not (binary.is_file() and os.access(binary, os.X_OK)):
+            raise harness.HarnessError(
+                "client binary %s does not exist or is not executable "
+                "(set DBPOOL_CLI_BIN or build the `dbpool` target)" % binary)
+        harness.start_stack(cls)
+
+    @classmethod
+    def tearDownClass(cls):
+        harness.stop_server_checked(cls)
+
+    # -- helpers ------------------------------------------------------------
+
+    def run_bench(self, *args, target=True):
+        """Runs `dbpool bench ARGS`; DBPOOL_TARGET is never inherited."""
+        env = {k: v for k, v in os.environ.items() if k != "DBPOOL_TARGET"}
+        argv = [str(cli_bin()), "bench"]
+        if target:
+            argv += ["--target", self.server.address]
+        argv += list(args)
+        try:
+            return subprocess.run(argv, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, timeout=CLI_TIMEOUT_S, env=env)
+        except subprocess.TimeoutExpired as e:
+            self.fail("dbpool bench %s did not finish within %.0f s\n"
+                      "stdout:\n%s\nstderr:\n%s"
+                      % (" ".join(args), CLI_TIMEOUT_S, e.stdout, e.stderr))
+
+    def assert_exit(self, proc, code):
+        self.assertEqual(proc.returncode, code,
+                         "want exit %d, got %d\nstdout:\n%s\nstderr:\n%s"
+                         % (code, proc.returncode, proc.stdout, proc.stderr))
+
+    def parse_report(self, proc):
+        lines = proc.stdout.splitlines()
+        self.assertEqual(len(lines), 1, "want one line of JSON: %r" % proc.stdout)
+        return json.loads(lines[0])
+
+    def assert_latency(self, report):
+        latency = report["latency_ms"]
+        for key in LATENCY_KEYS:
+            self.assertIn(key, latency)
+            self.assertIsInstance(latency[key], (int, float))
+        values = [latency[key] for key in LATENCY_KEYS]
+        self.assertEqual(values, sorted(values),
+                         "want p50 <= p95 <= p99 <= p999 <= max: %r" % latency)
+        self.assertGreater(latency["p50"], 0, latency)
+
+    def assert_pool_samples(self, report):
+        samples = report["pool_samples"]
+        self.assertIsInstance(samples, list)
+        self.assertTrue(samples, "no pool samples")
+        for sample in samples:
+            for key in SAMPLE_KEYS:
+                self.assertIn(key, sample)
+            self.assertGreaterEqual(sample["total"], sample["active"])
+        self.assertTrue(any(s["total"] > 0 for s in samples), samples)
+
+    # -- tests --------------------------------------------------------------
+
+    def test_open_loop_smoke(self):
+        # The seed's check: 100 calls/s for 10 s, error gate at 1%.
+        proc = self.run_bench("--sql", "SELECT 1", "--rate", "100",
+                              "--duration", "10s", "--max-error-rate", "0.01",
+                              "--json")
+        self.assert_exit(proc, 0)
+        report = self.parse_report(proc)
+        self.assertEqual(report["mode"], "open")
+        self.assertEqual(report["rate"], 100)
+        self.assertEqual(report["duration_s"], 10)
+        self.assertGreaterEqual(report["requests"], 900, report)
+        self.assertLessEqual(report["requests"], 1100, report)
+        self.assertEqual(report["errors"], 0, report["errors_by_code"])
+        self.assertEqual(report["errors_by_code"], {})
+        self.assertAlmostEqual(report["rps"], report["requests"] / 10, delta=0.01)
+        self.assert_latency(report)
+        self.assert_pool_samples(report)
+        # One sample a second over 10 s; a loaded machine may lose one or two.
+        self.assertGreaterEqual(len(report["pool_samples"]), 8)
+
+    def test_closed_loop_random_params(self):
+        # Every drawn value must lie in [1, 100000], else the CASE divides by
+        # zero and the call fails.
+        proc = self.run_bench(
+            "--sql",
+            "SELECT CASE WHEN $1::int BETWEEN 1 AND 100000 THEN $1::int "
+            "ELSE 1/0 END",
+            "--param", "rand:1:100000", "--concurrency", "16",
+            "--duration", "3s", "--json")
+        self.assert_exit(proc, 0)
+        report = self.parse_report(proc)
+        self.assertEqual(report["mode"], "closed")
+        self.assertEqual(report["concurrency"], 16)
+        self.assertNotIn("rate", report)
+        self.assertGreater(report["requests"], 0)
+        self.assertEqual(report["errors"], 0, report["errors_by_code"])
+        self.assertAlmostEqual(report["rps"], report["requests"] / 3, delta=0.01)
+        self.assert_latency(report)
+        self.assert_pool_samples(report)
+
+    def test_random_params_vary(self):
+        # rand:0:1 divides by zero about half the time: both outcomes show.
+        proc = self.run_bench("--sql", "SELECT 1 / $1::int",
+                              "--param", "rand:0:1", "--concurrency", "4",
+                              "--duration", "1s", "--json")
+        self.assert_exit(proc, 0)
+        report = self.parse_report(proc)
+        self.assertGreater(report["ok"], 0, report)
+        self.assertGreater(report["errors_by_code"].get("INVALID_ARGUMENT", 0), 0,
+                           report)
+        self.assertEqual(report["ok"] + report["errors"], report["requests"])
+
+    def test_error_gate(self):
+        proc = self.run_bench("--sql", "SELECT 1/0", "--rate", "50",
+                              "--duration", "2s", "--max-error-rate", "0.01",
+                              "--json")
+        self.assert_exit(proc, 3)
+        report = self.parse_report(proc)
+        self.assertGreater(report["requests"], 0)
+        self.assertEqual(report["errors"], report["requests"])
+        self.assertEqual(report["errors_by_code"].get("INVALID_ARGUMENT"),
+                         report["requests"], report["errors_by_code"])
+        self.assert_latency(report)
+        self.assertIn("max-error-rate", proc.stderr)
+
+    def test_usage_errors(self):
+        cases = [
+            ([], "--sql is required"),
+            (["--sql", "SELECT 1", "--rate", "10", "--concurrency", "2"],
+             "either --concurrency"),
+            (["--sql", "SELECT $1", "--param", "rand:9:1"], "rand:MIN:MAX"),
+            (["--sql", "SELECT 1", "--bogus"], "unknown flag --bogus"),
+            (["--sql", "SELECT 1", "--duration", "soon"], "duration"),
+        ]
+        for args, message in cases:
+            with self.subTest(args=args):
+                proc = self.run_bench(*args)
+                self.assert_exit(proc, 2)
+                self.assertIn(message, proc.stderr)
+                self.assertIn("usage: dbpool bench", proc.stderr)
+                self.assertEqual(proc.stdout, "")
+
+
+if __name__ == "__main__":
+    unittest.main()
