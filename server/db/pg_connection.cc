@@ -89,6 +89,10 @@ bool PgConnection::IsUsable() {
          PQisBusy(conn_) == 0;
 }
 
+std::string PgConnection::NextStatementName() {
+  return absl::StrCat("dbpool_", ++statements_prepared_);
+}
+
 void PgConnection::CancelRunningQuery() {
   char error[256];
   if (cancel_ != nullptr) PQcancel(cancel_, error, sizeof error);

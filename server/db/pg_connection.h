@@ -18,6 +18,7 @@
 #include <memory>
 #include <string>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -46,6 +47,17 @@ class PgConnection final : public pool::Connection {
   bool IsUsable() override;
 
   PGconn* raw() const { return conn_; }
+
+  // Server-side prepared statements of this session, keyed by SQL text and
+  // parameter types. A statement is prepared on its second use, so one-off
+  // SQL costs no extra round trip and repeated SQL is parsed and planned
+  // once per connection.
+  struct Statement {
+    std::string name;  // empty until prepared
+  };
+  static constexpr size_t kMaxStatements = 512;
+  absl::flat_hash_map<std::string, Statement>& statements() { return statements_; }
+  std::string NextStatementName();
   // Asks the server to cancel whatever this connection is running. Blocks
   // for one round trip on a separate connection.
   void CancelRunningQuery();
@@ -61,6 +73,8 @@ class PgConnection final : public pool::Connection {
   // terminated backend, a shutdown): the session is over even if the socket
   // has not closed yet.
   bool fatal_notice_ = false;
+  absl::flat_hash_map<std::string, Statement> statements_;
+  int statements_prepared_ = 0;
 };
 
 class PgConnector final : public pool::Connector {

@@ -228,11 +228,65 @@ absl::Status FillRows(PGconn* conn, const PGresult* r, int64_t max_rows,
   return absl::OkStatus();
 }
 
-absl::Status Execute(Session& session, PGconn* conn,
+// Runs one statement: unnamed the first time this connection sees the SQL,
+// prepared from the second time on.
+absl::StatusOr<Result> Send(Session& session, PgConnection& pg,
+                            const std::string& sql, const std::vector<Oid>& types,
+                            const std::vector<const char*>& values,
+                            const std::vector<int>& lengths,
+                            const std::vector<int>& formats) {
+  PGconn* conn = pg.raw();
+  const int n = static_cast<int>(types.size());
+  std::string key = sql;
+  key.push_back('\0');
+  key.append(reinterpret_cast<const char*>(types.data()), n * sizeof(Oid));
+  auto& statements = pg.statements();
+  auto it = statements.find(key);
+  if (it != statements.end() && it->second.name.empty()) {
+    const std::string name = pg.NextStatementName();
+    if (PQsendPrepare(conn, name.c_str(), sql.c_str(), n, types.data()) == 0) {
+      return session.Lost();
+    }
+    auto prepared = session.Await();
+    if (!prepared.ok()) return prepared.status();
+    if (PQresultStatus(prepared->get()) == PGRES_COMMAND_OK) {
+      it->second.name = name;
+    } else {
+      // Let the unnamed run below report the error as usual.
+      statements.erase(it);
+      it = statements.end();
+    }
+  }
+  if (it != statements.end()) {
+    if (PQsendQueryPrepared(conn, it->second.name.c_str(), n, values.data(),
+                            lengths.data(), formats.data(), 0) == 0) {
+      return session.Lost();
+    }
+    auto result = session.Await();
+    if (!result.ok()) return result;
+    const std::string sqlstate = Field(result->get(), PG_DIAG_SQLSTATE);
+    // The session lost the statement (DEALLOCATE, DISCARD) or a schema
+    // change altered its result type: forget it and run unnamed.
+    if (sqlstate != "26000" && sqlstate != "0A000") return result;
+    statements.erase(it);
+    // Inside a transaction the failure has aborted it: no second try.
+    if (PQtransactionStatus(conn) != PQTRANS_IDLE) return result;
+  } else if (statements.size() < PgConnection::kMaxStatements) {
+    statements.emplace(std::move(key), PgConnection::Statement{});
+  }
+  if (PQsendQueryParams(conn, sql.c_str(), n, types.data(), values.data(),
+                        lengths.data(), formats.data(), /*resultFormat=*/0) == 0) {
+    return session.Lost();
+  }
+  return session.Await();
+}
+
+absl::Status Execute(Session& session, PgConnection& pg,
                      const v1::QueryRequest& request,
                      const std::vector<EncodedParam>& params,
                      const QueryLimits& limits,
                      v1::QueryResponse* response) {
+  PGconn* conn = pg.raw();
   const int n = static_cast<int>(params.size());
   std::vector<Oid> types(n);
   std::vector<const char*> values(n);
@@ -244,12 +298,8 @@ absl::Status Execute(Session& session, PGconn* conn,
     lengths[i] = static_cast<int>(params[i].data.size());
     formats[i] = params[i].binary ? 1 : 0;
   }
-  if (PQsendQueryParams(conn, request.sql().c_str(), n, types.data(),
-                        values.data(), lengths.data(), formats.data(),
-                        /*resultFormat=*/0) == 0) {
-    return session.Lost();
-  }
-  auto result = session.Await();
+  absl::StatusOr<Result> result =
+      Send(session, pg, request.sql(), types, values, lengths, formats);
   if (!result.ok()) return result.status();
   PGresult* r = result->get();
   switch (PQresultStatus(r)) {
@@ -298,7 +348,7 @@ QueryOutcome RunQuery(pool::Connection& connection,
     out.status = session.Command("BEGIN READ ONLY");
   }
   if (out.status.ok()) {
-    out.status = Execute(session, conn, request, params, limits, response);
+    out.status = Execute(session, pg, request, params, limits, response);
   }
   if (!session.broken() && PQtransactionStatus(conn) != PQTRANS_IDLE) {
     // Our own READ ONLY transaction ends here; a transaction the statement

@@ -166,6 +166,31 @@ INSTANTIATE_TEST_SUITE_P(
         ErrorCase{"InternalError", RAISE("XX000"), grpc::StatusCode::INTERNAL, "XX000"}),
     [](const ::testing::TestParamInfo<ErrorCase>& info) { return info.param.name; });
 
+TEST(PreparedStatements, RepeatedSqlIsPreparedOnceAndSurvivesDeallocate) {
+  TestServerOptions o;
+  o.max_connections = 1;  // every call shares one session
+  TestServer server(o);
+  v1::QueryRequest req;
+  req.set_sql("SELECT $1::int + 1 AS next");
+  req.add_params()->set_int64_value(41);
+  for (int i = 0; i < 3; ++i) {
+    v1::QueryResponse resp;
+    ASSERT_TRUE(server.Query(req, &resp).ok());
+    EXPECT_EQ(resp.rows(0).values(0).int64_value(), 42);
+  }
+  v1::QueryResponse listed;
+  ASSERT_TRUE(server.Query("SELECT count(*) FROM pg_prepared_statements "
+                           "WHERE statement = 'SELECT $1::int + 1 AS next'",
+                           &listed).ok());
+  EXPECT_EQ(listed.rows(0).values(0).int64_value(), 1);
+  v1::QueryResponse ignored;
+  ASSERT_TRUE(server.Query("DEALLOCATE ALL", &ignored).ok());
+  v1::QueryResponse again;
+  grpc::Status st = server.Query(req, &again);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(again.rows(0).values(0).int64_value(), 42);
+}
+
 TEST_F(QueryTest, ReadOnlyRequestsCannotWrite) {
   v1::QueryResponse resp;
   ASSERT_TRUE(server_.Query("CREATE TABLE IF NOT EXISTS ro (x int)", &resp).ok());
