@@ -2,6 +2,7 @@
 // executor and the services, serves until SIGTERM or SIGINT, then drains.
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -136,6 +137,9 @@ int main(int argc, char** argv) {
   gateway_options.port = cfg.http_port;
   gateway_options.max_body_bytes = int64_t{cfg.max_sql_bytes} * 2 + (1 << 20);
   gateway_options.call_timeout = cfg.acquire_timeout + cfg.statement_timeout;
+  // Each HTTP request holds a worker while its query waits and runs; twice
+  // the pool leaves workers for /healthz and /readyz while the pool is busy.
+  gateway_options.threads = std::max(16, 2 * cfg.max_connections);
   http::RestGateway gateway(server->InProcessChannel(grpc::ChannelArguments()),
                             [&health_service] { return health_service.Serving(); },
                             gateway_options);

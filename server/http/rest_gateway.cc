@@ -81,7 +81,8 @@ const char* Reason(int status) {
   }
 }
 
-void Send(mg_connection* conn, const Reply& reply) {
+// HEAD gets the headers a GET would, and no body.
+void Send(mg_connection* conn, const Reply& reply, bool head_only) {
   std::string head = absl::StrCat("HTTP/1.1 ", reply.status, " ", Reason(reply.status),
                                   "\r\nContent-Type: application/json\r\n"
                                   "Cache-Control: no-store\r\nContent-Length: ",
@@ -89,7 +90,15 @@ void Send(mg_connection* conn, const Reply& reply) {
   for (const auto& [k, v] : reply.headers) absl::StrAppend(&head, k, ": ", v, "\r\n");
   head += "\r\n";
   mg_write(conn, head.data(), head.size());
-  mg_write(conn, reply.body.data(), reply.body.size());
+  if (!head_only) mg_write(conn, reply.body.data(), reply.body.size());
+}
+
+// "application/json", optionally with parameters ("; charset=utf-8").
+bool IsJson(const char* content_type) {
+  if (content_type == nullptr) return false;
+  absl::string_view media = content_type;
+  media = media.substr(0, media.find(';'));
+  return absl::EqualsIgnoreCase(absl::StripAsciiWhitespace(media), "application/json");
 }
 
 }  // namespace
@@ -147,13 +156,16 @@ class RestGateway::Handler final : public CivetHandler {
 
  private:
   bool Handle(mg_connection* conn) {
-    Send(conn, Serve(conn));
+    const bool head = std::strcmp(mg_get_request_info(conn)->request_method, "HEAD") == 0;
+    Send(conn, Serve(conn), head);
     return true;
   }
 
   Reply Serve(mg_connection* conn) {
     const mg_request_info* info = mg_get_request_info(conn);
-    const std::string verb = info->request_method;
+    const std::string method = info->request_method;
+    // HEAD is answered as GET without a body.
+    const std::string verb = method == "HEAD" ? "GET" : method;
     const std::string path = info->local_uri != nullptr ? info->local_uri : "";
     if (path == "/healthz" || path == "/readyz") {
       if (verb != "GET") return {405, R"({"code":3,"message":"use GET"})", {{"Allow", "GET"}}};
@@ -185,10 +197,7 @@ class RestGateway::Handler final : public CivetHandler {
         pool->FindMessageTypeByName(route.output_type));
     std::unique_ptr<Message> request(in_proto->New());
     if (route.has_body) {
-      const char* type = mg_get_header(conn, "Content-Type");
-      if (type == nullptr ||
-          !absl::StartsWithIgnoreCase(absl::StripLeadingAsciiWhitespace(type),
-                                      "application/json")) {
+      if (!IsJson(mg_get_header(conn, "Content-Type"))) {
         Reply r = StatusReply(3, "Content-Type must be application/json");
         r.status = 415;
         return r;

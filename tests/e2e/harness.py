@@ -9,6 +9,12 @@ PostgreSQL cluster started through tests/support/pg_cluster.sh:
     rc = cls.server.stop()          # SIGTERM, then wait
     cls.pg.stop()
 
+All three ports are ephemeral; the server's ready line names them:
+server.address (gRPC host:port), server.http_address / server.http_url (the
+REST/JSON gateway and /healthz, /readyz) and server.metrics_address /
+server.metrics_url (the Prometheus exporter's /metrics).
+start_stack(cls, server_args=[...]) passes extra flags to the server.
+
 Nothing here is specific to unittest; failures are raised as
 HarnessError with the server's output attached, so that a broken start is
 easy to diagnose from the test log.

@@ -120,11 +120,12 @@ class BenchTest(unittest.TestCase):
 
     def test_closed_loop_random_params(self):
         # Every drawn value must lie in [1, 100000], else the CASE divides by
-        # zero and the call fails.
+        # zero and the call fails. The division depends on $1 so that a
+        # generic plan of the prepared statement cannot fold it.
         proc = self.run_bench(
             "--sql",
             "SELECT CASE WHEN $1::int BETWEEN 1 AND 100000 THEN $1::int "
-            "ELSE 1/0 END",
+            "ELSE 1/($1::int * 0) END",
             "--param", "rand:1:100000", "--concurrency", "16",
             "--duration", "3s", "--json")
         self.assert_exit(proc, 0)

@@ -159,6 +159,11 @@ TEST_F(PoolTest, ReleasedConnectionGoesToWaiterNotToNewcomer) {
   EXPECT_TRUE(waiter.done());
   EXPECT_FALSE(newcomer.done());
   EXPECT_EQ(pool->Snapshot().waiting, 1);
+  // Hand the connection down the queue so no callback outlives its Pending.
+  auto served = waiter.Take();
+  ASSERT_TRUE(served.ok());
+  *served = Lease();
+  EXPECT_TRUE(newcomer.Take().ok());
 }
 
 TEST_F(PoolTest, QueueBoundRejectsAtOnce) {
@@ -179,6 +184,11 @@ TEST_F(PoolTest, QueueBoundRejectsAtOnce) {
   EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(std::string(r.status().message()), ::testing::HasSubstr("DB_POOL_MAX_WAITING"));
   EXPECT_EQ(pool->Snapshot().acquires_rejected, 1);
+  *held = Lease();
+  auto first = w1.Take();
+  ASSERT_TRUE(first.ok());
+  *first = Lease();
+  EXPECT_TRUE(w2.Take().ok());
 }
 
 TEST_F(PoolTest, WaiterTimesOutAtAcquireTimeout) {

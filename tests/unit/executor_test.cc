@@ -1,0 +1,60 @@
+#include "server/common/executor.h"
+
+#include <atomic>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "absl/synchronization/mutex.h"
+
+namespace dbpool {
+namespace {
+
+TEST(Executor, RunsEveryTaskPostedFromManyThreads) {
+  std::atomic<int> ran{0};
+  {
+    Executor executor(4, "test");
+    EXPECT_EQ(executor.threads(), 4);
+    std::vector<std::thread> posters;
+    for (int t = 0; t < 8; ++t) {
+      posters.emplace_back([&] {
+        for (int i = 0; i < 1000; ++i) executor.Post([&] { ran.fetch_add(1); });
+      });
+    }
+    for (auto& p : posters) p.join();
+  }  // the destructor drains the queue
+  EXPECT_EQ(ran.load(), 8000);
+}
+
+TEST(Executor, OneWorkerRunsTasksInOrder) {
+  std::vector<int> order;
+  absl::Mutex mu;
+  {
+    Executor executor(1, "test");
+    for (int i = 0; i < 100; ++i) {
+      executor.Post([&, i] {
+        absl::MutexLock lock(&mu);
+        order.push_back(i);
+      });
+    }
+  }
+  ASSERT_EQ(order.size(), 100u);
+  for (int i = 0; i < 100; ++i) EXPECT_EQ(order[i], i);
+}
+
+TEST(Executor, TasksMayPostMoreTasks) {
+  std::atomic<int> ran{0};
+  {
+    Executor executor(2, "test");
+    executor.Post([&] {
+      ran.fetch_add(1);
+      executor.Post([&] { ran.fetch_add(1); });
+    });
+    while (ran.load() < 2) std::this_thread::yield();
+  }
+  EXPECT_EQ(ran.load(), 2);
+}
+
+}  // namespace
+}  // namespace dbpool
