@@ -98,7 +98,9 @@ class DatabaseService::QueryCall final : public grpc::ServerUnaryReactor {
     if (request_->has_timeout()) {
       const absl::Duration requested = absl::Nanoseconds(
           TimeUtil::DurationToNanoseconds(request_->timeout()));
-      if (requested > absl::ZeroDuration()) timeout = requested;
+      // The connection's own statement_timeout is the default, so a request
+      // can shorten it but not lengthen it.
+      if (requested > absl::ZeroDuration()) timeout = std::min(timeout, requested);
     }
     const absl::Time deadline = std::min(rpc_deadline_, start + timeout);
     db::QueryOutcome outcome =
