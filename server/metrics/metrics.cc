@@ -3,6 +3,7 @@
 #include <prometheus/gauge.h>
 #include <prometheus/text_serializer.h>
 
+#include <iterator>
 #include <sstream>
 #include <utility>
 
@@ -34,6 +35,19 @@ const char* RpcTypeName(grpc::experimental::ServerRpcInfo::Type type) {
       return "bidi_stream";
   }
   return "unknown";
+}
+
+// grpc_code values as go-grpc-prometheus writes them (Go's codes.Code
+// names), so that existing dashboards and alerts match.
+const char* GoCodeName(int code) {
+  static constexpr const char* kNames[] = {
+      "OK",          "Canceled",         "Unknown",           "InvalidArgument",
+      "DeadlineExceeded", "NotFound",    "AlreadyExists",     "PermissionDenied",
+      "ResourceExhausted", "FailedPrecondition", "Aborted",   "OutOfRange",
+      "Unimplemented", "Internal",       "Unavailable",       "DataLoss",
+      "Unauthenticated"};
+  if (code < 0 || code >= static_cast<int>(std::size(kNames))) return "Unknown";
+  return kNames[code];
 }
 
 class RpcInterceptor final : public grpc::experimental::Interceptor {
@@ -172,8 +186,7 @@ void Metrics::ObserveRpc(const std::string& type, const std::string& service,
       .Add({{"grpc_type", type},
             {"grpc_service", service},
             {"grpc_method", method},
-            {"grpc_code",
-             absl::StatusCodeToString(static_cast<absl::StatusCode>(code))}})
+            {"grpc_code", GoCodeName(code)}})
       .Increment();
   rpc_seconds_
       .Add({{"grpc_type", type}, {"grpc_service", service}, {"grpc_method", method}},

@@ -83,7 +83,7 @@ TEST(Metrics, RpcMetricsUseGoGrpcPrometheusNames) {
   m.RpcStarted("unary", "dbpool.v1.DatabaseService", "Query");
   m.ObserveRpc("unary", "dbpool.v1.DatabaseService", "Query", 8, absl::Milliseconds(3));
   const std::string text = m.Scrape();
-  EXPECT_NE(text.find("grpc_server_handled_total{grpc_code=\"RESOURCE_EXHAUSTED\","
+  EXPECT_NE(text.find("grpc_server_handled_total{grpc_code=\"ResourceExhausted\","
                       "grpc_method=\"Query\",grpc_service=\"dbpool.v1.DatabaseService\","
                       "grpc_type=\"unary\"} 1"),
             std::string::npos)
