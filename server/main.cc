@@ -10,6 +10,7 @@
 #include <vector>
 
 #include <google/protobuf/descriptor.h>
+#include <google/protobuf/stubs/logging.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 
@@ -74,6 +75,12 @@ int main(int argc, char** argv) {
   // Logs go to stderr; stdout carries only the machine-readable ready line.
   spdlog::set_default_logger(spdlog::stderr_color_mt("dbpool"));
   spdlog::set_level(spdlog::level::from_str(cfg.log_level));
+  // protobuf logs every unparsable request; the caller already gets
+  // INVALID_ARGUMENT, so these are debug noise, not errors.
+  google::protobuf::SetLogHandler(
+      +[](google::protobuf::LogLevel, const char*, int, const std::string& message) {
+        spdlog::debug("protobuf: {}", message);
+      });
 
   // Signals go to the waiting thread below, not to whichever thread runs.
   sigset_t signals;

@@ -4,6 +4,9 @@
 #include <utility>
 #include <vector>
 
+#include <grpcpp/support/proto_buffer_reader.h>
+#include <grpcpp/support/proto_buffer_writer.h>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "google/protobuf/util/time_util.h"
@@ -50,16 +53,24 @@ absl::Status WithPoolState(absl::Status status, const pool::ConnectionPool& pool
 class DatabaseService::QueryCall final : public grpc::ServerUnaryReactor {
  public:
   QueryCall(DatabaseService* service, grpc::CallbackServerContext* context,
-            const v1::QueryRequest* request, v1::QueryResponse* response)
+            grpc::ByteBuffer* reply)
       : service_(service),
         context_(context),
-        request_(request),
-        response_(response),
+        reply_(reply),
         rpc_deadline_(DeadlineOf(context)) {}
 
   // Runs on the gRPC thread inside the handler.
-  void Start() {
-    auto params = ValidateQuery(*request_, service_->options_.request);
+  void Start(const grpc::ByteBuffer& wire) {
+    grpc::ByteBuffer copy(wire);  // shares the slices
+    if (!grpc::SerializationTraits<v1::QueryRequest>::Deserialize(&copy, &request_)
+             .ok()) {
+      Finish(ToGrpcStatus(absl::InvalidArgumentError(
+          "request is not a valid dbpool.v1.QueryRequest: malformed protobuf, "
+          "or a string field (sql, string_value, ...) that is not valid UTF-8; "
+          "send binary data as bytes_value")));
+      return;
+    }
+    auto params = ValidateQuery(request_, service_->options_.request);
     if (!params.ok()) {
       Finish(ToGrpcStatus(params.status()));
       return;
@@ -95,17 +106,17 @@ class DatabaseService::QueryCall final : public grpc::ServerUnaryReactor {
   void Run(pool::Lease lease) {
     const absl::Time start = absl::Now();
     absl::Duration timeout = service_->options_.statement_timeout;
-    if (request_->has_timeout()) {
+    if (request_.has_timeout()) {
       const absl::Duration requested = absl::Nanoseconds(
-          TimeUtil::DurationToNanoseconds(request_->timeout()));
+          TimeUtil::DurationToNanoseconds(request_.timeout()));
       // The connection's own statement_timeout is the default, so a request
       // can shorten it but not lengthen it.
       if (requested > absl::ZeroDuration()) timeout = std::min(timeout, requested);
     }
     const absl::Time deadline = std::min(rpc_deadline_, start + timeout);
     db::QueryOutcome outcome =
-        db::RunQuery(lease.connection(), *request_, params_,
-                     service_->options_.query, deadline, cancelled_, response_);
+        db::RunQuery(lease.connection(), request_, params_,
+                     service_->options_.query, deadline, cancelled_, &response_);
     if (outcome.connection_broken) lease.MarkBroken();
     const absl::Duration wait = lease.wait();
     const int depth = lease.queue_depth_on_arrival();
@@ -116,10 +127,14 @@ class DatabaseService::QueryCall final : public grpc::ServerUnaryReactor {
       service_->metrics_->ObserveQuery(execution, outcome.status);
     }
     if (outcome.status.ok()) {
-      auto* timings = response_->mutable_timings();
+      auto* timings = response_.mutable_timings();
       *timings->mutable_acquire_wait() = ToProtoDuration(wait);
       *timings->mutable_execution() = ToProtoDuration(execution);
       timings->set_queue_depth_on_arrival(depth);
+      bool own_buffer = false;
+      grpc::Status serialized = grpc::SerializationTraits<v1::QueryResponse>::Serialize(
+          response_, reply_, &own_buffer);
+      if (!serialized.ok()) outcome.status = absl::InternalError(serialized.error_message());
     }
     context_->AddTrailingMetadata(
         "dbpool-acquire-wait-us", absl::StrCat(absl::ToInt64Microseconds(wait)));
@@ -129,8 +144,9 @@ class DatabaseService::QueryCall final : public grpc::ServerUnaryReactor {
 
   DatabaseService* const service_;
   grpc::CallbackServerContext* const context_;
-  const v1::QueryRequest* const request_;
-  v1::QueryResponse* const response_;
+  grpc::ByteBuffer* const reply_;
+  v1::QueryRequest request_;
+  v1::QueryResponse response_;
   const absl::Time rpc_deadline_;
   std::vector<db::EncodedParam> params_;
   std::atomic<bool> cancelled_{false};
@@ -146,10 +162,10 @@ DatabaseService::DatabaseService(pool::ConnectionPool& pool, Executor& executor,
       streams_(options_.max_stats_streams) {}
 
 grpc::ServerUnaryReactor* DatabaseService::Query(
-    grpc::CallbackServerContext* context, const v1::QueryRequest* request,
-    v1::QueryResponse* response) {
-  auto* call = new QueryCall(this, context, request, response);
-  call->Start();
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  auto* call = new QueryCall(this, context, response);
+  call->Start(*request);
   return call;
 }
 

@@ -31,15 +31,23 @@ struct ServiceOptions {
   int max_stats_streams = 64;
 };
 
-class DatabaseService final : public v1::DatabaseService::CallbackService {
+// Query is registered raw (ByteBuffer in and out) so that a request that
+// fails to parse, such as text that is not valid UTF-8, gets a clear
+// INVALID_ARGUMENT instead of gRPC's generic answer.
+using DatabaseServiceBase = v1::DatabaseService::WithRawCallbackMethod_Query<
+    v1::DatabaseService::WithCallbackMethod_GetPoolStats<
+        v1::DatabaseService::WithCallbackMethod_StreamPoolStats<
+            v1::DatabaseService::Service>>>;
+
+class DatabaseService final : public DatabaseServiceBase {
  public:
   // `metrics` may be null (tests that do not look at metrics).
   DatabaseService(pool::ConnectionPool& pool, Executor& executor,
                   ServiceOptions options, metrics::Metrics* metrics = nullptr);
 
   grpc::ServerUnaryReactor* Query(grpc::CallbackServerContext* context,
-                                  const v1::QueryRequest* request,
-                                  v1::QueryResponse* response) override;
+                                  const grpc::ByteBuffer* request,
+                                  grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* GetPoolStats(grpc::CallbackServerContext* context,
                                          const v1::GetPoolStatsRequest* request,
                                          v1::PoolStats* response) override;

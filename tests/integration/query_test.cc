@@ -6,10 +6,13 @@
 #include <thread>
 #include <vector>
 
+#include <grpcpp/generic/generic_stub.h>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "tests/integration/pg_harness.h"
 
@@ -249,6 +252,32 @@ TEST_F(QueryTest, BadRequestsAreRejectedBeforeTheDatabase) {
                 server_.pool().Snapshot().acquires_waited,
             0)
       << "no connection was used";
+}
+
+TEST_F(QueryTest, UnparsableRequestIsInvalidArgument) {
+  // QueryRequest.sql (field 1) holding bytes that are not UTF-8.
+  const std::string bad = "SELECT '\xff\xfe'";
+  std::string wire = {0x0a, static_cast<char>(bad.size())};
+  wire += bad;
+  grpc::Slice slice(wire);
+  grpc::ByteBuffer request(&slice, 1);
+  grpc::ByteBuffer response;
+  grpc::GenericStub generic(
+      grpc::CreateChannel(server_.target(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  absl::Notification done;
+  grpc::Status st;
+  generic.UnaryCall(&ctx, "/dbpool.v1.DatabaseService/Query", grpc::StubOptions(),
+                    &request, &response, [&](grpc::Status s) {
+                      st = std::move(s);
+                      done.Notify();
+                    });
+  done.WaitForNotification();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(st.error_message(), HasSubstr("UTF-8"));
+  v1::QueryResponse ok;
+  EXPECT_TRUE(server_.Query("SELECT 1", &ok).ok()) << "the server is unharmed";
 }
 
 TEST_F(QueryTest, TimingsAndTrailingMetadataTellTheWait) {
