@@ -63,6 +63,21 @@ def server_bin():
     return Path(os.environ.get("DBPOOL_SERVER_BIN") or DEFAULT_SERVER_BIN)
 
 
+def cli_bin():
+    """The `dbpool` client: $DBPOOL_CLI_BIN, else build/dbpool."""
+    return Path(os.environ.get("DBPOOL_CLI_BIN") or REPO_ROOT / "build" / "dbpool")
+
+
+def start_stack_with_cli(test_class):
+    """start_stack, after checking that the client binary exists."""
+    binary = cli_bin()
+    if not (binary.is_file() and os.access(binary, os.X_OK)):
+        raise HarnessError(
+            "client binary %s does not exist or is not executable "
+            "(set DBPOOL_CLI_BIN or build the `dbpool` target)" % binary)
+    start_stack(test_class)
+
+
 def make_temp_dir(prefix):
     """A fresh temporary directory that the postgres user can traverse."""
     d = tempfile.mkdtemp(prefix=prefix)

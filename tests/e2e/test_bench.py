@@ -15,12 +15,10 @@ import os
 import subprocess
 import sys
 import unittest
-from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
-DEFAULT_CLI_BIN = harness.REPO_ROOT / "build" / "dbpool"
 # A bench run lasts --duration plus at most --timeout; this is generous on
 # top of the longest run here (10 s) but still catches a hung client.
 CLI_TIMEOUT_S = 60.0
@@ -29,20 +27,12 @@ SAMPLE_KEYS = ("active", "idle", "waiting", "total",
                "acquire_p95_ms", "acquire_p99_ms")
 
 
-def cli_bin():
-    return Path(os.environ.get("DBPOOL_CLI_BIN") or DEFAULT_CLI_BIN)
-
 
 class BenchTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        binary = cli_bin()
-        if not (binary.is_file() and os.access(binary, os.X_OK)):
-            raise harness.HarnessError(
-                "client binary %s does not exist or is not executable "
-                "(set DBPOOL_CLI_BIN or build the `dbpool` target)" % binary)
-        harness.start_stack(cls)
+        harness.start_stack_with_cli(cls)
 
     @classmethod
     def tearDownClass(cls):
@@ -53,7 +43,7 @@ class BenchTest(unittest.TestCase):
     def run_bench(self, *args, target=True):
         """Runs `dbpool bench ARGS`; DBPOOL_TARGET is never inherited."""
         env = {k: v for k, v in os.environ.items() if k != "DBPOOL_TARGET"}
-        argv = [str(cli_bin()), "bench"]
+        argv = [str(harness.cli_bin()), "bench"]
         if target:
             argv += ["--target", self.server.address]
         argv += list(args)

@@ -15,12 +15,10 @@ import re
 import subprocess
 import sys
 import unittest
-from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
-DEFAULT_CLI_BIN = harness.REPO_ROOT / "build" / "dbpool"
 # Generous, so that a slow machine does not fail the test, but finite, so
 # that a hung client does.
 CLI_TIMEOUT_S = 30.0
@@ -28,20 +26,12 @@ WATCH_LINE_RE = re.compile(
     r"^\d{4}-\d\d-\d\dT\S+Z active=\d+ idle=\d+ waiting=\d+ total=\d+ max=\d+$")
 
 
-def cli_bin():
-    return Path(os.environ.get("DBPOOL_CLI_BIN") or DEFAULT_CLI_BIN)
-
 
 class CliTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        binary = cli_bin()
-        if not (binary.is_file() and os.access(binary, os.X_OK)):
-            raise harness.HarnessError(
-                "client binary %s does not exist or is not executable "
-                "(set DBPOOL_CLI_BIN or build the `dbpool` target)" % binary)
-        harness.start_stack(cls)
+        harness.start_stack_with_cli(cls)
 
     @classmethod
     def tearDownClass(cls):
@@ -54,7 +44,7 @@ class CliTest(unittest.TestCase):
         target is False. DBPOOL_TARGET is never inherited."""
         full_env = {k: v for k, v in os.environ.items() if k != "DBPOOL_TARGET"}
         full_env.update(env or {})
-        argv = [str(cli_bin())]
+        argv = [str(harness.cli_bin())]
         if target:
             argv += ["--target", self.server.address]
         argv += list(args)
