@@ -15,6 +15,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "server/common/executor.h"
 #include "server/config/config.h"
@@ -81,6 +82,10 @@ int main(int argc, char** argv) {
       +[](google::protobuf::LogLevel, const char*, int, const std::string& message) {
         spdlog::debug("protobuf: {}", message);
       });
+
+  // Debian's abseil checks every lock for deadlock cycles by default: a cost
+  // on each pool operation that the tests, not production, should pay.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 
   // Signals go to the waiting thread below, not to whichever thread runs.
   sigset_t signals;
