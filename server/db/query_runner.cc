@@ -102,11 +102,22 @@ class Session {
                0, absl::ToInt64Milliseconds(wake - now) + 1)));
     }
     Result first(PQgetResult(conn));
-    while (PGresult* extra = PQgetResult(conn)) PQclear(extra);
     if (first == nullptr) {
       broken_ = true;
       return SqlError("08006", "no result from the database");
     }
+    switch (PQresultStatus(first.get())) {
+      case PGRES_COPY_IN:
+      case PGRES_COPY_OUT:
+      case PGRES_COPY_BOTH:
+        // The session now speaks the COPY sub-protocol, which Query does not;
+        // PQgetResult would return this result forever. Give the session up.
+        broken_ = true;
+        return first;
+      default:
+        break;
+    }
+    while (PGresult* extra = PQgetResult(conn)) PQclear(extra);
     if (stop_reason.has_value() &&
         PQresultStatus(first.get()) == PGRES_FATAL_ERROR &&
         Field(first.get(), PG_DIAG_SQLSTATE) == "57014") {

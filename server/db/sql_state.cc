@@ -15,6 +15,9 @@ absl::StatusCode CodeForSqlState(absl::string_view s) {
   if (s == "57P01" || s == "57P02" || s == "57P03") return C::kUnavailable;
   if (s == "XX001" || s == "XX002") return C::kDataLoss;
   if (s == "P0001") return C::kFailedPrecondition;
+  // The only protocol violation a well-behaved client provokes is a
+  // parameter count that does not match the statement's: the caller's error.
+  if (s == "08P01") return C::kInvalidArgument;
   const absl::string_view cls = s.substr(0, 2);
   if (cls == "22" || cls == "42" || cls == "0A") return C::kInvalidArgument;
   if (cls == "23" || cls == "55") return C::kFailedPrecondition;

@@ -110,6 +110,8 @@ TestServer::TestServer(TestServerOptions options) {
   so.query.max_rows = 1000;
   so.query.max_result_bytes = 1 << 20;
   so.max_stats_streams = options.max_stats_streams;
+  so.request.max_sql_bytes = options.max_sql_bytes;
+  so.request.max_params = options.max_params;
   service_ = std::make_unique<rpc::DatabaseService>(*pool_, *executor_, so);
   health_service_ = std::make_unique<rpc::HealthService>(*pool_);
   grpc::ServerBuilder builder;

@@ -50,6 +50,8 @@ struct TestServerOptions {
   std::string conninfo;  // empty: the shared cluster
   std::string application_name = "dbpool-test";
   int max_stats_streams = 64;
+  int max_sql_bytes = 1 << 20;
+  int max_params = 65535;
 };
 
 class TestServer {

@@ -45,6 +45,7 @@ INSTANTIATE_TEST_SUITE_P(
                       Row{"53100", C::kResourceExhausted},
                       Row{"57014", C::kDeadlineExceeded},
                       Row{"08006", C::kUnavailable},
+                      Row{"08P01", C::kInvalidArgument},  // wrong parameter count
                       Row{"08001", C::kUnavailable},
                       Row{"57P01", C::kUnavailable},
                       Row{"57P02", C::kUnavailable},
