@@ -39,7 +39,7 @@ std::string ClusterScript() {
 class ClusterEnvironment : public ::testing::Environment {
  public:
   void SetUp() override { PgCluster::Get().Start(); }
-  void TearDown() override { PgCluster::Get().Stop(); }
+  void TearDown() override { PgCluster::Get().Remove(); }
 };
 
 const auto* const kEnvironment =
@@ -71,6 +71,13 @@ void PgCluster::Start() {
 void PgCluster::Stop() {
   if (dir_.empty()) return;
   Run(ClusterScript() + " stop " + dir_ + "/pg");
+}
+
+void PgCluster::Remove() {
+  if (dir_.empty()) return;
+  Stop();
+  std::filesystem::remove_all(dir_);
+  dir_.clear();
 }
 
 void PgCluster::Restart() { Run(ClusterScript() + " restart " + dir_ + "/pg"); }

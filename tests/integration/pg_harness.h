@@ -35,6 +35,8 @@ class PgCluster {
   void Start();
   void Stop();
   void Restart();
+  // Stops the cluster and deletes its files.
+  void Remove();
 
  private:
   std::string dir_;

@@ -13,6 +13,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -269,6 +270,13 @@ TEST(Resilience, SigtermDrainsInFlightCalls) {
     _exit(127);
   }
   close(out[1]);
+  // However the test ends, the server does not outlive it.
+  absl::Cleanup reap = [pid] {
+    if (kill(pid, 0) == 0) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+  };
   FILE* stream = fdopen(out[0], "r");
   char line[256] = {};
   ASSERT_NE(fgets(line, sizeof line, stream), nullptr) << "no ready line";
