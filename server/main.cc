@@ -139,14 +139,14 @@ int main(int argc, char** argv) {
     spdlog::error("cannot listen on {} (port in use?)", address);
     return 1;
   }
-  absl::StatusOr<int> metrics_port = metrics.Expose(cfg.listen_host, cfg.metrics_port);
+  absl::StatusOr<int> metrics_port =
+      metrics.Expose(HostPort(cfg.listen_host, cfg.metrics_port));
   if (!metrics_port.ok()) {
     spdlog::error("{}", std::string(metrics_port.status().message()));
     return 1;
   }
   http::GatewayOptions gateway_options;
-  gateway_options.host = cfg.listen_host;
-  gateway_options.port = cfg.http_port;
+  gateway_options.address = HostPort(cfg.listen_host, cfg.http_port);
   gateway_options.max_body_bytes = int64_t{cfg.max_sql_bytes} * 2 + (1 << 20);
   gateway_options.call_timeout = cfg.acquire_timeout + cfg.statement_timeout;
   // Each HTTP request holds a worker while its query waits and runs; twice

@@ -60,30 +60,10 @@ Reply ErrorReply(const grpc::Status& s) {
   return {HttpStatusFor(s.error_code()), ToJson(status), {}};
 }
 
-const char* Reason(int status) {
-  switch (status) {
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 409: return "Conflict";
-    case 411: return "Length Required";
-    case 413: return "Payload Too Large";
-    case 415: return "Unsupported Media Type";
-    case 429: return "Too Many Requests";
-    case 499: return "Client Closed Request";
-    case 501: return "Not Implemented";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return "Internal Server Error";
-  }
-}
-
 // HEAD gets the headers a GET would, and no body.
 void Send(mg_connection* conn, const Reply& reply, bool head_only) {
-  std::string head = absl::StrCat("HTTP/1.1 ", reply.status, " ", Reason(reply.status),
+  std::string head = absl::StrCat("HTTP/1.1 ", reply.status, " ",
+                                  mg_get_response_code_text(conn, reply.status),
                                   "\r\nContent-Type: application/json\r\n"
                                   "Cache-Control: no-store\r\nContent-Length: ",
                                   reply.body.size(), "\r\n");
@@ -289,18 +269,16 @@ RestGateway::RestGateway(std::shared_ptr<grpc::Channel> channel,
 RestGateway::~RestGateway() { Stop(); }
 
 absl::StatusOr<int> RestGateway::Start() {
-  const std::string host =
-      options_.host.find(':') != std::string::npos ? "[" + options_.host + "]" : options_.host;
   const std::vector<std::string> civet_options = {
-      "listening_ports", absl::StrCat(host, ":", options_.port),
+      "listening_ports", options_.address,
       "num_threads", absl::StrCat(options_.threads),
       "request_timeout_ms", "60000",
       "enable_keep_alive", "yes"};
   try {
     server_ = std::make_unique<CivetServer>(civet_options);
   } catch (const std::exception& e) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", options_.host, ":",
-                                               options_.port, " for HTTP: ", e.what()));
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options_.address,
+                                               " for HTTP: ", e.what()));
   }
   server_->addHandler("/", handler_.get());
   const std::vector<int> ports = server_->getListeningPorts();

@@ -27,8 +27,8 @@ class CivetServer;
 namespace dbpool::http {
 
 struct GatewayOptions {
-  std::string host = "0.0.0.0";
-  int port = 8080;
+  // host:port ("[::1]:8080" for IPv6); port 0 picks a free one.
+  std::string address = "0.0.0.0:8080";
   // Larger bodies get 413 before they are read.
   int64_t max_body_bytes = 2 << 20;
   // Deadline of each call made for an HTTP request.

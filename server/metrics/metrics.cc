@@ -147,15 +147,12 @@ void Metrics::AddPool(const pool::ConnectionPool& pool) {
   if (exposer_ != nullptr) exposer_->RegisterCollectable(collectors_.back());
 }
 
-absl::StatusOr<int> Metrics::Expose(const std::string& host, int port) {
+absl::StatusOr<int> Metrics::Expose(const std::string& address) {
   try {
-    exposer_ = std::make_unique<prometheus::Exposer>(
-        absl::StrCat(host.find(':') != std::string::npos ? "[" + host + "]" : host,
-                     ":", port),
-        /*num_threads=*/2);
+    exposer_ = std::make_unique<prometheus::Exposer>(address, /*num_threads=*/2);
   } catch (const std::exception& e) {
-    return absl::UnavailableError(absl::StrCat(
-        "cannot listen on ", host, ":", port, " for metrics: ", e.what()));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", address, " for metrics: ", e.what()));
   }
   exposer_->RegisterCollectable(registry_);
   for (const auto& c : collectors_) exposer_->RegisterCollectable(c);

@@ -37,9 +37,9 @@ class Metrics {
   // Reports `pool` at every scrape. `pool` must outlive this object.
   void AddPool(const pool::ConnectionPool& pool);
 
-  // Starts the exporter on host:port (0 picks a free port); returns the
-  // bound port.
-  absl::StatusOr<int> Expose(const std::string& host, int port);
+  // Starts the exporter on `address` (host:port, port 0 picks a free one);
+  // returns the bound port.
+  absl::StatusOr<int> Expose(const std::string& address);
 
   // One finished Query: its execution time and outcome. The error label is
   // the SQLSTATE class, or "none" for errors that carry no SQLSTATE.
