@@ -68,6 +68,26 @@ def cli_bin():
     return Path(os.environ.get("DBPOOL_CLI_BIN") or REPO_ROOT / "build" / "dbpool")
 
 
+def run_cli(test, args, timeout, target=True, env=None):
+    """Runs the `dbpool` client with ARGS for `test` (a TestCase with a
+    started server). --target points at the test server unless target is
+    False; DBPOOL_TARGET is never inherited. A run past `timeout` fails the
+    test with the output so far."""
+    full_env = {k: v for k, v in os.environ.items() if k != "DBPOOL_TARGET"}
+    full_env.update(env or {})
+    argv = [str(cli_bin())]
+    if target:
+        argv += ["--target", test.server.address]
+    argv += list(args)
+    try:
+        return subprocess.run(argv, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, timeout=timeout, env=full_env)
+    except subprocess.TimeoutExpired as e:
+        test.fail("dbpool %s did not finish within %.0f s\nstdout:\n%s\nstderr:\n%s"
+                  % (" ".join(args), timeout, e.stdout, e.stderr))
+
+
 def start_stack_with_cli(test_class):
     """start_stack, after checking that the client binary exists."""
     binary = cli_bin()

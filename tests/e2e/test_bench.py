@@ -12,7 +12,6 @@ The whole module takes about 20 s of load plus the stack start.
 
 import json
 import os
-import subprocess
 import sys
 import unittest
 
@@ -41,20 +40,7 @@ class BenchTest(unittest.TestCase):
     # -- helpers ------------------------------------------------------------
 
     def run_bench(self, *args, target=True):
-        """Runs `dbpool bench ARGS`; DBPOOL_TARGET is never inherited."""
-        env = {k: v for k, v in os.environ.items() if k != "DBPOOL_TARGET"}
-        argv = [str(harness.cli_bin()), "bench"]
-        if target:
-            argv += ["--target", self.server.address]
-        argv += list(args)
-        try:
-            return subprocess.run(argv, stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True, timeout=CLI_TIMEOUT_S, env=env)
-        except subprocess.TimeoutExpired as e:
-            self.fail("dbpool bench %s did not finish within %.0f s\n"
-                      "stdout:\n%s\nstderr:\n%s"
-                      % (" ".join(args), CLI_TIMEOUT_S, e.stdout, e.stderr))
+        return harness.run_cli(self, ("bench",) + args, CLI_TIMEOUT_S, target=target)
 
     def assert_exit(self, proc, code):
         self.assertEqual(proc.returncode, code,

@@ -12,7 +12,6 @@ server binary $DBPOOL_SERVER_BIN (default <repo>/build/dbpool-server).
 import json
 import os
 import re
-import subprocess
 import sys
 import unittest
 
@@ -40,21 +39,7 @@ class CliTest(unittest.TestCase):
     # -- helpers ------------------------------------------------------------
 
     def run_cli(self, *args, target=True, env=None):
-        """Runs the client; --target points at the test server unless
-        target is False. DBPOOL_TARGET is never inherited."""
-        full_env = {k: v for k, v in os.environ.items() if k != "DBPOOL_TARGET"}
-        full_env.update(env or {})
-        argv = [str(harness.cli_bin())]
-        if target:
-            argv += ["--target", self.server.address]
-        argv += list(args)
-        try:
-            return subprocess.run(argv, stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True, timeout=CLI_TIMEOUT_S, env=full_env)
-        except subprocess.TimeoutExpired as e:
-            self.fail("dbpool %s did not finish within %.0f s\nstdout:\n%s\nstderr:\n%s"
-                      % (" ".join(args), CLI_TIMEOUT_S, e.stdout, e.stderr))
+        return harness.run_cli(self, args, CLI_TIMEOUT_S, target=target, env=env)
 
     def assert_exit(self, proc, code):
         self.assertEqual(proc.returncode, code,
