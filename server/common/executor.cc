@@ -29,11 +29,6 @@ void Executor::Post(Task task) {
   tasks_.push_back(std::move(task));
 }
 
-size_t Executor::backlog() const {
-  absl::MutexLock lock(&mu_);
-  return tasks_.size();
-}
-
 void Executor::Loop() {
   for (;;) {
     Task task;

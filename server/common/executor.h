@@ -30,13 +30,11 @@ class Executor {
   void Post(Task task);
 
   int threads() const { return static_cast<int>(workers_.size()); }
-  // Tasks queued and not yet started.
-  size_t backlog() const;
 
  private:
   void Loop();
 
-  mutable absl::Mutex mu_;
+  absl::Mutex mu_;
   std::deque<Task> tasks_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> workers_;

@@ -86,11 +86,6 @@ class PeriodicStreams {
     if (thread_.joinable()) thread_.join();
   }
 
-  int open_streams() const {
-    absl::MutexLock lock(&mu_);
-    return static_cast<int>(streams_.size());
-  }
-
  private:
   class Rejected final : public grpc::ServerWriteReactor<Msg> {
    public:
@@ -203,7 +198,7 @@ class PeriodicStreams {
   }
 
   const int max_streams_;
-  mutable absl::Mutex mu_;
+  absl::Mutex mu_;
   absl::flat_hash_set<Stream*> streams_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t epoch_ ABSL_GUARDED_BY(mu_) = 0;
