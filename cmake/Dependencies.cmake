@@ -8,6 +8,7 @@ pkg_check_modules(PQ REQUIRED IMPORTED_TARGET libpq)
 find_package(spdlog CONFIG REQUIRED)
 find_package(prometheus-cpp CONFIG REQUIRED)  # no version file: ask for none
 find_package(civetweb CONFIG REQUIRED)
+find_package(OpenSSL REQUIRED)           # 3.0: TLS files, token digests
 
 # Protos that the contract imports, from golang-github-gogo-googleapis-dev
 # (google/api, google/rpc) and grpc-proto (grpc/health/v1).

@@ -1,11 +1,13 @@
 // dbpool-server: wiring only. Loads the configuration, builds the pool, the
 // executor and the services, serves until SIGTERM or SIGINT, then drains.
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -14,6 +16,7 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 
+#include "absl/algorithm/container.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -25,6 +28,8 @@
 #include "server/pool/connection_pool.h"
 #include "server/rpc/database_service.h"
 #include "server/rpc/health_service.h"
+#include "server/security/tls.h"
+#include "server/security/tokens.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 
@@ -45,6 +50,57 @@ absl::flat_hash_set<std::string> KnownMethods() {
     }
   }
   return methods;
+}
+
+// The settings that need files (TLS, tokens), and the rules a flag must
+// keep; every problem is a configuration error.
+struct Secured {
+  std::optional<dbpool::security::TlsSettings> tls;
+  dbpool::security::TokenTable tokens;
+};
+
+absl::StatusOr<Secured> LoadSecurity(const dbpool::config::Config& cfg) {
+  using namespace dbpool;
+  Secured out;
+  if (db::ConninfoHasPassword(cfg.database_url) &&
+      absl::c_linear_search(cfg.given_as_flags, "DATABASE_URL")) {
+    // Every local user can read a process's command line.
+    return absl::InvalidArgumentError(
+        "--database-url carries a password, which would show in "
+        "/proc/PID/cmdline: pass it in DATABASE_URL in the environment, "
+        "PGPASSWORD or a PGPASSFILE");
+  }
+  if (!cfg.tls_cert_file.empty()) {
+    auto tls = security::LoadTls(cfg.tls_cert_file, cfg.tls_key_file,
+                                 cfg.tls_client_ca_file);
+    if (!tls.ok()) return tls.status();
+    out.tls = *std::move(tls);
+  }
+  if (!cfg.auth_tokens_file.empty()) {
+    auto tokens = security::TokenTable::Load(cfg.auth_tokens_file);
+    if (!tokens.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("DBPOOL_AUTH_TOKENS_FILE: ", tokens.status().message()));
+    }
+    out.tokens = *std::move(tokens);
+    struct stat st {};
+    if (stat(cfg.auth_tokens_file.c_str(), &st) == 0 && (st.st_mode & 0077) != 0) {
+      spdlog::warn("{} is readable by other users; chmod 600 it",
+                   cfg.auth_tokens_file);
+    }
+  }
+  return out;
+}
+
+std::shared_ptr<grpc::ServerCredentials> GrpcCredentials(
+    const std::optional<dbpool::security::TlsSettings>& tls) {
+  if (!tls.has_value()) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions options(
+      tls->mutual() ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                    : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  options.pem_root_certs = tls->client_ca_pem;
+  options.pem_key_cert_pairs.push_back({tls->private_key_pem, tls->cert_chain_pem});
+  return grpc::SslServerCredentials(options);
 }
 
 std::string HostPort(const std::string& host, int port) {
@@ -76,6 +132,12 @@ int main(int argc, char** argv) {
   // Logs go to stderr; stdout carries only the machine-readable ready line.
   spdlog::set_default_logger(spdlog::stderr_color_mt("dbpool"));
   spdlog::set_level(spdlog::level::from_str(cfg.log_level));
+  absl::StatusOr<Secured> secured = LoadSecurity(cfg);
+  if (!secured.ok()) {
+    std::cerr << "dbpool-server: invalid configuration:\n"
+              << secured.status().message() << "\n(see --help)\n";
+    return kConfigError;
+  }
   // protobuf logs every unparsable request; the caller already gets
   // INVALID_ARGUMENT, so these are debug noise, not errors.
   google::protobuf::SetLogHandler(
@@ -119,10 +181,19 @@ int main(int argc, char** argv) {
   service_options.query.max_result_bytes = cfg.max_result_bytes;
   service_options.statement_timeout = cfg.statement_timeout;
   service_options.max_stats_streams = cfg.max_stats_streams;
+  service_options.tokens = secured->tokens;
+  service_options.max_calls_per_caller = cfg.max_calls_per_caller;
+  spdlog::info("tls={} mutual_tls={} bearer_tokens={} reflection={}",
+               secured->tls.has_value(), secured->tls && secured->tls->mutual(),
+               secured->tokens.size(), cfg.reflection);
+  if (!secured->tokens.empty() && !secured->tls.has_value()) {
+    spdlog::warn("bearer tokens travel in clear text without TLS "
+                 "(DBPOOL_TLS_CERT_FILE)");
+  }
   rpc::DatabaseService database_service(pool, executor, service_options, &metrics);
   rpc::HealthService health_service(pool, cfg.max_stats_streams);
 
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  if (cfg.reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int grpc_port = 0;
   const std::string address = HostPort(cfg.listen_host, cfg.grpc_port);
@@ -130,10 +201,10 @@ int main(int argc, char** argv) {
       interceptors;
   interceptors.push_back(metrics.InterceptorFactory(KnownMethods()));
   builder.experimental().SetInterceptorCreators(std::move(interceptors));
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &grpc_port);
+  builder.AddListeningPort(address, GrpcCredentials(secured->tls), &grpc_port);
   builder.RegisterService(&database_service);
   builder.RegisterService(&health_service);
-  builder.SetMaxReceiveMessageSize(cfg.max_sql_bytes + (16 << 20));
+  builder.SetMaxReceiveMessageSize(static_cast<int>(cfg.max_request_bytes));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || grpc_port == 0) {
     spdlog::error("cannot listen on {} (port in use?)", address);
@@ -147,7 +218,8 @@ int main(int argc, char** argv) {
   }
   http::GatewayOptions gateway_options;
   gateway_options.address = HostPort(cfg.listen_host, cfg.http_port);
-  gateway_options.max_body_bytes = int64_t{cfg.max_sql_bytes} * 2 + (1 << 20);
+  gateway_options.max_body_bytes = cfg.max_request_bytes;
+  gateway_options.tls = secured->tls;
   gateway_options.call_timeout = cfg.acquire_timeout + cfg.statement_timeout;
   // Each HTTP request holds a worker while its query waits and runs; twice
   // the pool leaves workers for /healthz and /readyz while the pool is busy.

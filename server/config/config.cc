@@ -70,6 +70,20 @@ Apply OneOf(std::string Config::*field, std::vector<std::string> allowed) {
   };
 }
 
+Apply Bool(bool Config::*field) {
+  return [=](Config& c, const std::string& v) -> std::string {
+    const std::string lower = absl::AsciiStrToLower(v);
+    if (lower == "true" || lower == "on" || lower == "1") {
+      c.*field = true;
+    } else if (lower == "false" || lower == "off" || lower == "0") {
+      c.*field = false;
+    } else {
+      return absl::StrCat("\"", v, "\" is not one of true, false");
+    }
+    return "";
+  };
+}
+
 constexpr int64_t kMaxMs = int64_t{24} * 3600 * 1000;
 
 const std::vector<Option>& Options() {
@@ -121,6 +135,29 @@ const std::vector<Option>& Options() {
        Int(&Config::max_result_bytes, 1024, int64_t{1} << 32)},
       {"DBPOOL_MAX_STATS_STREAMS", "64", "concurrent StreamPoolStats calls",
        Int(&Config::max_stats_streams, 1, 100000)},
+      {"DBPOOL_MAX_REQUEST_BYTES", "33554432",
+       "largest gRPC request message and HTTP body",
+       Int(&Config::max_request_bytes, 1024, int64_t{1} << 30)},
+      {"DBPOOL_MAX_CALLS_PER_CALLER", "0",
+       "Query calls one caller (token name, else client certificate or address) "
+       "may have in flight; beyond it RESOURCE_EXHAUSTED at once; 0: no limit",
+       Int(&Config::max_calls_per_caller, 0, 1000000)},
+      {"DBPOOL_TLS_CERT_FILE", "",
+       "PEM certificate chain: gRPC and HTTP serve TLS only when set",
+       Text(&Config::tls_cert_file, false)},
+      {"DBPOOL_TLS_KEY_FILE", "", "PEM private key of DBPOOL_TLS_CERT_FILE",
+       Text(&Config::tls_key_file, false)},
+      {"DBPOOL_TLS_CLIENT_CA_FILE", "",
+       "PEM CA certificates: when set, gRPC and HTTP clients must present a "
+       "certificate it signed (mutual TLS)",
+       Text(&Config::tls_client_ca_file, false)},
+      {"DBPOOL_AUTH_TOKENS_FILE", "",
+       "bearer tokens, one \"NAME ROLE TOKEN\" per line (roles read_only, "
+       "read_write, monitor): when set, every call but health needs one",
+       Text(&Config::auth_tokens_file, false)},
+      {"DBPOOL_REFLECTION", "true",
+       "serve gRPC server reflection (the public schema, no data)",
+       Bool(&Config::reflection)},
       {"DBPOOL_SHUTDOWN_GRACE_MS", "30000",
        "on SIGTERM, time given to in-flight calls before they are cancelled",
        Millis(&Config::shutdown_grace, 0, 600000)},
@@ -158,6 +195,7 @@ absl::StatusOr<Config> Load(const EnvLookup& env,
                             const std::vector<std::string>& args) {
   std::vector<std::string> problems;
   std::vector<std::string> values(Options().size());
+  std::vector<std::string> config_flags;
   for (size_t i = 0; i < Options().size(); ++i) {
     values[i] = env(Options()[i].env).value_or(Options()[i].default_value);
   }
@@ -187,6 +225,7 @@ absl::StatusOr<Config> Load(const EnvLookup& env,
       value = args[++a];
     }
     values[i] = *value;
+    config_flags.emplace_back(Options()[i].env);
   }
   Config config;
   for (size_t i = 0; i < Options().size(); ++i) {
@@ -201,9 +240,19 @@ absl::StatusOr<Config> Load(const EnvLookup& env,
         "DB_POOL_MIN_CONNECTIONS (", config.min_connections,
         ") must not exceed DB_POOL_MAX_CONNECTIONS (", config.max_connections, ")"));
   }
+  if (config.tls_cert_file.empty() != config.tls_key_file.empty()) {
+    problems.push_back(
+        "DBPOOL_TLS_CERT_FILE and DBPOOL_TLS_KEY_FILE must be set together");
+  }
+  if (!config.tls_client_ca_file.empty() && config.tls_cert_file.empty()) {
+    problems.push_back(
+        "DBPOOL_TLS_CLIENT_CA_FILE needs DBPOOL_TLS_CERT_FILE and "
+        "DBPOOL_TLS_KEY_FILE (mutual TLS is TLS first)");
+  }
   if (!problems.empty()) {
     return absl::InvalidArgumentError(absl::StrJoin(problems, "\n"));
   }
+  config.given_as_flags = std::move(config_flags);
   return config;
 }
 

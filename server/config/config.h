@@ -8,6 +8,7 @@
 #ifndef DBPOOL_SERVER_CONFIG_CONFIG_H_
 #define DBPOOL_SERVER_CONFIG_CONFIG_H_
 
+#include <cstdint>
 #include <functional>
 #include <optional>
 #include <string>
@@ -43,10 +44,23 @@ struct Config {
   int64_t max_rows = 0;
   int64_t max_result_bytes = 0;
   int max_stats_streams = 0;
+  int64_t max_request_bytes = 0;
+  int max_calls_per_caller = 0;  // 0: no per-caller limit
+
+  // Security. Empty paths turn the feature off.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_client_ca_file;
+  std::string auth_tokens_file;
+  bool reflection = true;
 
   // Process.
   absl::Duration shutdown_grace;
   std::string log_level;
+
+  // Environment names of the settings given as flags: their values are
+  // visible to every local user in /proc/PID/cmdline.
+  std::vector<std::string> given_as_flags;
 };
 
 // Reads a variable from the environment; nullopt when unset.

@@ -42,6 +42,17 @@ absl::Status ValidateConninfo(const std::string& conninfo) {
   return Parse(conninfo).status();
 }
 
+bool ConninfoHasPassword(const std::string& conninfo) {
+  auto options = Parse(conninfo);
+  if (!options.ok()) return false;
+  for (PQconninfoOption* o = options->get(); o->keyword != nullptr; ++o) {
+    if (std::strcmp(o->keyword, "password") == 0) {
+      return o->val != nullptr && *o->val != '\0';
+    }
+  }
+  return false;
+}
+
 std::string RedactConninfo(const std::string& conninfo) {
   auto options = Parse(conninfo);
   if (!options.ok()) return "(unparsable connection string)";

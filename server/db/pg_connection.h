@@ -35,6 +35,9 @@ struct ConnectionSettings {
 // Checks that `conninfo` parses, without connecting.
 absl::Status ValidateConninfo(const std::string& conninfo);
 
+// Whether `conninfo` (valid per ValidateConninfo) carries a password.
+bool ConninfoHasPassword(const std::string& conninfo);
+
 // `conninfo` with any password replaced by "***", for logs.
 std::string RedactConninfo(const std::string& conninfo);
 

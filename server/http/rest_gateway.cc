@@ -1,6 +1,8 @@
 #include "server/http/rest_gateway.h"
 
 #include <CivetServer.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #include <cstring>
 #include <utility>
@@ -19,6 +21,8 @@
 #include "absl/time/clock.h"
 #include "google/api/annotations.pb.h"
 #include "google/rpc/status.pb.h"
+#include "server/security/forwarded_client.h"
+#include "spdlog/spdlog.h"
 
 namespace dbpool::http {
 namespace {
@@ -57,7 +61,37 @@ Reply ErrorReply(const grpc::Status& s) {
     status.set_code(s.error_code());
     status.set_message(s.error_message());
   }
-  return {HttpStatusFor(s.error_code()), ToJson(status), {}};
+  Reply reply{HttpStatusFor(s.error_code()), ToJson(status), {}};
+  if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
+    reply.headers.push_back({"WWW-Authenticate", "Bearer"});
+  }
+  return reply;
+}
+
+// Who the HTTP client is, in the form DatabaseService uses for gRPC
+// callers: the certificate's common name under mutual TLS, else the
+// address.
+std::string ClientIdentity(const mg_request_info* info) {
+  if (info->client_cert != nullptr && info->client_cert->peer_cert != nullptr) {
+    auto* cert = static_cast<X509*>(info->client_cert->peer_cert);
+    char cn[256];
+    if (X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName,
+                                  cn, sizeof cn) > 0) {
+      return absl::StrCat("cn:", cn);
+    }
+  }
+  const absl::string_view addr = info->remote_addr;
+  return absl::StrCat(absl::StrContains(addr, ':') ? "ipv6:" : "ipv4:", addr);
+}
+
+// civetweb calls this for the HTTPS listener's OpenSSL context; 1 tells it
+// the context is complete.
+int InitSsl(void* ssl_context, void* civet_server) {
+  const auto* options = static_cast<const GatewayOptions*>(
+      static_cast<CivetServer*>(civet_server)->getUserContext());
+  const absl::Status s = security::ConfigureServerContext(
+      static_cast<SSL_CTX*>(ssl_context), *options->tls);
+  return s.ok() ? 1 : -1;
 }
 
 // HEAD gets the headers a GET would, and no body.
@@ -213,6 +247,11 @@ class RestGateway::Handler final : public CivetHandler {
     grpc::ByteBuffer response_buffer;
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + options_.call_timeout));
+    if (const char* authorization = mg_get_header(conn, "Authorization")) {
+      context.AddMetadata("authorization", authorization);
+    }
+    context.AddMetadata(security::kForwardedClientKey,
+                        ClientIdentity(mg_get_request_info(conn)));
     grpc::Status status;
     absl::Notification done;
     stub_.UnaryCall(&context, route.grpc_method, grpc::StubOptions(), &request_buffer,
@@ -270,12 +309,18 @@ RestGateway::~RestGateway() { Stop(); }
 
 absl::StatusOr<int> RestGateway::Start() {
   const std::vector<std::string> civet_options = {
-      "listening_ports", options_.address,
+      "listening_ports", absl::StrCat(options_.address, options_.tls ? "s" : ""),
       "num_threads", absl::StrCat(options_.threads),
       "request_timeout_ms", "60000",
       "enable_keep_alive", "yes"};
   try {
-    server_ = std::make_unique<CivetServer>(civet_options);
+    CivetCallbacks callbacks{};
+    if (options_.tls) callbacks.init_ssl = &InitSsl;
+    callbacks.log_message = +[](const mg_connection*, const char* message) {
+      spdlog::warn("http: {}", message);
+      return 1;
+    };
+    server_ = std::make_unique<CivetServer>(civet_options, &callbacks, &options_);
   } catch (const std::exception& e) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options_.address,
                                                " for HTTP: ", e.what()));

@@ -5,6 +5,8 @@
 // mapping, metrics and deadlines are the gRPC ones), and the reply or the
 // google.rpc.Status comes back as JSON with the HTTP status of
 // google/rpc/code.proto. Also serves /healthz (alive) and /readyz (serving).
+// The Authorization header travels as the call's authorization metadata,
+// so bearer tokens and roles are checked where gRPC's are.
 //
 // Owned by main; must be stopped before the gRPC server shuts down.
 // Thread-safe. Requests run on civetweb's worker threads, which block for
@@ -14,6 +16,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,6 +24,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "server/security/tls.h"
 
 class CivetServer;
 
@@ -34,6 +38,8 @@ struct GatewayOptions {
   // Deadline of each call made for an HTTP request.
   absl::Duration call_timeout = absl::Seconds(35);
   int threads = 8;
+  // Serves HTTPS only, with these settings, when set.
+  std::optional<security::TlsSettings> tls;
 };
 
 // One route: an HTTP verb and path bound to a gRPC method.

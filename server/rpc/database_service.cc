@@ -61,6 +61,12 @@ class DatabaseService::QueryCall final : public grpc::ServerUnaryReactor {
 
   // Runs on the gRPC thread inside the handler.
   void Start(const grpc::ByteBuffer& wire) {
+    absl::StatusOr<security::Caller> caller =
+        service_->access_.Check(*context_, Need::kQuery);
+    if (!caller.ok()) {
+      Finish(ToGrpcStatus(caller.status()));
+      return;
+    }
     grpc::ByteBuffer copy(wire);  // shares the slices
     if (!grpc::SerializationTraits<v1::QueryRequest>::Deserialize(&copy, &request_)
              .ok()) {
@@ -76,6 +82,14 @@ class DatabaseService::QueryCall final : public grpc::ServerUnaryReactor {
       return;
     }
     params_ = *std::move(params);
+    // PostgreSQL itself refuses the writes of a read_only caller.
+    if (caller->role == security::Role::kReadOnly) request_.set_read_only(true);
+    absl::StatusOr<AccessControl::Slot> slot = service_->access_.Admit(*caller);
+    if (!slot.ok()) {
+      Finish(ToGrpcStatus(slot.status()));
+      return;
+    }
+    slot_ = *std::move(slot);
     const pool::ConnectionPool::WaitId id = service_->pool_.Acquire(
         rpc_deadline_, [this](absl::StatusOr<pool::Lease> lease) {
           OnLease(std::move(lease));
@@ -95,6 +109,7 @@ class DatabaseService::QueryCall final : public grpc::ServerUnaryReactor {
  private:
   void OnLease(absl::StatusOr<pool::Lease> lease) {
     if (!lease.ok()) {
+      slot_ = AccessControl::Slot();
       Finish(ToGrpcStatus(WithPoolState(lease.status(), service_->pool_)));
       return;
     }
@@ -139,6 +154,8 @@ class DatabaseService::QueryCall final : public grpc::ServerUnaryReactor {
     context_->AddTrailingMetadata(
         "dbpool-acquire-wait-us", absl::StrCat(absl::ToInt64Microseconds(wait)));
     context_->AddTrailingMetadata("dbpool-queue-depth", absl::StrCat(depth));
+    // Freed before the reply, so the caller's next call finds it free.
+    slot_ = AccessControl::Slot();
     Finish(ToGrpcStatus(WithPoolState(std::move(outcome.status), service_->pool_)));
   }
 
@@ -151,6 +168,7 @@ class DatabaseService::QueryCall final : public grpc::ServerUnaryReactor {
   std::vector<db::EncodedParam> params_;
   std::atomic<bool> cancelled_{false};
   std::atomic<pool::ConnectionPool::WaitId> wait_id_{0};
+  AccessControl::Slot slot_;
 };
 
 DatabaseService::DatabaseService(pool::ConnectionPool& pool, Executor& executor,
@@ -159,6 +177,7 @@ DatabaseService::DatabaseService(pool::ConnectionPool& pool, Executor& executor,
       executor_(executor),
       options_(std::move(options)),
       metrics_(metrics),
+      access_(options_.tokens, options_.max_calls_per_caller),
       streams_(options_.max_stats_streams) {}
 
 grpc::ServerUnaryReactor* DatabaseService::Query(
@@ -172,14 +191,22 @@ grpc::ServerUnaryReactor* DatabaseService::Query(
 grpc::ServerUnaryReactor* DatabaseService::GetPoolStats(
     grpc::CallbackServerContext* context, const v1::GetPoolStatsRequest*,
     v1::PoolStats* response) {
-  *response = ToProto(pool_.Snapshot());
   auto* reactor = context->DefaultReactor();
+  if (auto caller = access_.Check(*context, Need::kStats); !caller.ok()) {
+    reactor->Finish(ToGrpcStatus(caller.status()));
+    return reactor;
+  }
+  *response = ToProto(pool_.Snapshot());
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }
 
 grpc::ServerWriteReactor<v1::PoolStats>* DatabaseService::StreamPoolStats(
-    grpc::CallbackServerContext*, const v1::StreamPoolStatsRequest* request) {
+    grpc::CallbackServerContext* context,
+    const v1::StreamPoolStatsRequest* request) {
+  if (auto caller = access_.Check(*context, Need::kStats); !caller.ok()) {
+    return streams_.Reject(ToGrpcStatus(caller.status()));
+  }
   absl::Duration interval = absl::Seconds(1);
   if (request->has_interval()) {
     interval = absl::Nanoseconds(

@@ -1,7 +1,7 @@
 // DatabaseService: the dbpool.v1.DatabaseService implementation on gRPC's
 // callback API.
 //
-// Handlers validate on the gRPC thread, then ask the pool for a connection
+// Handlers check the caller (AccessControl) and validate on the gRPC thread, then ask the pool for a connection
 // asynchronously: a waiting call holds no thread. The query runs on the
 // executor; its worker finishes the call. Cancellation by the caller ends a
 // wait at once and cancels a running statement on the server.
@@ -18,6 +18,7 @@
 #include "server/db/query_runner.h"
 #include "server/metrics/metrics.h"
 #include "server/pool/connection_pool.h"
+#include "server/rpc/access_control.h"
 #include "server/rpc/periodic_streams.h"
 #include "server/rpc/request_validation.h"
 
@@ -29,6 +30,10 @@ struct ServiceOptions {
   // Used when a request sets no timeout; the RPC deadline caps it.
   absl::Duration statement_timeout = absl::Seconds(30);
   int max_stats_streams = 64;
+  // Empty: no authentication.
+  security::TokenTable tokens;
+  // 0: no per-caller limit.
+  int max_calls_per_caller = 0;
 };
 
 // Query is registered raw (ByteBuffer in and out) so that a request that
@@ -65,6 +70,7 @@ class DatabaseService final : public DatabaseServiceBase {
   Executor& executor_;
   const ServiceOptions options_;
   metrics::Metrics* const metrics_;
+  AccessControl access_;
   PeriodicStreams<v1::PoolStats> streams_;
 };
 

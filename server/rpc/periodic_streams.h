@@ -67,6 +67,12 @@ class PeriodicStreams {
     return s;
   }
 
+  // A stream that ends at once with `status`, for calls refused before
+  // they open one.
+  static grpc::ServerWriteReactor<Msg>* Reject(const grpc::Status& status) {
+    return new Rejected(status);
+  }
+
   // Ends every stream with `status` and refuses new ones.
   void Shutdown(const grpc::Status& status) {
     std::vector<Stream*> to_finish;

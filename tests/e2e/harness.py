@@ -237,7 +237,9 @@ class DbpoolServer:
         return "http://%s/metrics" % self.metrics_address
 
     @classmethod
-    def start(cls, database_url, extra_args=(), extra_env=None):
+    def start(cls, database_url, extra_args=(), extra_env=None, url_in_env=False):
+        """url_in_env passes DATABASE_URL in the environment instead of as a
+        flag (the way a password must travel)."""
         binary = server_bin()
         if not (binary.is_file() and os.access(binary, os.X_OK)):
             raise HarnessError(
@@ -256,8 +258,11 @@ class DbpoolServer:
         env["DBPOOL_HTTP_PORT"] = "0"
         env["DBPOOL_METRICS_PORT"] = "0"
         env.update(extra_env or {})
-        args = [str(binary), "--listen-host=127.0.0.1", "--grpc-port=0",
-                "--database-url=" + database_url, *extra_args]
+        args = [str(binary), "--listen-host=127.0.0.1", "--grpc-port=0", *extra_args]
+        if url_in_env:
+            env["DATABASE_URL"] = database_url
+        else:
+            args.append("--database-url=" + database_url)
         stderr = open(log_dir / "stderr.log", "wb")
         try:
             proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,

@@ -383,7 +383,8 @@ class ObservabilityTest(GrpcMixin, unittest.TestCase):
     database with a pool of 1 for the saturation errors."""
 
     MAX_SQL_BYTES = 1000
-    BODY_LIMIT = 2 * MAX_SQL_BYTES + (1 << 20)
+    # DBPOOL_MAX_REQUEST_BYTES: the largest gRPC message and HTTP body.
+    BODY_LIMIT = 1 << 20
 
     @classmethod
     def setUpClass(cls):
@@ -393,7 +394,8 @@ class ObservabilityTest(GrpcMixin, unittest.TestCase):
         harness.start_stack(cls, server_args=[
             "--http-port=0", "--metrics-port=0",
             "--db-pool-max-connections=4", "--db-pool-min-connections=2",
-            "--max-sql-bytes=%d" % cls.MAX_SQL_BYTES])
+            "--max-sql-bytes=%d" % cls.MAX_SQL_BYTES,
+            "--max-request-bytes=%d" % cls.BODY_LIMIT])
         require_addresses(cls.server)
         cls.http = cls.server.http_address
         cls.db = connect(cls, cls.server)

@@ -6,6 +6,9 @@
 #   pg_cluster.sh stop DIR    fast shutdown
 #   pg_cluster.sh restart DIR fast restart on the same port
 #   pg_cluster.sh port DIR    the port of a running cluster
+#   pg_cluster.sh ssl DIR     turn TLS on in a running cluster, with a
+#                             self-signed certificate (clients can then ask
+#                             for sslmode=require)
 #
 # A stopped cluster started again keeps its port when it is still free.
 #
@@ -70,6 +73,16 @@ case $cmd in
     ;;
   port)
     cat "$dir/port"
+    ;;
+  ssl)
+    # PostgreSQL wants the key owned by its user and private; ssl can be
+    # switched on with a reload.
+    as_owner openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+      -nodes -days 2 -subj /CN=127.0.0.1 -keyout "$dir/data/server.key" \
+      -out "$dir/data/server.crt" >/dev/null 2>&1
+    as_owner chmod 600 "$dir/data/server.key"
+    as_owner "$bin/psql" -X -q -h "$dir" -p "$(cat "$dir/port")" -U postgres \
+      -d postgres -c "ALTER SYSTEM SET ssl = on" -c "SELECT pg_reload_conf()" >/dev/null
     ;;
   *)
     echo "pg_cluster: unknown command $cmd" >&2

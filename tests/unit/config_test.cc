@@ -72,6 +72,34 @@ TEST(Config, MinimumMustNotExceedMaximum) {
   EXPECT_THAT(std::string(c.status().message()), HasSubstr("must not exceed"));
 }
 
+TEST(Config, SecuritySettingsAreCheckedTogether) {
+  auto half = Load(Env({{"DATABASE_URL", "x"}, {"DBPOOL_TLS_CERT_FILE", "c.pem"}}), {});
+  ASSERT_FALSE(half.ok());
+  EXPECT_THAT(std::string(half.status().message()),
+              HasSubstr("must be set together"));
+  auto ca_alone = Load(Env({{"DATABASE_URL", "x"}}), {"--tls-client-ca-file=ca.pem"});
+  ASSERT_FALSE(ca_alone.ok());
+  EXPECT_THAT(std::string(ca_alone.status().message()),
+              HasSubstr("DBPOOL_TLS_CLIENT_CA_FILE"));
+  auto full = Load(Env({{"DATABASE_URL", "x"}}),
+                   {"--tls-cert-file=c.pem", "--tls-key-file=k.pem",
+                    "--tls-client-ca-file=ca.pem", "--reflection=off",
+                    "--max-calls-per-caller=3"});
+  ASSERT_TRUE(full.ok()) << full.status();
+  EXPECT_EQ(full->tls_key_file, "k.pem");
+  EXPECT_FALSE(full->reflection);
+  EXPECT_EQ(full->max_calls_per_caller, 3);
+  EXPECT_FALSE(Load(Env({{"DATABASE_URL", "x"}}), {"--reflection=maybe"}).ok());
+}
+
+TEST(Config, RemembersWhichSettingsCameAsFlags) {
+  auto c = Load(Env({{"DATABASE_URL", "from-env"}, {"DBPOOL_GRPC_PORT", "1"}}),
+                {"--grpc-port=2", "--log-level", "debug"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_THAT(c->given_as_flags,
+              ::testing::UnorderedElementsAre("DBPOOL_GRPC_PORT", "DBPOOL_LOG_LEVEL"));
+}
+
 TEST(Config, FlagWithoutValueIsAnError) {
   auto c = Load(Env({{"DATABASE_URL", "x"}}), {"--grpc-port"});
   ASSERT_FALSE(c.ok());

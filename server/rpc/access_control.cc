@@ -1,0 +1,113 @@
+#include "server/rpc/access_control.h"
+
+#include <optional>
+#include <utility>
+
+#include <grpc/grpc_security_constants.h>
+#include <grpcpp/security/auth_context.h>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "server/security/forwarded_client.h"
+
+namespace dbpool::rpc {
+namespace {
+
+std::optional<absl::string_view> Metadata(const grpc::ServerContextBase& context,
+                                          absl::string_view key) {
+  const auto& metadata = context.client_metadata();
+  auto it = metadata.find(grpc::string_ref(key.data(), key.size()));
+  if (it == metadata.end()) return std::nullopt;
+  return absl::string_view(it->second.data(), it->second.size());
+}
+
+bool InProcess(const grpc::ServerContextBase& context) {
+  return context.peer() == "inproc";
+}
+
+// Who is calling when no token says so.
+std::string AnonymousName(const grpc::ServerContextBase& context) {
+  if (InProcess(context)) {
+    if (auto forwarded = Metadata(context, security::kForwardedClientKey)) {
+      return std::string(*forwarded);
+    }
+  }
+  if (auto auth = context.auth_context(); auth != nullptr) {
+    const auto names = auth->FindPropertyValues(GRPC_X509_CN_PROPERTY_NAME);
+    if (!names.empty()) {
+      return absl::StrCat("cn:", absl::string_view(names.front().data(),
+                                                   names.front().size()));
+    }
+  }
+  // "ipv4:127.0.0.1:53422" -> "ipv4:127.0.0.1": one caller per host.
+  std::string peer = context.peer();
+  if (const auto colon = peer.rfind(':'); colon != std::string::npos &&
+                                          colon > peer.find(':')) {
+    peer.resize(colon);
+  }
+  return peer;
+}
+
+}  // namespace
+
+AccessControl::AccessControl(security::TokenTable tokens, int max_calls_per_caller)
+    : tokens_(std::move(tokens)), max_calls_per_caller_(max_calls_per_caller) {}
+
+absl::StatusOr<security::Caller> AccessControl::Check(
+    const grpc::ServerContextBase& context, Need need) const {
+  if (tokens_.empty()) {
+    return security::Caller{AnonymousName(context), security::Role::kReadWrite};
+  }
+  absl::StatusOr<security::Caller> caller =
+      tokens_.Authenticate(Metadata(context, "authorization"));
+  if (!caller.ok()) return caller;
+  if (need == Need::kQuery && caller->role == security::Role::kMonitor) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "caller \"", caller->name,
+        "\" has role monitor, which may read pool stats and health only"));
+  }
+  return caller;
+}
+
+absl::StatusOr<AccessControl::Slot> AccessControl::Admit(
+    const security::Caller& caller) {
+  if (max_calls_per_caller_ == 0) return Slot();
+  absl::MutexLock lock(&mu_);
+  int& count = in_flight_[caller.name];
+  if (count >= max_calls_per_caller_) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "caller \"", caller.name, "\" already has ", count,
+        " queries in flight, the most one caller may have "
+        "(DBPOOL_MAX_CALLS_PER_CALLER)"));
+  }
+  ++count;
+  return Slot(this, caller.name);
+}
+
+void AccessControl::Release(const std::string& caller) {
+  absl::MutexLock lock(&mu_);
+  auto it = in_flight_.find(caller);
+  if (--it->second == 0) in_flight_.erase(it);
+}
+
+AccessControl::Slot::Slot(AccessControl* owner, std::string caller)
+    : owner_(owner), caller_(std::move(caller)) {}
+
+AccessControl::Slot::Slot(Slot&& other) noexcept
+    : owner_(std::exchange(other.owner_, nullptr)),
+      caller_(std::move(other.caller_)) {}
+
+AccessControl::Slot& AccessControl::Slot::operator=(Slot&& other) noexcept {
+  if (this != &other) {
+    if (owner_ != nullptr) owner_->Release(caller_);
+    owner_ = std::exchange(other.owner_, nullptr);
+    caller_ = std::move(other.caller_);
+  }
+  return *this;
+}
+
+AccessControl::Slot::~Slot() {
+  if (owner_ != nullptr) owner_->Release(caller_);
+}
+
+}  // namespace dbpool::rpc

@@ -1,0 +1,71 @@
+// AccessControl: who is calling DatabaseService, what they may do, and how
+// many queries they may have in flight.
+//
+// With a token table, a caller is the name its bearer token maps to, and
+// its role decides: monitor reads stats, read_only also queries (every
+// query in a READ ONLY transaction), read_write may do anything. Without
+// one, everyone is read_write and a caller is known by its client
+// certificate's name under mutual TLS, else by its address. Calls that the
+// HTTP gateway makes through the in-process channel carry the HTTP
+// client's identity in metadata, trusted only on that channel.
+//
+// Owned by the service; thread-safe. Nothing blocks: the in-flight count
+// is a short critical section.
+#ifndef DBPOOL_SERVER_RPC_ACCESS_CONTROL_H_
+#define DBPOOL_SERVER_RPC_ACCESS_CONTROL_H_
+
+#include <string>
+
+#include <grpcpp/server_context.h>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "server/security/tokens.h"
+
+namespace dbpool::rpc {
+
+enum class Need { kStats, kQuery };
+
+class AccessControl {
+ public:
+  // An empty table turns authentication off; max_calls_per_caller 0 turns
+  // the in-flight limit off.
+  AccessControl(security::TokenTable tokens, int max_calls_per_caller);
+
+  // UNAUTHENTICATED without a valid token (when tokens are configured),
+  // PERMISSION_DENIED when the caller's role does not cover `need`.
+  absl::StatusOr<security::Caller> Check(const grpc::ServerContextBase& context,
+                                         Need need) const;
+
+  // Holds one of a caller's in-flight query slots until destroyed.
+  class Slot {
+   public:
+    Slot() = default;
+    Slot(Slot&& other) noexcept;
+    Slot& operator=(Slot&& other) noexcept;
+    ~Slot();
+
+   private:
+    friend class AccessControl;
+    Slot(AccessControl* owner, std::string caller);
+    AccessControl* owner_ = nullptr;
+    std::string caller_;
+  };
+
+  // RESOURCE_EXHAUSTED when `caller` already has the maximum in flight.
+  absl::StatusOr<Slot> Admit(const security::Caller& caller);
+
+ private:
+  void Release(const std::string& caller);
+
+  const security::TokenTable tokens_;
+  const int max_calls_per_caller_;
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, int> in_flight_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace dbpool::rpc
+
+#endif  // DBPOOL_SERVER_RPC_ACCESS_CONTROL_H_
