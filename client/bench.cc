@@ -1,5 +1,6 @@
 // dbpool bench: see bench.h.
 #include "bench.h"
+#include "connection.h"
 
 #include <algorithm>
 #include <atomic>
@@ -358,10 +359,11 @@ double ProtoMillis(const google::protobuf::Duration& d) {
 // Follows StreamPoolStats (interval 1 s) for the length of the run.
 class PoolWatcher : public grpc::ClientReadReactor<v1::PoolStats> {
  public:
-  PoolWatcher(v1::DatabaseService::Stub* stub, Clock::time_point t0,
-              Clock::time_point measure_start)
+  PoolWatcher(v1::DatabaseService::Stub* stub, const Connection& connection,
+              Clock::time_point t0, Clock::time_point measure_start)
       : t0_(t0), measure_start_(measure_start) {
     request_.mutable_interval()->set_seconds(1);
+    connection.Authorize(&context_);
     stub->async()->StreamPoolStats(&context_, &request_, this);
     StartRead(&stats_);
     StartCall();
@@ -457,9 +459,9 @@ std::mt19937_64& Rng() {
 
 class Runner {
  public:
-  Runner(const BenchOptions& options,
+  Runner(const BenchOptions& options, const Connection& connection,
          std::vector<std::unique_ptr<v1::DatabaseService::Stub>> stubs)
-      : options_(options), stubs_(std::move(stubs)) {
+      : options_(options), connection_(connection), stubs_(std::move(stubs)) {
     request_.set_sql(options.sql);
     for (size_t i = 0; i < options.params.size(); ++i) {
       *request_.add_params() = options.params[i].value;
@@ -560,6 +562,7 @@ class Runner {
     }
     call->context.set_deadline(std::chrono::system_clock::now() +
                                absl::ToChronoNanoseconds(options_.timeout));
+    connection_.Authorize(&call->context);
     {
       std::lock_guard<std::mutex> lock(mu_);
       live_.insert(call);
@@ -609,6 +612,7 @@ class Runner {
   }
 
   const BenchOptions& options_;
+  const Connection& connection_;
   const std::vector<std::unique_ptr<v1::DatabaseService::Stub>> stubs_;
   v1::QueryRequest request_;
   std::vector<size_t> random_params_;
@@ -823,9 +827,11 @@ int RunBench(const std::vector<std::string>& args, ParamParser parse_param) {
   if (!parsed.ok()) return ReportBenchUsageError(parsed.status().message());
   const BenchOptions& options = *parsed;
   if (options.help) {
-    std::cout << kBenchUsage << kBenchDetails;
+    std::cout << kBenchUsage << kBenchDetails << Connection::kHelp;
     return kExitOk;
   }
+  const absl::StatusOr<Connection> connection = Connection::FromEnvironment();
+  if (!connection.ok()) return ReportBenchUsageError(connection.status().message());
 
   // Distinct channel args keep the channels from sharing one subchannel, and
   // so one HTTP/2 connection.
@@ -839,8 +845,8 @@ int RunBench(const std::vector<std::string>& args, ParamParser parse_param) {
     grpc::ChannelArguments channel_args;
     channel_args.SetInt("grpc.channel_id", i);
     channel_args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-    std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(
-        options.target, grpc::InsecureChannelCredentials(), channel_args);
+    std::shared_ptr<grpc::Channel> channel =
+        connection->Open(options.target, channel_args);
     // Connected up front, so that the connection set-up is not measured.
     if (!channel->WaitForConnected(connect_deadline)) {
       std::cerr << "dbpool bench: cannot connect to " << options.target
@@ -856,8 +862,8 @@ int RunBench(const std::vector<std::string>& args, ParamParser parse_param) {
   const Clock::time_point t0 = Clock::now();
   const Clock::time_point measure_start =
       t0 + absl::ToChronoNanoseconds(options.warmup);
-  auto* watcher = new PoolWatcher(stats_stub.get(), t0, measure_start);
-  auto* runner = new Runner(options, std::move(stubs));
+  auto* watcher = new PoolWatcher(stats_stub.get(), *connection, t0, measure_start);
+  auto* runner = new Runner(options, *connection, std::move(stubs));
   const bool runner_done = runner->Run(t0);
   watcher->MarkStopping();
   const grpc::Status early = watcher->early_status();

@@ -33,6 +33,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "bench.h"
+#include "connection.h"
 #include "dbpool/v1/database_service.grpc.pb.h"
 #include "google/protobuf/duration.pb.h"
 #include "google/protobuf/struct.pb.h"
@@ -46,6 +47,7 @@
 namespace {
 
 namespace v1 = ::dbpool::v1;
+using ::dbpool::cli::Connection;
 using google::protobuf::util::TimeUtil;
 
 constexpr int kExitOk = 0;
@@ -693,9 +695,11 @@ void ApplyDeadline(absl::Duration timeout, grpc::ClientContext* context) {
   context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
 }
 
-int RunQuery(v1::DatabaseService::Stub& stub, const Options& options) {
+int RunQuery(v1::DatabaseService::Stub& stub, const Connection& connection,
+             const Options& options) {
   grpc::ClientContext context;
   ApplyDeadline(options.timeout, &context);
+  connection.Authorize(&context);
   v1::QueryResponse response;
   const grpc::Status status = stub.Query(&context, options.query, &response);
   if (!status.ok()) return ReportRpcError(status, options.json);
@@ -704,9 +708,11 @@ int RunQuery(v1::DatabaseService::Stub& stub, const Options& options) {
   return kExitOk;
 }
 
-int RunStats(v1::DatabaseService::Stub& stub, const Options& options) {
+int RunStats(v1::DatabaseService::Stub& stub, const Connection& connection,
+             const Options& options) {
   grpc::ClientContext context;
   ApplyDeadline(options.timeout, &context);
+  connection.Authorize(&context);
   v1::PoolStats stats;
   const grpc::Status status =
       stub.GetPoolStats(&context, v1::GetPoolStatsRequest(), &stats);
@@ -718,10 +724,12 @@ int RunStats(v1::DatabaseService::Stub& stub, const Options& options) {
 
 // Ctrl-C keeps its default action: every line is already flushed, and the
 // server sees the stream cancelled when the connection drops.
-int RunWatch(v1::DatabaseService::Stub& stub, const Options& options) {
+int RunWatch(v1::DatabaseService::Stub& stub, const Connection& connection,
+             const Options& options) {
   grpc::ClientContext context;
   ApplyDeadline(options.timeout_set ? options.timeout : absl::InfiniteDuration(),
                 &context);
+  connection.Authorize(&context);
   std::unique_ptr<grpc::ClientReader<v1::PoolStats>> reader =
       stub.StreamPoolStats(&context, options.watch);
   v1::PoolStats stats;
@@ -780,14 +788,15 @@ int main(int argc, char** argv) {
   const absl::StatusOr<Options> options = ParseArgs(args);
   if (!options.ok()) return ReportUsageError(options.status().message());
   if (options->help) {
-    std::cout << kSynopsis << kDetails;
+    std::cout << kSynopsis << kDetails << Connection::kHelp;
     return kExitOk;
   }
+  const absl::StatusOr<Connection> connection = Connection::FromEnvironment();
+  if (!connection.ok()) return ReportUsageError(connection.status().message());
   const std::unique_ptr<v1::DatabaseService::Stub> stub =
-      v1::DatabaseService::NewStub(grpc::CreateChannel(
-          options->target, grpc::InsecureChannelCredentials()));
+      v1::DatabaseService::NewStub(connection->Open(options->target));
   // ParseArgs leaves kNone only together with help.
-  if (options->command == Command::kQuery) return RunQuery(*stub, *options);
-  if (options->command == Command::kStats) return RunStats(*stub, *options);
-  return RunWatch(*stub, *options);
+  if (options->command == Command::kQuery) return RunQuery(*stub, *connection, *options);
+  if (options->command == Command::kStats) return RunStats(*stub, *connection, *options);
+  return RunWatch(*stub, *connection, *options);
 }

@@ -216,6 +216,22 @@ class MutualTls(unittest.TestCase):
                                 {"sql": "SELECT 1"}, context=_https_context("client-a"))
         self.assertEqual(status, 200, body)
 
+    def test_the_dbpool_client_speaks_mutual_tls(self):
+        env = {"DBPOOL_TLS_CA": str(certs / "ca.pem"),
+               "DBPOOL_TLS_CLIENT_CERT": str(certs / "client-a.pem"),
+               "DBPOOL_TLS_CLIENT_KEY": str(certs / "client-a.key")}
+        proc = harness.run_cli(self, ["--json", "query", "SELECT 7"], 30, env=env)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn('"7"', proc.stdout)
+        bench = harness.run_cli(self, ["bench", "--sql", "SELECT 1", "--concurrency", "2",
+                                       "--duration", "1s", "--json"], 60, env=env)
+        self.assertEqual(bench.returncode, 0, bench.stderr)
+        self.assertGreater(json.loads(bench.stdout)["requests"], 0)
+        del env["DBPOOL_TLS_CLIENT_KEY"]
+        proc = harness.run_cli(self, ["stats"], 30, env=env)
+        self.assertEqual(proc.returncode, 2)
+        self.assertIn("DBPOOL_TLS_CLIENT_KEY", proc.stderr)
+
     def test_clients_without_a_good_certificate_are_refused(self):
         for client in (None, "rogue"):
             with self.subTest(client=client):
@@ -339,6 +355,22 @@ class BearerTokens(unittest.TestCase):
         status, _, body = _http("http://%s/api/metrics/database/pool" % self.server.http_address,
                                 headers={"Authorization": "Bearer " + TOKENS["monitor"]})
         self.assertEqual(status, 200, body)
+
+    def test_the_dbpool_client_sends_the_token_from_the_environment(self):
+        proc = harness.run_cli(self, ["query", "SELECT 1"], 30)
+        self.assertEqual(proc.returncode, 1)
+        self.assertIn("UNAUTHENTICATED", proc.stderr)
+        proc = harness.run_cli(self, ["--json", "stats"], 30,
+                               env={"DBPOOL_TOKEN": TOKENS["monitor"]})
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("max_connections", proc.stdout)
+        bench = harness.run_cli(self, ["bench", "--sql", "SELECT 1", "--concurrency", "2",
+                                       "--duration", "1s", "--json"], 60,
+                                env={"DBPOOL_TOKEN": TOKENS["reader"]})
+        self.assertEqual(bench.returncode, 0, bench.stderr)
+        report = json.loads(bench.stdout)
+        self.assertEqual(report["errors"], 0, report)
+        self.assertGreater(len(report["pool_samples"]), 0)
 
     def test_per_caller_limit_refuses_the_excess_of_one_caller_only(self):
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
