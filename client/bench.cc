@@ -61,6 +61,7 @@ constexpr absl::string_view kBenchUsage =
     R"(usage: dbpool bench --target HOST:PORT --sql SQL [--param VALUE [--param-type TYPE]]...
                     [--concurrency N | --rate R] [--duration 10s] [--warmup 0s]
                     [--timeout 5s] [--max-error-rate X] [--json]
+       dbpool bench --rpc stats [--concurrency N | --rate R] ...
 )";
 
 constexpr absl::string_view kBenchDetails = R"(
@@ -84,6 +85,9 @@ second from StreamPoolStats.
   --timeout D           deadline of every call (default 5s); at the end the
                         run waits at most this long for calls in flight
   --max-error-rate X    exit 3 when errors / requests > X
+  --rpc stats           call GetPoolStats instead of Query (no --sql): the
+                        cost of a call that never reaches the database,
+                        i.e. of gRPC itself
   --json                print the report as one JSON object
 
 requests counts the calls sent in the measured time that completed, failed
@@ -120,6 +124,7 @@ struct BenchOptions {
   bool gate = false;
   bool json = false;
   bool help = false;
+  bool stats_rpc = false;  // --rpc stats
 
   bool open_loop() const { return rate_set; }
 };
@@ -201,6 +206,12 @@ absl::Status ApplyBenchFlag(absl::string_view name, const std::string& value,
     (name == "--duration" ? o->duration
      : name == "--warmup" ? o->warmup
                           : o->timeout) = *d;
+  } else if (name == "--rpc") {
+    if (value != "query" && value != "stats") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("want query or stats, got \"", value, "\""));
+    }
+    o->stats_rpc = value == "stats";
   } else if (name == "--max-error-rate") {
     double x;
     if (!absl::SimpleAtod(value, &x) || !std::isfinite(x) || x < 0) {
@@ -218,7 +229,7 @@ absl::Status ApplyBenchFlag(absl::string_view name, const std::string& value,
 constexpr absl::string_view kValueFlags[] = {
     "--target",   "--sql",      "--param",   "--param-type",
     "--concurrency", "--rate", "--duration", "--warmup",
-    "--timeout",  "--max-error-rate"};
+    "--timeout",  "--max-error-rate", "--rpc"};
 
 absl::StatusOr<BenchOptions> ParseBenchArgs(const std::vector<std::string>& args,
                                             ParamParser parse_param) {
@@ -262,7 +273,12 @@ absl::StatusOr<BenchOptions> ParseBenchArgs(const std::vector<std::string>& args
     }
   }
   if (o.help) return o;
-  if (!o.sql_set) return absl::InvalidArgumentError("--sql is required");
+  if (o.stats_rpc && (o.sql_set || !o.params.empty())) {
+    return absl::InvalidArgumentError("--rpc stats takes no --sql or --param");
+  }
+  if (!o.sql_set && !o.stats_rpc) {
+    return absl::InvalidArgumentError("--sql is required");
+  }
   if (o.rate_set && o.concurrency_set) {
     return absl::InvalidArgumentError(
         "give either --concurrency (closed loop) or --rate (open loop)");
@@ -516,6 +532,7 @@ class Runner {
     grpc::ClientContext context;
     v1::QueryRequest request;
     v1::QueryResponse response;
+    v1::PoolStats stats;  // --rpc stats
     // Intended send time (open loop) or actual send time (closed loop).
     Clock::time_point start;
     bool counted = false;
@@ -571,10 +588,14 @@ class Runner {
         stubs_[next_stub_.fetch_add(1, std::memory_order_relaxed) %
                stubs_.size()]
             .get();
-    stub->async()->Query(&call->context, &call->request, &call->response,
-                         [this, call](grpc::Status status) {
-                           OnDone(call, status);
-                         });
+    auto done = [this, call](grpc::Status status) { OnDone(call, status); };
+    if (options_.stats_rpc) {
+      stub->async()->GetPoolStats(&call->context, &stats_request_, &call->stats,
+                                  std::move(done));
+    } else {
+      stub->async()->Query(&call->context, &call->request, &call->response,
+                           std::move(done));
+    }
   }
 
   void OnDone(Call* call, const grpc::Status& status) {
@@ -613,6 +634,7 @@ class Runner {
 
   const BenchOptions& options_;
   const Connection& connection_;
+  const v1::GetPoolStatsRequest stats_request_;
   const std::vector<std::unique_ptr<v1::DatabaseService::Stub>> stubs_;
   v1::QueryRequest request_;
   std::vector<size_t> random_params_;

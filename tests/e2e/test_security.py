@@ -232,6 +232,16 @@ class MutualTls(unittest.TestCase):
         self.assertEqual(proc.returncode, 2)
         self.assertIn("DBPOOL_TLS_CLIENT_KEY", proc.stderr)
 
+    def test_buf_curl_reaches_the_server_with_a_client_certificate(self):
+        res = harness.run_buf(
+            ["curl", "--protocol", "grpc", "--cacert", str(certs / "ca.pem"),
+             "--cert", str(certs / "client-a.pem"), "--key", str(certs / "client-a.key"),
+             "-d", json.dumps({"sql": "SELECT 8"}),
+             "https://%s/dbpool.v1.DatabaseService/Query" % self.server.address],
+            cwd=str(certs))
+        self.assertEqual(res.returncode, 0, res.stderr)
+        self.assertEqual(json.loads(res.stdout)["rows"][0]["values"][0]["int64Value"], "8")
+
     def test_clients_without_a_good_certificate_are_refused(self):
         for client in (None, "rogue"):
             with self.subTest(client=client):
@@ -355,6 +365,17 @@ class BearerTokens(unittest.TestCase):
         status, _, body = _http("http://%s/api/metrics/database/pool" % self.server.http_address,
                                 headers={"Authorization": "Bearer " + TOKENS["monitor"]})
         self.assertEqual(status, 200, body)
+
+    def test_buf_curl_with_a_token_header(self):
+        url = "http://%s/dbpool.v1.DatabaseService/GetPoolStats" % self.server.address
+        base = ["curl", "--protocol", "grpc", "--http2-prior-knowledge", "-d", "{}", url]
+        res = harness.run_buf(base[:1] + ["-H", "authorization: Bearer " + TOKENS["monitor"]]
+                              + base[1:], cwd=str(self.token_dir))
+        self.assertEqual(res.returncode, 0, res.stderr)
+        self.assertIn("maxConnections", res.stdout)
+        res = harness.run_buf(base, cwd=str(self.token_dir))
+        self.assertNotEqual(res.returncode, 0)
+        self.assertIn("unauthenticated", res.stderr)
 
     def test_the_dbpool_client_sends_the_token_from_the_environment(self):
         proc = harness.run_cli(self, ["query", "SELECT 1"], 30)
