@@ -48,11 +48,9 @@ void ConnectionPool::Deferred::Run() {
   if (!to_close.empty()) {
     const int n = static_cast<int>(to_close.size());
     to_close.clear();
-    {
-      std::lock_guard<std::mutex> lock(pool->mu_);
-      pool->closing_ -= n;
-    }
-    pool->background_wake_.notify_all();
+    std::lock_guard<std::mutex> lock(pool->mu_);
+    pool->closing_ -= n;
+    pool->WakeOpenersLocked();
   }
   for (auto& [done, result] : callbacks) std::move(done)(std::move(result));
   callbacks.clear();
@@ -84,6 +82,8 @@ ConnectionPool::~ConnectionPool() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
+    WakeOpenersLocked();
+    maintenance_wake_.notify_one();
     for (auto& w : waiters_) {
       deferred.callbacks.emplace_back(
           std::move(w.done),
@@ -97,7 +97,6 @@ ConnectionPool::~ConnectionPool() {
       CloseLocked(std::move(slot), CloseReason::kShutdown, deferred);
     }
   }
-  background_wake_.notify_all();
   deferred.Run();
   for (auto& t : threads_) t.join();
 }
@@ -169,9 +168,10 @@ ConnectionPool::WaitId ConnectionPool::Acquire(absl::Time deadline,
         waiters_.push_back(Waiter{id, now, deadline, depth, std::move(done)});
         waiter_index_[id] = std::prev(waiters_.end());
         ++waiter_epoch_;
+        maintenance_wake_.notify_one();
+        WakeOpenersLocked();
       }
     }
-    if (id != 0) background_wake_.notify_all();
     if (candidate == nullptr) {
       deferred.Run();
       return id;
@@ -297,6 +297,10 @@ bool ConnectionPool::NeedConnectLocked() const {
          total < options_.min_connections || (!reachable_ && connecting_ == 0);
 }
 
+void ConnectionPool::WakeOpenersLocked() {
+  if (stopping_ || NeedConnectLocked()) opener_wake_.notify_all();
+}
+
 absl::Duration ConnectionPool::BackoffLocked() {
   absl::Duration d = options_.backoff_initial;
   for (int i = 1; i < consecutive_connect_failures_ && d < options_.backoff_max;
@@ -312,16 +316,18 @@ void ConnectionPool::OpenerLoop() {
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
     while (!stopping_ && !NeedConnectLocked()) {
-      // Conditions are re-checked whenever background_wake_ is notified; the
-      // timeout covers what only the clock changes (the end of a backoff).
+      // WakeOpenersLocked covers changes made under the lock; the timeout
+      // covers what only the clock changes (the end of a backoff).
       const absl::Duration until_attempt =
           next_connect_attempt_ - clock_.Now();
       const absl::Duration wait =
           std::clamp(until_attempt, absl::Milliseconds(1), absl::Seconds(1));
-      background_wake_.wait_for(lock, absl::ToChronoNanoseconds(wait));
+      opener_wake_.wait_for(lock, absl::ToChronoNanoseconds(wait));
     }
     if (stopping_) return;
     ++connecting_;
+    // Another opener may be needed as well.
+    WakeOpenersLocked();
     const absl::Time deadline = clock_.Now() + options_.connect_timeout;
     lock.unlock();
     absl::StatusOr<std::unique_ptr<Connection>> conn =
@@ -369,8 +375,8 @@ void ConnectionPool::OpenerLoop() {
         waiter_index_.clear();
       }
     }
+    WakeOpenersLocked();
     lock.unlock();
-    background_wake_.notify_all();
     deferred.Run();
     lock.lock();
   }
@@ -424,7 +430,7 @@ void ConnectionPool::MaintenanceLoop() {
     for (const auto& w : waiters_) wake = std::min(wake, w.deadline);
     const uint64_t epoch = waiter_epoch_;
     // A new waiter may have an earlier deadline than the one slept for.
-    background_wake_.wait_for(
+    maintenance_wake_.wait_for(
         lock,
         absl::ToChronoNanoseconds(
             std::max(wake - clock_.Now(), absl::ZeroDuration())),

@@ -168,6 +168,11 @@ class ConnectionPool {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool FailingFastLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool NeedConnectLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Wakes the openers if the pool is stopping or a connection is needed. A
+  // condition variable, unlike absl::Mutex::Await, does not re-check its
+  // waiters' condition on every unlock, so every change that can make a
+  // connection needed calls this.
+  void WakeOpenersLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int TotalLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Duration BackoffLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void OpenerLoop();
@@ -180,10 +185,10 @@ class ConnectionPool {
   // std::mutex, not absl::Mutex, so that ThreadSanitizer sees the locking:
   // Debian's abseil is not instrumented (scripts/sanitize).
   mutable std::mutex mu_;
-  // The opener and maintenance threads wait on it. Notified after every
-  // change that can give them work: a new waiter, a closed connection gone,
-  // a connect attempt ended, shutdown.
-  std::condition_variable background_wake_;
+  // The openers wait on it for stopping_ or NeedConnectLocked().
+  std::condition_variable opener_wake_;
+  // The maintenance thread waits on it for stopping_ or a new waiter.
+  std::condition_variable maintenance_wake_;
   std::vector<std::unique_ptr<Slot>> idle_ ABSL_GUARDED_BY(mu_);  // LIFO
   std::list<Waiter> waiters_ ABSL_GUARDED_BY(mu_);                 // FIFO
   absl::flat_hash_map<WaitId, std::list<Waiter>::iterator> waiter_index_
