@@ -145,8 +145,9 @@ int main(int argc, char** argv) {
         spdlog::debug("protobuf: {}", message);
       });
 
-  // Debian's abseil checks every lock for deadlock cycles by default: a cost
-  // on each pool operation that the tests, not production, should pay.
+  // Debian's abseil checks every absl::Mutex lock for deadlock cycles by
+  // default: a cost on each call through gRPC, whose locks are absl::Mutex,
+  // that the tests, not production, should pay.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 
   // Signals go to the waiting thread below, not to whichever thread runs.

@@ -18,27 +18,27 @@ Executor::Executor(int threads, std::string name) {
 
 Executor::~Executor() {
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
   }
+  work_or_stop_.notify_all();
   for (auto& t : workers_) t.join();
 }
 
 void Executor::Post(Task task) {
-  absl::MutexLock lock(&mu_);
-  tasks_.push_back(std::move(task));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    tasks_.push_back(std::move(task));
+  }
+  work_or_stop_.notify_one();
 }
 
 void Executor::Loop() {
   for (;;) {
     Task task;
     {
-      absl::MutexLock lock(&mu_);
-      mu_.Await(absl::Condition(
-          +[](Executor* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(e->mu_) {
-            return e->stopping_ || !e->tasks_.empty();
-          },
-          this));
+      std::unique_lock<std::mutex> lock(mu_);
+      work_or_stop_.wait(lock, [this] { return stopping_ || !tasks_.empty(); });
       // Drain the queue before stopping so no accepted work is dropped.
       if (tasks_.empty()) return;
       task = std::move(tasks_.front());

@@ -48,8 +48,9 @@ void ConnectionPool::Deferred::Run() {
   if (!to_close.empty()) {
     const int n = static_cast<int>(to_close.size());
     to_close.clear();
-    absl::MutexLock lock(&pool->mu_);
+    std::lock_guard<std::mutex> lock(pool->mu_);
     pool->closing_ -= n;
+    pool->WakeOpenersLocked();
   }
   for (auto& [done, result] : callbacks) std::move(done)(std::move(result));
   callbacks.clear();
@@ -62,7 +63,7 @@ ConnectionPool::ConnectionPool(PoolOptions options,
       connector_(std::move(connector)),
       clock_(clock) {
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     unreachable_since_ = clock_.Now();
     next_connect_attempt_ = absl::InfinitePast();
     counters_.max = options_.max_connections;
@@ -79,8 +80,10 @@ ConnectionPool::ConnectionPool(PoolOptions options,
 ConnectionPool::~ConnectionPool() {
   Deferred deferred(this);
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
+    WakeOpenersLocked();
+    maintenance_wake_.notify_one();
     for (auto& w : waiters_) {
       deferred.callbacks.emplace_back(
           std::move(w.done),
@@ -108,7 +111,7 @@ bool ConnectionPool::FailingFastLocked() const {
 }
 
 bool ConnectionPool::Serving() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return reachable_ && !draining_ && !stopping_;
 }
 
@@ -132,7 +135,7 @@ ConnectionPool::WaitId ConnectionPool::Acquire(absl::Time deadline,
     std::unique_ptr<Slot> candidate;
     int depth = 0;
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       const absl::Time now = clock_.Now();
       deadline = std::min(deadline, now + options_.acquire_timeout);
       depth = static_cast<int>(waiters_.size());
@@ -165,6 +168,8 @@ ConnectionPool::WaitId ConnectionPool::Acquire(absl::Time deadline,
         waiters_.push_back(Waiter{id, now, deadline, depth, std::move(done)});
         waiter_index_[id] = std::prev(waiters_.end());
         ++waiter_epoch_;
+        maintenance_wake_.notify_one();
+        WakeOpenersLocked();
       }
     }
     if (candidate == nullptr) {
@@ -175,7 +180,7 @@ ConnectionPool::WaitId ConnectionPool::Acquire(absl::Time deadline,
     // the slot already counts as active.
     const bool usable = candidate->connection->IsUsable();
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       if (usable) {
         ++counters_.acquires_immediate;
         RecordAcquireLocked(absl::ZeroDuration());
@@ -196,7 +201,7 @@ ConnectionPool::WaitId ConnectionPool::Acquire(absl::Time deadline,
 void ConnectionPool::CancelWait(WaitId id) {
   Deferred deferred(this);
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     auto it = waiter_index_.find(id);
     if (it == waiter_index_.end()) return;
     ++counters_.acquires_cancelled;
@@ -210,14 +215,14 @@ void ConnectionPool::CancelWait(WaitId id) {
 }
 
 void ConnectionPool::Drain() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   draining_ = true;
 }
 
 void ConnectionPool::Release(std::unique_ptr<Slot> slot, bool broken) {
   Deferred deferred(this);
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     --active_;
     const absl::Time now = clock_.Now();
     if (broken) {
@@ -267,7 +272,7 @@ void ConnectionPool::RecordAcquireLocked(absl::Duration wait) {
 }
 
 PoolStats ConnectionPool::Snapshot() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   PoolStats s = counters_;
   s.time = clock_.Now();
   s.active = active_;
@@ -292,6 +297,10 @@ bool ConnectionPool::NeedConnectLocked() const {
          total < options_.min_connections || (!reachable_ && connecting_ == 0);
 }
 
+void ConnectionPool::WakeOpenersLocked() {
+  if (stopping_ || NeedConnectLocked()) opener_wake_.notify_all();
+}
+
 absl::Duration ConnectionPool::BackoffLocked() {
   absl::Duration d = options_.backoff_initial;
   for (int i = 1; i < consecutive_connect_failures_ && d < options_.backoff_max;
@@ -304,30 +313,26 @@ absl::Duration ConnectionPool::BackoffLocked() {
 }
 
 void ConnectionPool::OpenerLoop() {
-  absl::MutexLock lock(&mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
     while (!stopping_ && !NeedConnectLocked()) {
-      // Conditions are re-checked whenever the lock is released; the timeout
+      // WakeOpenersLocked covers changes made under the lock; the timeout
       // covers what only the clock changes (the end of a backoff).
       const absl::Duration until_attempt =
           next_connect_attempt_ - clock_.Now();
       const absl::Duration wait =
           std::clamp(until_attempt, absl::Milliseconds(1), absl::Seconds(1));
-      mu_.AwaitWithTimeout(
-          absl::Condition(
-              +[](ConnectionPool* p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(p->mu_) {
-                return p->stopping_ || p->NeedConnectLocked();
-              },
-              this),
-          wait);
+      opener_wake_.wait_for(lock, absl::ToChronoNanoseconds(wait));
     }
     if (stopping_) return;
     ++connecting_;
+    // Another opener may be needed as well.
+    WakeOpenersLocked();
     const absl::Time deadline = clock_.Now() + options_.connect_timeout;
-    mu_.Unlock();
+    lock.unlock();
     absl::StatusOr<std::unique_ptr<Connection>> conn =
         connector_->Connect(deadline);
-    mu_.Lock();
+    lock.lock();
     --connecting_;
     Deferred deferred(this);
     const absl::Time now = clock_.Now();
@@ -370,16 +375,17 @@ void ConnectionPool::OpenerLoop() {
         waiter_index_.clear();
       }
     }
-    mu_.Unlock();
+    WakeOpenersLocked();
+    lock.unlock();
     deferred.Run();
-    mu_.Lock();
+    lock.lock();
   }
 }
 
 void ConnectionPool::RunMaintenance() {
   Deferred deferred(this);
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     const absl::Time now = clock_.Now();
     for (auto it = waiters_.begin(); it != waiters_.end();) {
       if (it->deadline > now) {
@@ -418,27 +424,21 @@ void ConnectionPool::RunMaintenance() {
 
 void ConnectionPool::MaintenanceLoop() {
   constexpr absl::Duration kTick = absl::Milliseconds(250);
-  absl::MutexLock lock(&mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_) {
     absl::Time wake = clock_.Now() + kTick;
     for (const auto& w : waiters_) wake = std::min(wake, w.deadline);
     const uint64_t epoch = waiter_epoch_;
-    struct Args {
-      ConnectionPool* pool;
-      uint64_t epoch;
-    } args{this, epoch};
     // A new waiter may have an earlier deadline than the one slept for.
-    mu_.AwaitWithTimeout(
-        absl::Condition(
-            +[](Args* a) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-              return a->pool->stopping_ || a->pool->waiter_epoch_ != a->epoch;
-            },
-            &args),
-        std::max(wake - clock_.Now(), absl::ZeroDuration()));
+    maintenance_wake_.wait_for(
+        lock,
+        absl::ToChronoNanoseconds(
+            std::max(wake - clock_.Now(), absl::ZeroDuration())),
+        [&] { return stopping_ || waiter_epoch_ != epoch; });
     if (stopping_) return;
-    mu_.Unlock();
+    lock.unlock();
     RunMaintenance();
-    mu_.Lock();
+    lock.lock();
   }
 }
 

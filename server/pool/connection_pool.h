@@ -17,19 +17,21 @@
 #ifndef DBPOOL_SERVER_POOL_CONNECTION_POOL_H_
 #define DBPOOL_SERVER_POOL_CONNECTION_POOL_H_
 
+#include <condition_variable>
 #include <cstdint>
 #include <list>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/random/random.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/common/clock.h"
 #include "server/pool/connection.h"
@@ -166,6 +168,11 @@ class ConnectionPool {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool FailingFastLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool NeedConnectLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Wakes the openers if the pool is stopping or a connection is needed. A
+  // condition variable, unlike absl::Mutex::Await, does not re-check its
+  // waiters' condition on every unlock, so every change that can make a
+  // connection needed calls this.
+  void WakeOpenersLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int TotalLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Duration BackoffLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void OpenerLoop();
@@ -175,7 +182,13 @@ class ConnectionPool {
   const std::shared_ptr<Connector> connector_;
   Clock& clock_;
 
-  mutable absl::Mutex mu_;
+  // std::mutex, not absl::Mutex, so that ThreadSanitizer sees the locking:
+  // Debian's abseil is not instrumented (scripts/sanitize).
+  mutable std::mutex mu_;
+  // The openers wait on it for stopping_ or NeedConnectLocked().
+  std::condition_variable opener_wake_;
+  // The maintenance thread waits on it for stopping_ or a new waiter.
+  std::condition_variable maintenance_wake_;
   std::vector<std::unique_ptr<Slot>> idle_ ABSL_GUARDED_BY(mu_);  // LIFO
   std::list<Waiter> waiters_ ABSL_GUARDED_BY(mu_);                 // FIFO
   absl::flat_hash_map<WaitId, std::list<Waiter>::iterator> waiter_index_

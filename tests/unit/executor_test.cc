@@ -1,12 +1,11 @@
 #include "server/common/executor.h"
 
 #include <atomic>
+#include <mutex>
 #include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
-
-#include "absl/synchronization/mutex.h"
 
 namespace dbpool {
 namespace {
@@ -29,12 +28,12 @@ TEST(Executor, RunsEveryTaskPostedFromManyThreads) {
 
 TEST(Executor, OneWorkerRunsTasksInOrder) {
   std::vector<int> order;
-  absl::Mutex mu;
+  std::mutex mu;
   {
     Executor executor(1, "test");
     for (int i = 0; i < 100; ++i) {
       executor.Post([&, i] {
-        absl::MutexLock lock(&mu);
+        std::lock_guard<std::mutex> lock(mu);
         order.push_back(i);
       });
     }
