@@ -317,11 +317,15 @@ void ConnectionPool::OpenerLoop() {
   for (;;) {
     while (!stopping_ && !NeedConnectLocked()) {
       // WakeOpenersLocked covers changes made under the lock; the timeout
-      // covers what only the clock changes (the end of a backoff).
+      // covers what only the clock changes (the end of a backoff). With no
+      // backoff running an idle opener sleeps until woken: polling would
+      // cost every opener a wake-up, and a turn on the lock, per interval.
       const absl::Duration until_attempt =
           next_connect_attempt_ - clock_.Now();
       const absl::Duration wait =
-          std::clamp(until_attempt, absl::Milliseconds(1), absl::Seconds(1));
+          until_attempt > absl::ZeroDuration()
+              ? std::clamp(until_attempt, absl::Milliseconds(1), absl::Seconds(1))
+              : absl::Seconds(1);
       opener_wake_.wait_for(lock, absl::ToChronoNanoseconds(wait));
     }
     if (stopping_) return;
