@@ -1,4 +1,4 @@
-#include "tests/integration/pg_harness.h"
+#include "tests/support/pg_harness.h"
 
 #include <libpq-fe.h>
 #include <stdlib.h>

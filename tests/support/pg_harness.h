@@ -5,8 +5,8 @@
 // PgCluster is a process-wide singleton, started by a gtest environment and
 // stopped at the end. TestServer is owned by a test. Neither is meant for
 // concurrent setup; the gRPC stubs they hand out are thread-safe.
-#ifndef DBPOOL_TESTS_INTEGRATION_PG_HARNESS_H_
-#define DBPOOL_TESTS_INTEGRATION_PG_HARNESS_H_
+#ifndef DBPOOL_TESTS_SUPPORT_PG_HARNESS_H_
+#define DBPOOL_TESTS_SUPPORT_PG_HARNESS_H_
 
 #include <memory>
 #include <string>
@@ -88,4 +88,4 @@ std::string SqlStateOf(const grpc::Status& status);
 
 }  // namespace dbpool::testing
 
-#endif  // DBPOOL_TESTS_INTEGRATION_PG_HARNESS_H_
+#endif  // DBPOOL_TESTS_SUPPORT_PG_HARNESS_H_
