@@ -29,49 +29,6 @@ int Count(const std::string& sql) {
   return n;
 }
 
-// Runs `sql` asynchronously; Wait() returns its status.
-class AsyncQuery {
- public:
-  AsyncQuery(v1::DatabaseService::Stub& stub, const std::string& sql,
-             absl::Duration deadline) {
-    request_.set_sql(sql);
-    context_.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
-    stub.async()->Query(&context_, &request_, &response_, [this](grpc::Status s) {
-      absl::MutexLock lock(&mu_);
-      status_ = std::move(s);
-      done_ = true;
-    });
-  }
-  grpc::Status Wait() {
-    absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(&done_));
-    return status_;
-  }
-  bool done() {
-    absl::MutexLock lock(&mu_);
-    return done_;
-  }
-  void Cancel() { context_.TryCancel(); }
-
- private:
-  grpc::ClientContext context_;
-  v1::QueryRequest request_;
-  v1::QueryResponse response_;
-  absl::Mutex mu_;
-  bool done_ ABSL_GUARDED_BY(mu_) = false;
-  grpc::Status status_ ABSL_GUARDED_BY(mu_);
-};
-
-template <typename Pred>
-bool Eventually(Pred pred, absl::Duration limit = absl::Seconds(10)) {
-  const absl::Time end = absl::Now() + limit;
-  while (absl::Now() < end) {
-    if (pred()) return true;
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  return pred();
-}
-
 TEST(Resilience, ExhaustedPoolQueuesThenRejects) {
   TestServerOptions o;
   o.max_connections = 2;
