@@ -19,6 +19,14 @@ namespace {
 
 using HealthStatus = grpc::health::v1::HealthCheckResponse;
 
+// How much the process may grow under the overload. AddressSanitizer keeps
+// freed memory in a quarantine of up to 256 MiB, which shows as RSS.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr int64_t kRssGrowthBound = int64_t{512} << 20;
+#else
+constexpr int64_t kRssGrowthBound = int64_t{256} << 20;
+#endif
+
 TEST(Overload, ExhaustedPoolQueuesThenRejects) {
   TestServerOptions o;
   o.max_connections = 2;
@@ -177,7 +185,7 @@ TEST(Overload, TenTimesCapacityStaysBoundedAndResponsive) {
   // A thread per caller would be hundreds more; gRPC's pollers and the
   // pool's own threads are a few dozen at most.
   EXPECT_LE(sampler.threads_peak, threads_before + 64);
-  EXPECT_LE(sampler.rss_peak - rss_before, int64_t{256} << 20);
+  EXPECT_LE(sampler.rss_peak - rss_before, kRssGrowthBound);
   EXPECT_GE(sampler.health.size(), 10u);
   EXPECT_EQ(sampler.not_serving, 0);
   EXPECT_EQ(sampler.stats_failed, 0);
@@ -199,6 +207,9 @@ TEST(Overload, QueuedCallsAreServedInArrivalOrder) {
   o.max_waiting = kMaxWaiting;
   // The queue fills one call at a time: room for a slow machine.
   o.acquire_timeout = absl::Seconds(30);
+  // The cancelled holder's connection must come back, however slowly the
+  // cancel lands on a loaded machine.
+  o.cancel_grace = absl::Seconds(10);
   TestServer server(o);
   PgCluster::Get().Scalar("CREATE SEQUENCE fifo");
   Figures fig;
@@ -240,7 +251,10 @@ TEST(Overload, QueuedCallsAreServedInArrivalOrder) {
   fig.Add("served_out_of_order", int64_t{out_of_order});
   fig.Add("max_displacement", int64_t{max_displacement});
   EXPECT_EQ(out_of_order, 0) << "served first in, first out";
-  EXPECT_EQ(server.pool().Snapshot().connections_closed_total(), 0);
+  const pool::PoolStats s = server.pool().Snapshot();
+  EXPECT_EQ(s.connections_closed_total(), 0)
+      << "broken " << s.connections_closed[static_cast<int>(pool::CloseReason::kBroken)]
+      << ", idle " << s.connections_closed[static_cast<int>(pool::CloseReason::kIdle)];
 }
 
 }  // namespace

@@ -34,6 +34,10 @@ struct Outage {
 };
 
 TEST(Restart, FastRestartUnderLoadFailsOnlyRunningCallsAndRecovers) {
+  // Throughput is bounded by the sleep (8 connections / 20 ms), not by the
+  // CPU that the callers, the server and PostgreSQL share with whatever
+  // else runs on the machine, so that buckets before and after compare.
+  constexpr char kSql[] = "SELECT pg_sleep(0.02)";
   constexpr int kPool = 8;
   constexpr int kCallers = 32;
   constexpr absl::Duration kDeadline = absl::Seconds(5);
@@ -47,8 +51,9 @@ TEST(Restart, FastRestartUnderLoadFailsOnlyRunningCallsAndRecovers) {
   constexpr int kMaxCallsPerCaller = 20000;
   // The closed-loop callers are all queued while PostgreSQL is down, so an
   // open-loop stream adds one call every kArrivalEvery: calls that arrive
-  // during the outage.
-  constexpr absl::Duration kArrivalEvery = absl::Milliseconds(5);
+  // during the outage. At an eighth of the pool's capacity it leaves room
+  // for the backlog to drain on a loaded machine.
+  constexpr absl::Duration kArrivalEvery = absl::Milliseconds(20);
   constexpr int kMaxArrivals = 4000;
   constexpr absl::Duration kMaxLoad = absl::Seconds(20);
   // A goodbye from a backend reaches the pool's socket a moment after
@@ -80,7 +85,7 @@ TEST(Restart, FastRestartUnderLoadFailsOnlyRunningCallsAndRecovers) {
         Call c;
         v1::QueryResponse resp;
         c.start = absl::Now();
-        grpc::Status st = server.Query("SELECT pg_sleep(0.005)", &resp, kDeadline);
+        grpc::Status st = server.Query(kSql, &resp, kDeadline);
         c.end = absl::Now();
         c.code = st.error_code();
         if (!st.ok()) {
@@ -96,7 +101,7 @@ TEST(Restart, FastRestartUnderLoadFailsOnlyRunningCallsAndRecovers) {
     for (int i = 0; i < kMaxArrivals && !stop.load() && absl::Now() < load_limit;
          ++i) {
       arrivals.push_back(std::make_unique<AsyncQuery>(
-          server.stub(), "SELECT pg_sleep(0.005)", kDeadline));
+          server.stub(), kSql, kDeadline));
       // The stream's pace, not a wait for anything.
       absl::SleepFor(kArrivalEvery);
     }
@@ -109,6 +114,26 @@ TEST(Restart, FastRestartUnderLoadFailsOnlyRunningCallsAndRecovers) {
   // The load runs for its measurement window; nothing to wait for.
   absl::SleepFor(kWarmup + kBefore);
   const absl::Time restart_begin = absl::Now();
+  // The pool's view through the restart: open connections and waiters.
+  struct Sample {
+    absl::Time at;
+    int open;
+    int waiting;
+  };
+  std::vector<Sample> samples;
+  std::atomic<bool> sampling{true};
+  std::thread sampler([&] {
+    const absl::Time end = absl::Now() + absl::Seconds(15);
+    for (int i = 0; i < 2000 && sampling.load() && absl::Now() < end; ++i) {
+      const pool::PoolStats s = server.pool().Snapshot();
+      samples.push_back({s.time, s.idle + s.active, s.waiting});
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+  });
+  absl::Cleanup stop_sampler = [&] {
+    sampling = false;
+    sampler.join();
+  };
   Outage outage;
   std::thread prober([&outage] {
     const absl::Time end = absl::Now() + absl::Seconds(15);
@@ -141,6 +166,7 @@ TEST(Restart, FastRestartUnderLoadFailsOnlyRunningCallsAndRecovers) {
   const int64_t connect_errors = server.pool().Snapshot().connect_errors;
   absl::SleepFor(outage.up + kAfter - absl::Now());
   std::move(join).Invoke();
+  std::move(stop_sampler).Invoke();
 
   std::vector<Call> all;
   for (auto& mine : calls) all.insert(all.end(), mine.begin(), mine.end());
@@ -200,6 +226,18 @@ TEST(Restart, FastRestartUnderLoadFailsOnlyRunningCallsAndRecovers) {
   fig.AddMs("pg_ctl_restart", restart_end - restart_begin);
   fig.AddMs("outage", outage.up - outage.down);
   fig.Add("rate_before_per_s", before_per_bucket * (absl::Seconds(1) / kBucket));
+  // Open connections and waiters at the end of each bucket after PostgreSQL
+  // was back.
+  std::vector<std::string> pool_after;
+  for (int k = 0; k < std::min<int64_t>(10, kAfter / kBucket); ++k) {
+    const absl::Time t = outage.up + (k + 1) * kBucket;
+    const Sample* last = nullptr;
+    for (const Sample& x : samples) {
+      if (x.at <= t) last = &x;
+    }
+    if (last != nullptr) pool_after.push_back(absl::StrCat(last->open, ":", last->waiting));
+  }
+  fig.Add("open_waiting_after_up", absl::StrJoin(pool_after, "/"));
   fig.Add("buckets_after_up",
           absl::StrJoin(after.begin(), after.begin() + std::min<size_t>(after.size(), 10),
                         "/"));

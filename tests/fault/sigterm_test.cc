@@ -114,7 +114,7 @@ TEST(Sigterm, UnderLoadAcceptedCallsFinishNewOnesAreRefusedExitZero) {
   constexpr absl::Duration kLoad = absl::Milliseconds(1500);
   // A call sent this long before the signal has reached the server, which
   // has accepted it: it is queued for a connection or running.
-  constexpr absl::Duration kSurelyAccepted = absl::Milliseconds(250);
+  constexpr absl::Duration kSurelyAccepted = absl::Milliseconds(400);
   constexpr int kMaxCallsPerCaller = 2000;
 
   ServerProcess server(
