@@ -180,6 +180,45 @@ TEST(Backend, FrozenMidQueryErrsAtDeadlineAndIsDiscarded) {
   fig.Add("backends_after", BackendCount(app));
 }
 
+// A caller that sets only a statement timeout (QueryRequest.timeout) gets
+// its answer from the server, which first waits out the cancel grace for
+// the frozen statement: at the timeout plus the grace, well within the
+// call's own deadline.
+TEST(Backend, FrozenMidQueryWithRequestTimeoutAnswersAfterTheGrace) {
+  const std::string app = "dbpool-frozen-timeout";
+  constexpr absl::Duration kTimeout = absl::Seconds(1);
+  constexpr absl::Duration kGrace = absl::Seconds(1);
+  TestServerOptions o;
+  o.max_connections = 2;
+  o.min_connections = 2;
+  o.cancel_grace = kGrace;
+  o.application_name = app;
+  TestServer server(o);
+  ASSERT_TRUE(Eventually([&] { return PoolAndDatabaseAgree(server, app, 2); }));
+  Figures fig;
+  v1::QueryRequest request;
+  request.set_sql("SELECT pg_sleep(30)");
+  request.mutable_timeout()->set_seconds(absl::ToInt64Seconds(kTimeout));
+  AsyncQuery victim(server.stub(), request, absl::Seconds(20));
+  const pid_t pid = SleepingBackend(app);
+  ASSERT_NE(pid, 0);
+  ASSERT_EQ(kill(pid, SIGSTOP), 0);
+  absl::Cleanup thaw = [pid] { kill(pid, SIGCONT); };
+
+  grpc::Status st = victim.Wait();
+  const absl::Duration after = victim.finished() - victim.started();
+  fig.AddMs("error_after", after);
+  fig.AddMs("timeout", kTimeout);
+  fig.AddMs("cancel_grace", kGrace);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << st.error_message();
+  EXPECT_THAT(st.error_message(), ::testing::HasSubstr("connection closed"));
+  EXPECT_GE(after, kTimeout + kGrace);
+  EXPECT_LT(after, kTimeout + kGrace + absl::Seconds(2));
+  EXPECT_EQ(ClosedBroken(server), 1);
+  ASSERT_EQ(kill(pid, SIGCONT), 0);
+  EXPECT_TRUE(Eventually([&] { return PoolAndDatabaseAgree(server, app, 2); }));
+}
+
 // The same with the postmaster stopped too: PQcancel connects (the kernel
 // completes the handshake) and then waits for an answer that never comes.
 // The caller must still get its error at its deadline, and the connection
