@@ -3,12 +3,17 @@
 #include <poll.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <memory>
+#include <system_error>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 
 namespace dbpool::db {
@@ -35,6 +40,17 @@ absl::StatusOr<ConninfoOptions> Parse(const std::string& conninfo) {
 std::string LastError(PGconn* conn) {
   return std::string(absl::StripAsciiWhitespace(PQerrorMessage(conn)));
 }
+
+// Cancel requests whose thread still waits for the postmaster.
+std::atomic<int> cancels_in_flight{0};
+// A postmaster that never answers costs a thread per cancelled statement
+// until it does; past this many, connections are given up without a cancel.
+constexpr int kMaxCancelsInFlight = 16;
+
+struct CancelRequest {
+  absl::Mutex mu;
+  bool settled ABSL_GUARDED_BY(mu) = false;
+};
 
 }  // namespace
 
@@ -65,8 +81,7 @@ std::string RedactConninfo(const std::string& conninfo) {
   return absl::StrJoin(parts, " ");
 }
 
-PgConnection::PgConnection(PGconn* conn)
-    : conn_(conn), cancel_(PQgetCancel(conn)) {
+PgConnection::PgConnection(PGconn* conn) : conn_(conn) {
   // Replaces libpq's default, which prints every notice to stderr.
   PQsetNoticeReceiver(conn_, &PgConnection::OnNotice, this);
 }
@@ -80,10 +95,7 @@ void PgConnection::OnNotice(void* self, const PGresult* notice) {
   }
 }
 
-PgConnection::~PgConnection() {
-  PQfreeCancel(cancel_);
-  PQfinish(conn_);
-}
+PgConnection::~PgConnection() { PQfinish(conn_); }
 
 bool PgConnection::IsUsable() {
   if (fatal_notice_ || PQstatus(conn_) != CONNECTION_OK ||
@@ -104,9 +116,37 @@ std::string PgConnection::NextStatementName() {
   return absl::StrCat("dbpool_", ++statements_prepared_);
 }
 
-void PgConnection::CancelRunningQuery() {
-  char error[256];
-  if (cancel_ != nullptr) PQcancel(cancel_, error, sizeof error);
+bool PgConnection::CancelRunningQuery(absl::Time deadline) {
+  if (cancels_in_flight.fetch_add(1) >= kMaxCancelsInFlight) {
+    cancels_in_flight.fetch_sub(1);
+    return false;
+  }
+  // The thread may outlive this connection, so it gets a PGcancel of its own.
+  PGcancel* cancel = PQgetCancel(conn_);
+  if (cancel == nullptr) {
+    cancels_in_flight.fetch_sub(1);
+    return false;
+  }
+  auto request = std::make_shared<CancelRequest>();
+  try {
+    std::thread([cancel, request] {
+      char error[256];
+      PQcancel(cancel, error, sizeof error);
+      PQfreeCancel(cancel);
+      {
+        absl::MutexLock lock(&request->mu);
+        request->settled = true;
+      }
+      cancels_in_flight.fetch_sub(1);
+    }).detach();
+  } catch (const std::system_error&) {
+    PQfreeCancel(cancel);
+    cancels_in_flight.fetch_sub(1);
+    return false;
+  }
+  absl::MutexLock lock(&request->mu);
+  return request->mu.AwaitWithDeadline(absl::Condition(&request->settled),
+                                       deadline);
 }
 
 PgConnector::PgConnector(ConnectionSettings settings)

@@ -61,9 +61,16 @@ class PgConnection final : public pool::Connection {
   static constexpr size_t kMaxStatements = 512;
   absl::flat_hash_map<std::string, Statement>& statements() { return statements_; }
   std::string NextStatementName();
-  // Asks the server to cancel whatever this connection is running. Blocks
-  // for one round trip on a separate connection.
-  void CancelRunningQuery();
+  // Asks the server to cancel whatever this connection is running and waits
+  // until the postmaster has dealt with the request (sent the signal, or
+  // refused) or `deadline` passes; returns whether it did in time.
+  // PQcancel has no timeout of its own: a postmaster that accepts the
+  // connection and never answers (a stopped or overloaded host) would hold
+  // the caller for good. So the request runs on a thread of its own, which
+  // ends by itself when the postmaster answers. When this returns false the
+  // connection must not be reused: the request may still arrive and cancel
+  // the next statement.
+  bool CancelRunningQuery(absl::Time deadline);
 
  private:
   friend class PgConnector;
@@ -71,7 +78,6 @@ class PgConnection final : public pool::Connection {
   static void OnNotice(void* self, const PGresult* notice);
 
   PGconn* conn_;
-  PGcancel* cancel_;
   // Set when the server reported a FATAL error outside a query (a
   // terminated backend, a shutdown): the session is over even if the socket
   // has not closed yet.

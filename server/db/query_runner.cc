@@ -83,8 +83,18 @@ class Session {
                           ? absl::CancelledError("cancelled by the caller")
                           : absl::DeadlineExceededError(
                                 "statement did not finish before its deadline");
-        c_.CancelRunningQuery();
         give_up = now + grace_;
+        if (!c_.CancelRunningQuery(give_up)) {
+          // The statement may still be running, and a cancel request that
+          // arrives late would hit the next statement on this connection.
+          broken_ = true;
+          return absl::Status(stop_reason->code(),
+                              absl::StrCat(stop_reason->message(),
+                                           "; the database did not take the "
+                                           "cancel request, connection closed"));
+        }
+        // Waiting for the request took time: look at the clock again.
+        continue;
       }
       if (now >= give_up) {
         // The server did not stop in time: the connection is given up.

@@ -410,7 +410,16 @@ void ConnectionPool::RunMaintenance() {
     std::vector<std::unique_ptr<Slot>> keep;
     keep.reserve(idle_.size());
     for (auto& slot : idle_) {
-      if (now >= slot->retire_at) {
+      if (!slot->connection->IsUsable()) {
+        // The server ended the session while it sat idle (a restart, a
+        // terminated backend). Closing it now rather than at the next
+        // acquire makes the opener find out whether the database is still
+        // there, so that an outage shows (Serving(), health) before a
+        // caller runs into it. IsUsable never blocks, and this runs once a
+        // tick, not on the acquire path.
+        CloseLocked(std::move(slot), CloseReason::kBroken, deferred);
+        --open;
+      } else if (now >= slot->retire_at) {
         CloseLocked(std::move(slot), CloseReason::kLifetime, deferred);
         --open;
       } else if (open > options_.min_connections &&

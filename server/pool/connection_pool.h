@@ -5,7 +5,8 @@
 // straight to the oldest waiter (no barging). Idle connections are reused
 // last in, first out so that surplus ones age out. Connections are opened by
 // a few opener threads, outside the lock, with backoff; a maintenance thread
-// expires waiters, closes idle and old connections and keeps the minimum.
+// expires waiters, closes dead, idle and old connections and keeps the
+// minimum.
 //
 // Ownership: main owns the pool. A Lease must be destroyed before the pool.
 // Thread-safety: every public method may be called from any thread.
@@ -132,8 +133,9 @@ class ConnectionPool {
   // last connection attempt and the pool is not draining.
   bool Serving() const;
 
-  // Expires waiters, closes idle and old connections. The maintenance thread
-  // calls it; tests with a manual clock call it directly.
+  // Expires waiters; closes idle connections that are dead, idle for too
+  // long or too old. The maintenance thread calls it; tests with a manual
+  // clock call it directly.
   void RunMaintenance();
 
   const PoolOptions& options() const { return options_; }

@@ -7,7 +7,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "tests/integration/pg_harness.h"
+#include "tests/support/pg_harness.h"
 
 namespace dbpool::testing {
 namespace {

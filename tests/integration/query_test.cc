@@ -14,7 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
-#include "tests/integration/pg_harness.h"
+#include "tests/support/pg_harness.h"
 
 namespace dbpool::testing {
 namespace {

@@ -6,7 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/time/clock.h"
-#include "tests/integration/pg_harness.h"
+#include "tests/support/pg_harness.h"
 
 namespace dbpool::testing {
 namespace {

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Throwaway PostgreSQL cluster for tests and local runs.
 #
-#   pg_cluster.sh start DIR   initdb (once) and start on a free loopback port;
-#                             prints the port on stdout
+#   pg_cluster.sh init DIR    initdb (once) and pick a free loopback port
+#                             without starting; prints the port on stdout
+#   pg_cluster.sh start DIR   initdb (once) and start on a free loopback port
+#                             (the one init picked, if any); prints the port
 #   pg_cluster.sh stop DIR    fast shutdown
 #   pg_cluster.sh restart DIR fast restart on the same port
 #   pg_cluster.sh port DIR    the port of a running cluster
@@ -10,14 +12,15 @@
 #                             self-signed certificate (clients can then ask
 #                             for sslmode=require)
 #
-# A stopped cluster started again keeps its port when it is still free.
+# A stopped cluster started again keeps its port when it is still free. init
+# lets a test configure a server for a database that does not exist yet.
 #
 # PostgreSQL refuses to run as root, so as root the cluster belongs to the
 # `postgres` system user (created by Debian's postgresql package).
 set -euo pipefail
 
-cmd=${1:?usage: pg_cluster.sh start|stop|port DIR}
-dir=$(realpath -m "${2:?usage: pg_cluster.sh start|stop|port DIR}")
+cmd=${1:?usage: pg_cluster.sh init|start|stop|restart|port DIR}
+dir=$(realpath -m "${2:?usage: pg_cluster.sh init|start|stop|restart|port DIR}")
 bin=$(pg_config --bindir 2>/dev/null || true)
 if [[ ! -x "$bin/initdb" ]]; then
   bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
@@ -32,21 +35,30 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
+create() {
+  mkdir -p "$dir"
+  if [[ $(id -u) == 0 ]]; then
+    chown postgres:postgres "$dir"
+    runuser -u postgres -- test -x "$dir" || {
+      echo "pg_cluster: user postgres cannot reach $dir; make its parents traversable (chmod o+x)" >&2
+      exit 1
+    }
+  fi
+  if [[ ! -f "$dir/data/PG_VERSION" ]]; then
+    as_owner "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 \
+      --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 ||
+      { cat "$dir/initdb.log" >&2; exit 1; }
+  fi
+}
+
 case $cmd in
+  init)
+    create
+    [[ -f "$dir/port" ]] || free_port >"$dir/port"
+    cat "$dir/port"
+    ;;
   start)
-    mkdir -p "$dir"
-    if [[ $(id -u) == 0 ]]; then
-      chown postgres:postgres "$dir"
-      runuser -u postgres -- test -x "$dir" || {
-        echo "pg_cluster: user postgres cannot reach $dir; make its parents traversable (chmod o+x)" >&2
-        exit 1
-      }
-    fi
-    if [[ ! -f "$dir/data/PG_VERSION" ]]; then
-      as_owner "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 \
-        --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 ||
-        { cat "$dir/initdb.log" >&2; exit 1; }
-    fi
+    create
     # A port can be taken between the probe and the bind; try a few.
     previous=$(cat "$dir/port" 2>/dev/null || true)
     for _ in 1 2 3 4 5; do

@@ -312,6 +312,28 @@ TEST_F(PoolTest, DeadIdleConnectionIsNeverHandedOut) {
   EXPECT_EQ(pool->Snapshot().connections_closed[static_cast<int>(CloseReason::kBroken)], 2);
 }
 
+// A database that went away while nobody called: maintenance finds the
+// dead idle connections, and the failed reconnect makes the pool stop
+// claiming it serves.
+TEST_F(PoolTest, MaintenanceFindsDeadIdleConnectionsWithoutTraffic) {
+  ManualClock clock;
+  PoolOptions o;
+  o.min_connections = 2;
+  o.max_connections = 2;
+  o.maintenance_thread = false;
+  auto pool = MakePool(o, clock);
+  ASSERT_TRUE(Eventually([&] { return pool->Snapshot().idle == 2; }));
+  ASSERT_TRUE(pool->Serving());
+  connector_->failing = true;
+  pool->RunMaintenance();
+  EXPECT_EQ(pool->Snapshot().idle, 2) << "live connections stay";
+  connector_->BreakAll();
+  pool->RunMaintenance();
+  EXPECT_EQ(pool->Snapshot().connections_closed[static_cast<int>(CloseReason::kBroken)], 2);
+  EXPECT_TRUE(Eventually([&] { return !pool->Serving(); }));
+  EXPECT_EQ(pool->Snapshot().idle, 0);
+}
+
 TEST_F(PoolTest, IdleConnectionsAboveMinimumCloseAfterIdleTimeout) {
   ManualClock clock;
   PoolOptions o;

@@ -1,4 +1,4 @@
-#include "tests/integration/pg_harness.h"
+#include "tests/support/pg_harness.h"
 
 #include <libpq-fe.h>
 #include <stdlib.h>
@@ -7,6 +7,7 @@
 #include <array>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 
 #include <gtest/gtest.h>
 
@@ -36,10 +37,14 @@ std::string ClusterScript() {
   return std::string(DBPOOL_SOURCE_DIR) + "/tests/support/pg_cluster.sh";
 }
 
+PgCluster* shared_cluster = nullptr;
+
+// Removes the shared cluster, if a test started it, after the last test.
 class ClusterEnvironment : public ::testing::Environment {
  public:
-  void SetUp() override { PgCluster::Get().Start(); }
-  void TearDown() override { PgCluster::Get().Remove(); }
+  void TearDown() override {
+    if (shared_cluster != nullptr) shared_cluster->Remove();
+  }
 };
 
 const auto* const kEnvironment =
@@ -48,24 +53,46 @@ const auto* const kEnvironment =
 }  // namespace
 
 PgCluster& PgCluster::Get() {
-  static auto* const cluster = new PgCluster();
+  static PgCluster* const cluster = [] {
+    auto* c = new PgCluster();
+    c->Start();
+    shared_cluster = c;
+    return c;
+  }();
   return *cluster;
 }
+
+PgCluster::~PgCluster() { Remove(); }
 
 std::string PgCluster::conninfo() const {
   return absl::StrCat("host=127.0.0.1 port=", port_,
                       " user=postgres dbname=postgres");
 }
 
+void PgCluster::MakeDir() {
+  if (!dir_.empty()) return;
+  char tmpl[] = "/tmp/dbpool-it-XXXXXX";
+  dir_ = mkdtemp(tmpl);
+  // The cluster runs as the postgres user, which must reach the folder.
+  chmod(dir_.c_str(), 0755);
+}
+
+void PgCluster::Init() {
+  MakeDir();
+  const std::string port = Run(ClusterScript() + " init " + dir_ + "/pg");
+  ASSERT_TRUE(absl::SimpleAtoi(port, &port_)) << port;
+  pinned_ = true;
+}
+
 void PgCluster::Start() {
-  if (dir_.empty()) {
-    char tmpl[] = "/tmp/dbpool-it-XXXXXX";
-    dir_ = mkdtemp(tmpl);
-    // The cluster runs as the postgres user, which must reach the folder.
-    chmod(dir_.c_str(), 0755);
-  }
+  MakeDir();
+  const int wanted = port_;
   const std::string port = Run(ClusterScript() + " start " + dir_ + "/pg");
   ASSERT_TRUE(absl::SimpleAtoi(port, &port_)) << port;
+  if (pinned_) {
+    EXPECT_EQ(port_, wanted) << "port " << wanted
+                             << " was taken before the cluster started";
+  }
 }
 
 void PgCluster::Stop() {
@@ -82,8 +109,16 @@ void PgCluster::Remove() {
 
 void PgCluster::Restart() { Run(ClusterScript() + " restart " + dir_ + "/pg"); }
 
+pid_t PgCluster::postmaster_pid() const {
+  std::ifstream file(dir_ + "/pg/data/postmaster.pid");
+  pid_t pid = 0;
+  if (!(file >> pid)) return 0;
+  return pid;
+}
+
 std::string PgCluster::Scalar(const std::string& sql) const {
-  PGconn* conn = PQconnectdb(conninfo().c_str());
+  // A bounded connect: a test must fail, not hang, when the server is gone.
+  PGconn* conn = PQconnectdb((conninfo() + " connect_timeout=5").c_str());
   std::string value;
   if (PQstatus(conn) != CONNECTION_OK) {
     ADD_FAILURE() << "harness connection: " << PQerrorMessage(conn);
@@ -101,6 +136,20 @@ std::string PgCluster::Scalar(const std::string& sql) const {
   return value;
 }
 
+int64_t PgCluster::Int(const std::string& sql) const {
+  int64_t n = -1;
+  const std::string value = Scalar(sql);
+  EXPECT_TRUE(absl::SimpleAtoi(value, &n)) << sql << " gave '" << value << "'";
+  return n;
+}
+
+bool PgCluster::Accepts() const {
+  PGconn* conn = PQconnectdb((conninfo() + " connect_timeout=2").c_str());
+  const bool ok = PQstatus(conn) == CONNECTION_OK;
+  PQfinish(conn);
+  return ok;
+}
+
 TestServer::TestServer(TestServerOptions options) {
   if (options.conninfo.empty()) options.conninfo = PgCluster::Get().conninfo();
   pool::PoolOptions po;
@@ -108,18 +157,23 @@ TestServer::TestServer(TestServerOptions options) {
   po.min_connections = options.min_connections;
   po.max_waiting = options.max_waiting;
   po.acquire_timeout = options.acquire_timeout;
+  po.connect_timeout = options.connect_timeout;
   auto connector = std::make_shared<db::PgConnector>(db::ConnectionSettings{
       options.conninfo, options.application_name, options.statement_timeout});
+  metrics_ = std::make_unique<metrics::Metrics>("test");
   executor_ = std::make_unique<Executor>(options.max_connections, "test-worker");
   pool_ = std::make_unique<pool::ConnectionPool>(po, connector);
+  metrics_->AddPool(*pool_);
   rpc::ServiceOptions so;
   so.statement_timeout = options.statement_timeout;
   so.query.max_rows = 1000;
   so.query.max_result_bytes = 1 << 20;
+  so.query.cancel_grace = options.cancel_grace;
   so.max_stats_streams = options.max_stats_streams;
   so.request.max_sql_bytes = options.max_sql_bytes;
   so.request.max_params = options.max_params;
-  service_ = std::make_unique<rpc::DatabaseService>(*pool_, *executor_, so);
+  service_ = std::make_unique<rpc::DatabaseService>(*pool_, *executor_, so,
+                                                    metrics_.get());
   health_service_ = std::make_unique<rpc::HealthService>(*pool_);
   grpc::ServerBuilder builder;
   builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
@@ -154,6 +208,66 @@ grpc::Status TestServer::Query(const std::string& sql, v1::QueryResponse* respon
   v1::QueryRequest request;
   request.set_sql(sql);
   return Query(request, response, deadline);
+}
+
+grpc::health::v1::HealthCheckResponse::ServingStatus TestServer::Health(
+    absl::Duration deadline) {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+  grpc::health::v1::HealthCheckResponse response;
+  if (!health_->Check(&context, {}, &response).ok()) {
+    return grpc::health::v1::HealthCheckResponse::UNKNOWN;
+  }
+  return response.status();
+}
+
+grpc::Status TestServer::PoolStats(v1::PoolStats* stats, absl::Duration deadline) {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+  return stub_->GetPoolStats(&context, {}, stats);
+}
+
+AsyncQuery::AsyncQuery(v1::DatabaseService::Stub& stub, const std::string& sql,
+                       absl::Duration deadline)
+    : AsyncQuery(stub,
+                 [&sql] {
+                   v1::QueryRequest r;
+                   r.set_sql(sql);
+                   return r;
+                 }(),
+                 deadline) {}
+
+AsyncQuery::AsyncQuery(v1::DatabaseService::Stub& stub, v1::QueryRequest request,
+                       absl::Duration deadline)
+    : request_(std::move(request)), started_(absl::Now()) {
+  context_.set_deadline(absl::ToChronoTime(started_ + deadline));
+  stub.async()->Query(&context_, &request_, &response_, [this](grpc::Status s) {
+    absl::MutexLock lock(&mu_);
+    status_ = std::move(s);
+    finished_ = absl::Now();
+    done_ = true;
+  });
+}
+
+AsyncQuery::~AsyncQuery() {
+  context_.TryCancel();
+  Wait();
+}
+
+grpc::Status AsyncQuery::Wait() {
+  absl::MutexLock lock(&mu_);
+  mu_.Await(absl::Condition(&done_));
+  return status_;
+}
+
+bool AsyncQuery::done() {
+  absl::MutexLock lock(&mu_);
+  return done_;
+}
+
+absl::Time AsyncQuery::finished() {
+  absl::MutexLock lock(&mu_);
+  return finished_;
 }
 
 std::string SqlStateOf(const grpc::Status& status) {

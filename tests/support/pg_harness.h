@@ -1,0 +1,182 @@
+// Test harness for the integration and fault tests: throwaway PostgreSQL
+// clusters (started through tests/support/pg_cluster.sh) and an in-process
+// dbpool server wired exactly as main.cc wires it.
+//
+// PgCluster::Get() is the process-wide cluster, started on first use and
+// removed when the process's tests end; a test that needs a cluster of its
+// own (one that does not exist yet when the server starts) makes one.
+// TestServer is owned by a test. Neither is meant for concurrent setup; the
+// gRPC stubs they hand out are thread-safe.
+#ifndef DBPOOL_TESTS_SUPPORT_PG_HARNESS_H_
+#define DBPOOL_TESTS_SUPPORT_PG_HARNESS_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "dbpool/v1/database_service.grpc.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "server/common/executor.h"
+#include "server/metrics/metrics.h"
+#include "server/pool/connection_pool.h"
+#include "server/rpc/database_service.h"
+#include "server/rpc/health_service.h"
+
+namespace dbpool::testing {
+
+class PgCluster {
+ public:
+  PgCluster() = default;
+  // Stops the cluster and deletes its files.
+  ~PgCluster();
+  PgCluster(const PgCluster&) = delete;
+  PgCluster& operator=(const PgCluster&) = delete;
+
+  // The cluster this process's tests share, started on first use.
+  static PgCluster& Get();
+
+  // Creates the cluster and picks its port without starting it, so that a
+  // server can be configured with conninfo() before the database exists.
+  // Start() then uses that port, and fails the test if it was taken.
+  void Init();
+  void Start();
+  void Stop();
+  // pg_ctl restart -m fast: backends are terminated, the port is kept.
+  void Restart();
+  // Stops the cluster and deletes its files.
+  void Remove();
+
+  std::string conninfo() const;
+  int port() const { return port_; }
+  // The postmaster's process id, from postmaster.pid; 0 when not running.
+  pid_t postmaster_pid() const;
+
+  // Runs `sql` on a fresh connection of its own; returns the first value of
+  // the first row ("" when none). Fails the test on error.
+  std::string Scalar(const std::string& sql) const;
+  // Scalar() read as an integer; -1 (and a test failure) when it is not one.
+  int64_t Int(const std::string& sql) const;
+  // Whether a fresh connection is accepted now (connect_timeout 2 s).
+  bool Accepts() const;
+
+ private:
+  void MakeDir();
+
+  std::string dir_;
+  int port_ = 0;
+  // Init() chose the port: Start() must get exactly that one.
+  bool pinned_ = false;
+};
+
+struct TestServerOptions {
+  int max_connections = 4;
+  int min_connections = 1;
+  int max_waiting = 100;
+  absl::Duration acquire_timeout = absl::Seconds(5);
+  absl::Duration connect_timeout = absl::Seconds(5);
+  absl::Duration statement_timeout = absl::Seconds(30);
+  // How long a cancelled statement may take to stop (QueryLimits).
+  absl::Duration cancel_grace = absl::Seconds(2);
+  std::string conninfo;  // empty: the shared cluster
+  std::string application_name = "dbpool-test";
+  int max_stats_streams = 64;
+  int max_sql_bytes = 1 << 20;
+  int max_params = 65535;
+};
+
+class TestServer {
+ public:
+  explicit TestServer(TestServerOptions options = {});
+  ~TestServer();
+
+  v1::DatabaseService::Stub& stub() { return *stub_; }
+  grpc::health::v1::Health::Stub& health() { return *health_; }
+  pool::ConnectionPool& pool() { return *pool_; }
+  // What /metrics would serve: the pool collector and query metrics.
+  metrics::Metrics& metrics() { return *metrics_; }
+  std::string target() const;
+
+  // A Query with a deadline.
+  grpc::Status Query(const v1::QueryRequest& request, v1::QueryResponse* response,
+                     absl::Duration deadline = absl::Seconds(10));
+  grpc::Status Query(const std::string& sql, v1::QueryResponse* response,
+                     absl::Duration deadline = absl::Seconds(10));
+  // Health/Check for the whole server; UNKNOWN when the call fails.
+  grpc::health::v1::HealthCheckResponse::ServingStatus Health(
+      absl::Duration deadline = absl::Seconds(2));
+  // GetPoolStats through gRPC.
+  grpc::Status PoolStats(v1::PoolStats* stats,
+                         absl::Duration deadline = absl::Seconds(2));
+
+ private:
+  std::unique_ptr<metrics::Metrics> metrics_;
+  std::unique_ptr<Executor> executor_;
+  std::unique_ptr<pool::ConnectionPool> pool_;
+  std::unique_ptr<rpc::DatabaseService> service_;
+  std::unique_ptr<rpc::HealthService> health_service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  std::unique_ptr<v1::DatabaseService::Stub> stub_;
+  std::unique_ptr<grpc::health::v1::Health::Stub> health_;
+};
+
+// One Query in flight on the callback API. The deadline bounds Wait(). A
+// call still running when the object is destroyed is cancelled and waited
+// for, so a test that ends early leaves nothing behind.
+class AsyncQuery {
+ public:
+  AsyncQuery(v1::DatabaseService::Stub& stub, const std::string& sql,
+             absl::Duration deadline);
+  AsyncQuery(v1::DatabaseService::Stub& stub, v1::QueryRequest request,
+             absl::Duration deadline);
+  ~AsyncQuery();
+  AsyncQuery(const AsyncQuery&) = delete;
+  AsyncQuery& operator=(const AsyncQuery&) = delete;
+
+  grpc::Status Wait();
+  bool done();
+  void Cancel() { context_.TryCancel(); }
+  absl::Time started() const { return started_; }
+  // When the status arrived; valid after Wait().
+  absl::Time finished();
+  // Valid after Wait().
+  const v1::QueryResponse& response() { return response_; }
+
+ private:
+  grpc::ClientContext context_;
+  v1::QueryRequest request_;
+  v1::QueryResponse response_;
+  absl::Time started_;
+  absl::Mutex mu_;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time finished_ ABSL_GUARDED_BY(mu_);
+  grpc::Status status_ ABSL_GUARDED_BY(mu_);
+};
+
+// Polls `pred` every `poll` until it holds or `limit` passes; returns its
+// last value.
+template <typename Pred>
+bool Eventually(Pred pred, absl::Duration limit = absl::Seconds(10),
+                absl::Duration poll = absl::Milliseconds(20)) {
+  const absl::Time end = absl::Now() + limit;
+  const int64_t max_polls = limit / poll + 1;
+  for (int64_t i = 0; i < max_polls && absl::Now() < end; ++i) {
+    if (pred()) return true;
+    absl::SleepFor(poll);
+  }
+  return pred();
+}
+
+// The SQLSTATE carried in a status's google.rpc.ErrorInfo detail, or "".
+std::string SqlStateOf(const grpc::Status& status);
+
+}  // namespace dbpool::testing
+
+#endif  // DBPOOL_TESTS_SUPPORT_PG_HARNESS_H_
