@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <google/protobuf/descriptor.h>
@@ -252,7 +253,11 @@ int main(int argc, char** argv) {
   // In-flight calls finish within the grace period; new ones are refused.
   server->Shutdown(absl::ToChronoTime(absl::Now() + cfg.shutdown_grace));
   server->Wait();
-  gateway.Stop();
+  // Each web server takes up to 2 s to notice that it should stop
+  // (civetweb's poll interval): stop the two together.
+  std::thread stop_http([&gateway] { gateway.Stop(); });
+  metrics.StopExposing();
+  stop_http.join();
   pool.Drain();
   spdlog::info("drained; exiting");
   return 0;

@@ -147,6 +147,8 @@ void Metrics::AddPool(const pool::ConnectionPool& pool) {
   if (exposer_ != nullptr) exposer_->RegisterCollectable(collectors_.back());
 }
 
+void Metrics::StopExposing() { exposer_.reset(); }
+
 absl::StatusOr<int> Metrics::Expose(const std::string& address) {
   try {
     exposer_ = std::make_unique<prometheus::Exposer>(address, /*num_threads=*/2);

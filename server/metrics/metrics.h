@@ -40,6 +40,8 @@ class Metrics {
   // Starts the exporter on `address` (host:port, port 0 picks a free one);
   // returns the bound port.
   absl::StatusOr<int> Expose(const std::string& address);
+  // Closes the /metrics listener; waits for scrapes in progress.
+  void StopExposing();
 
   // One finished Query: its execution time and outcome. The error label is
   // the SQLSTATE class, or "none" for errors that carry no SQLSTATE.
