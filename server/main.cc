@@ -16,6 +16,8 @@
 #include <google/protobuf/stubs/logging.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/impl/server_builder_option.h>
+#include <grpcpp/impl/server_builder_plugin.h>
 
 #include "absl/algorithm/container.h"
 #include "absl/strings/str_cat.h"
@@ -103,6 +105,21 @@ std::shared_ptr<grpc::ServerCredentials> GrpcCredentials(
   options.pem_key_cert_pairs.push_back({tls->private_key_pem, tls->cert_chain_pem});
   return grpc::SslServerCredentials(options);
 }
+
+// Linking grpc++_reflection registers its plugin with every ServerBuilder
+// at start-up; this option takes it out again.
+class WithoutReflection final : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(
+      std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    plugins->erase(std::remove_if(plugins->begin(), plugins->end(),
+                                  [](const auto& p) {
+                                    return p->name() == "proto_server_reflection";
+                                  }),
+                   plugins->end());
+  }
+};
 
 std::string HostPort(const std::string& host, int port) {
   return absl::StrCat(host.find(':') != std::string::npos ? "[" + host + "]" : host,
@@ -195,7 +212,7 @@ int main(int argc, char** argv) {
   rpc::DatabaseService database_service(pool, executor, service_options, &metrics);
   rpc::HealthService health_service(pool, cfg.max_stats_streams);
 
-  if (cfg.reflection) grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int grpc_port = 0;
   const std::string address = HostPort(cfg.listen_host, cfg.grpc_port);
@@ -206,6 +223,7 @@ int main(int argc, char** argv) {
   builder.AddListeningPort(address, GrpcCredentials(secured->tls), &grpc_port);
   builder.RegisterService(&database_service);
   builder.RegisterService(&health_service);
+  if (!cfg.reflection) builder.SetOption(std::make_unique<WithoutReflection>());
   builder.SetMaxReceiveMessageSize(static_cast<int>(cfg.max_request_bytes));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || grpc_port == 0) {

@@ -410,15 +410,16 @@ class BearerTokens(unittest.TestCase):
                          .rows[0].values[0].int64_value, 6)
 
 
-class MessageLimit(unittest.TestCase):
+class MessageLimitAndNoReflection(unittest.TestCase):
     """DBPOOL_MAX_REQUEST_BYTES bounds what a caller can make the server
-    read, before any parsing."""
+    read, before any parsing; DBPOOL_REFLECTION=false hides the schema."""
 
     LIMIT = 64 << 10
 
     @classmethod
     def setUpClass(cls):
-        harness.start_stack(cls, server_args=["--max-request-bytes=%d" % cls.LIMIT])
+        harness.start_stack(cls, server_args=["--max-request-bytes=%d" % cls.LIMIT,
+                                              "--reflection=false"])
 
     @classmethod
     def tearDownClass(cls):
@@ -436,6 +437,19 @@ class MessageLimit(unittest.TestCase):
         status, _, body = _http("http://%s/v1/query" % self.server.http_address,
                                 {"sql": "SELECT '%s'" % ("x" * self.LIMIT)})
         self.assertEqual(status, 413, body)
+
+    def test_reflection_can_be_turned_off(self):
+        res = harness.run_buf(
+            ["curl", "--protocol", "grpc", "--http2-prior-knowledge", "-d", "{}",
+             "http://%s/dbpool.v1.DatabaseService/GetPoolStats" % self.server.address],
+            cwd=str(certs))
+        self.assertNotEqual(res.returncode, 0, res.stdout)
+        # buf finds no reflection service, so no schema for the method.
+        self.assertRegex(res.stderr.lower(), "unimplemented|failed to find service")
+        with grpc.insecure_channel(self.server.address) as channel:
+            stats = pb_grpc.DatabaseServiceStub(channel).GetPoolStats(
+                pb.GetPoolStatsRequest(), timeout=RPC_TIMEOUT_S)
+        self.assertGreaterEqual(stats.max_connections, 1)
 
 
 class Secrets(unittest.TestCase):
