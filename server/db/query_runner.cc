@@ -372,12 +372,13 @@ QueryOutcome RunQuery(pool::Connection& connection,
     out.status = Execute(session, pg, request, params, limits, response);
   }
   if (!session.broken() && PQtransactionStatus(conn) != PQTRANS_IDLE) {
-    // Our own READ ONLY transaction ends here; a transaction the statement
-    // itself opened (a bare BEGIN) is rolled back so that the next caller
-    // starts clean.
-    const bool commit = request.read_only() && out.status.ok() &&
-                        PQtransactionStatus(conn) == PQTRANS_INTRANS;
-    absl::Status end = session.Command(commit ? "COMMIT" : "ROLLBACK");
+    // Our own READ ONLY transaction ends here, and a transaction the
+    // statement itself opened (a bare BEGIN): both are rolled back so that
+    // the next caller starts clean. A read-only transaction has no writes to
+    // keep, and rolling it back also undoes session settings it made (SET,
+    // set_config), which would otherwise reach the next caller of this
+    // connection: a read_only caller must not change what others run with.
+    absl::Status end = session.Command("ROLLBACK");
     if (out.status.ok()) out.status = end;
   }
   if (!out.status.ok()) response->Clear();

@@ -207,6 +207,12 @@ TEST_F(QueryTest, ReadOnlyRequestsCannotWrite) {
   resp.Clear();
   ASSERT_TRUE(server_.Query(req, &resp).ok());
   EXPECT_EQ(resp.rows(0).values(0).int64_value(), 0);
+  // Nor can they change the session that the next caller gets.
+  req.set_sql("SELECT set_config('application_name', 'changed-by-read-only', false)");
+  ASSERT_TRUE(server_.Query(req, &resp).ok());
+  EXPECT_EQ(PgCluster::Get().Scalar("SELECT count(*) FROM pg_stat_activity WHERE "
+                                    "application_name = 'changed-by-read-only'"),
+            "0");
 }
 
 TEST_F(QueryTest, StatementTimeoutCancelsOnTheServer) {
