@@ -56,7 +56,11 @@ AccessControl::AccessControl(security::TokenTable tokens, int max_calls_per_call
 absl::StatusOr<security::Caller> AccessControl::Check(
     const grpc::ServerContextBase& context, Need need) const {
   if (tokens_.empty()) {
-    return security::Caller{AnonymousName(context), security::Role::kReadWrite};
+    // Only the per-caller limit needs the name; working it out on every
+    // call (the peer string, an auth context) would cost for nothing.
+    return security::Caller{
+        max_calls_per_caller_ > 0 ? AnonymousName(context) : std::string(),
+        security::Role::kReadWrite};
   }
   absl::StatusOr<security::Caller> caller =
       tokens_.Authenticate(Metadata(context, "authorization"));

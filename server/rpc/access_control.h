@@ -35,7 +35,8 @@ class AccessControl {
   AccessControl(security::TokenTable tokens, int max_calls_per_caller);
 
   // UNAUTHENTICATED without a valid token (when tokens are configured),
-  // PERMISSION_DENIED when the caller's role does not cover `need`.
+  // PERMISSION_DENIED when the caller's role does not cover `need`. Without
+  // tokens or a per-caller limit the caller has no name: nothing uses it.
   absl::StatusOr<security::Caller> Check(const grpc::ServerContextBase& context,
                                          Need need) const;
 
