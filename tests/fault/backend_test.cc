@@ -39,6 +39,19 @@ bool PoolAndDatabaseAgree(TestServer& server, const std::string& app, int total)
          BackendCount(app) == total;
 }
 
+// The frozen-backend tests: two warm connections, so that the other one
+// serves while one is frozen, and a short cancel grace.
+constexpr absl::Duration kGrace = absl::Seconds(1);
+
+TestServerOptions FrozenBackendOptions(const std::string& app) {
+  TestServerOptions o;
+  o.max_connections = 2;
+  o.min_connections = 2;
+  o.cancel_grace = kGrace;
+  o.application_name = app;
+  return o;
+}
+
 // The one backend of `app` running pg_sleep.
 pid_t SleepingBackend(const std::string& app) {
   std::vector<pid_t> pids;
@@ -134,13 +147,7 @@ TEST(Backend, KilledMidQueryFailsThatCallOnlyAndIsReplaced) {
 TEST(Backend, FrozenMidQueryErrsAtDeadlineAndIsDiscarded) {
   const std::string app = "dbpool-frozen";
   constexpr absl::Duration kDeadline = absl::Seconds(1);
-  constexpr absl::Duration kGrace = absl::Seconds(1);
-  TestServerOptions o;
-  o.max_connections = 2;
-  o.min_connections = 2;
-  o.cancel_grace = kGrace;
-  o.application_name = app;
-  TestServer server(o);
+  TestServer server(FrozenBackendOptions(app));
   ASSERT_TRUE(Eventually([&] { return PoolAndDatabaseAgree(server, app, 2); }));
   Figures fig;
   AsyncQuery victim(server.stub(), "SELECT pg_sleep(30)", kDeadline);
@@ -187,13 +194,7 @@ TEST(Backend, FrozenMidQueryErrsAtDeadlineAndIsDiscarded) {
 TEST(Backend, FrozenMidQueryWithRequestTimeoutAnswersAfterTheGrace) {
   const std::string app = "dbpool-frozen-timeout";
   constexpr absl::Duration kTimeout = absl::Seconds(1);
-  constexpr absl::Duration kGrace = absl::Seconds(1);
-  TestServerOptions o;
-  o.max_connections = 2;
-  o.min_connections = 2;
-  o.cancel_grace = kGrace;
-  o.application_name = app;
-  TestServer server(o);
+  TestServer server(FrozenBackendOptions(app));
   ASSERT_TRUE(Eventually([&] { return PoolAndDatabaseAgree(server, app, 2); }));
   Figures fig;
   v1::QueryRequest request;
@@ -226,14 +227,9 @@ TEST(Backend, FrozenMidQueryWithRequestTimeoutAnswersAfterTheGrace) {
 TEST(Backend, FrozenWithCancelUnansweredIsStillDiscarded) {
   const std::string app = "dbpool-frozen-pm";
   constexpr absl::Duration kDeadline = absl::Seconds(1);
-  constexpr absl::Duration kGrace = absl::Seconds(1);
-  TestServerOptions o;
-  o.max_connections = 2;
-  o.min_connections = 2;
-  o.cancel_grace = kGrace;
+  TestServerOptions o = FrozenBackendOptions(app);
   // Replacement connections hang on the stopped postmaster until this.
   o.connect_timeout = absl::Seconds(1);
-  o.application_name = app;
   TestServer server(o);
   ASSERT_TRUE(Eventually([&] { return PoolAndDatabaseAgree(server, app, 2); }));
   Figures fig;
