@@ -184,7 +184,8 @@ int main(int argc, char** argv) {
   pool_options.max_waiting = cfg.max_waiting;
   pool_options.connect_timeout = cfg.connect_timeout;
   auto connector = std::make_shared<db::PgConnector>(db::ConnectionSettings{
-      cfg.database_url, cfg.application_name, cfg.statement_timeout});
+      cfg.database_url, cfg.application_name, cfg.statement_timeout,
+      static_cast<size_t>(cfg.prepared_cache_size)});
   spdlog::info("database {}", db::RedactConninfo(cfg.database_url));
 
   // One worker per connection: a leased connection never waits for a thread.

@@ -124,6 +124,10 @@ const std::vector<Option>& Options() {
       {"DB_APPLICATION_NAME", "dbpool",
        "application_name of every pooled connection (see pg_stat_activity)",
        Text(&Config::application_name, false)},
+      {"DB_PREPARED_CACHE_SIZE", "512",
+       "prepared statements kept per connection, least recently used out; "
+       "0 prepares nothing (for a PgBouncer in transaction mode in between)",
+       Int(&Config::prepared_cache_size, 0, 100000)},
       {"DBPOOL_MAX_SQL_BYTES", "1048576", "longest SQL text accepted",
        Int(&Config::max_sql_bytes, 1, 64 << 20)},
       {"DBPOOL_MAX_PARAMS", "65535", "most parameters per statement (PostgreSQL's own cap)",

@@ -37,6 +37,7 @@ struct Config {
   absl::Duration connect_timeout;
   absl::Duration statement_timeout;
   std::string application_name;
+  int prepared_cache_size = 0;
 
   // Request limits.
   int max_sql_bytes = 0;

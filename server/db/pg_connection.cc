@@ -81,9 +81,29 @@ std::string RedactConninfo(const std::string& conninfo) {
   return absl::StrJoin(parts, " ");
 }
 
-PgConnection::PgConnection(PGconn* conn) : conn_(conn) {
+// The parameters PostgreSQL 15 reports whenever they change (GUC_REPORT)
+// and that a session can change; server_version and the like are fixed.
+constexpr const char* kReportedParameters[] = {
+    "application_name", "client_encoding", "DateStyle",
+    "default_transaction_read_only", "IntervalStyle", "is_superuser",
+    "session_authorization", "standard_conforming_strings", "TimeZone"};
+
+PgConnection::PgConnection(PGconn* conn, size_t prepared_cache_size)
+    : conn_(conn), statements_(prepared_cache_size) {
   // Replaces libpq's default, which prints every notice to stderr.
   PQsetNoticeReceiver(conn_, &PgConnection::OnNotice, this);
+  for (const char* name : kReportedParameters) {
+    const char* value = PQparameterStatus(conn_, name);
+    reported_at_open_.emplace_back(name, value != nullptr ? value : "");
+  }
+}
+
+bool PgConnection::ReportedParametersChanged() const {
+  for (const auto& [name, value] : reported_at_open_) {
+    const char* now = PQparameterStatus(conn_, name.c_str());
+    if (value != (now != nullptr ? now : "")) return true;
+  }
+  return false;
 }
 
 void PgConnection::OnNotice(void* self, const PGresult* notice) {
@@ -110,10 +130,6 @@ bool PgConnection::IsUsable() {
   while (PGnotify* n = PQnotifies(conn_)) PQfreemem(n);
   return !fatal_notice_ && PQstatus(conn_) == CONNECTION_OK &&
          PQisBusy(conn_) == 0;
-}
-
-std::string PgConnection::NextStatementName() {
-  return absl::StrCat("dbpool_", ++statements_prepared_);
 }
 
 bool PgConnection::CancelRunningQuery(absl::Time deadline) {
@@ -218,7 +234,8 @@ absl::StatusOr<std::unique_ptr<pool::Connection>> PgConnector::Connect(
     if (poll(&pfd, 1, ms) == 0) continue;
     state = PQconnectPoll(conn);
   }
-  return std::unique_ptr<pool::Connection>(new PgConnection(conn));
+  return std::unique_ptr<pool::Connection>(
+      new PgConnection(conn, settings_.prepared_cache_size));
 }
 
 }  // namespace dbpool::db

@@ -17,11 +17,13 @@
 
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
-#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "server/db/statement_cache.h"
 #include "server/pool/connection.h"
 
 namespace dbpool::db {
@@ -29,7 +31,9 @@ namespace dbpool::db {
 struct ConnectionSettings {
   std::string conninfo;  // libpq URI or key=value string
   std::string application_name;
-  absl::Duration statement_timeout = absl::Seconds(30);
+  absl::Duration statement_timeout;
+  // Prepared statements kept per connection (StatementCache).
+  size_t prepared_cache_size = 0;
 };
 
 // Checks that `conninfo` parses, without connecting.
@@ -51,16 +55,16 @@ class PgConnection final : public pool::Connection {
 
   PGconn* raw() const { return conn_; }
 
-  // Server-side prepared statements of this session, keyed by SQL text and
-  // parameter types. A statement is prepared on its second use, so one-off
-  // SQL costs no extra round trip and repeated SQL is parsed and planned
-  // once per connection.
-  struct Statement {
-    std::string name;  // empty until prepared
-  };
-  static constexpr size_t kMaxStatements = 512;
-  absl::flat_hash_map<std::string, Statement>& statements() { return statements_; }
-  std::string NextStatementName();
+  StatementCache& statements() { return statements_; }
+
+  // Whether a parameter the server reports to the client (its GUC_REPORT
+  // set: session_authorization, TimeZone, DateStyle, IntervalStyle,
+  // client_encoding, default_transaction_read_only, …) now differs from
+  // the value it had when the connection opened. A cheap local check that
+  // catches session changes no statement text shows, such as a function
+  // that calls set_config.
+  bool ReportedParametersChanged() const;
+
   // Asks the server to cancel whatever this connection is running and waits
   // until the postmaster has dealt with the request (sent the signal, or
   // refused) or `deadline` passes; returns whether it did in time.
@@ -74,16 +78,18 @@ class PgConnection final : public pool::Connection {
 
  private:
   friend class PgConnector;
-  explicit PgConnection(PGconn* conn);
   static void OnNotice(void* self, const PGresult* notice);
+
+  PgConnection(PGconn* conn, size_t prepared_cache_size);
 
   PGconn* conn_;
   // Set when the server reported a FATAL error outside a query (a
   // terminated backend, a shutdown): the session is over even if the socket
   // has not closed yet.
   bool fatal_notice_ = false;
-  absl::flat_hash_map<std::string, Statement> statements_;
-  int statements_prepared_ = 0;
+  StatementCache statements_;
+  // The reported parameters as they were at connect.
+  std::vector<std::pair<std::string, std::string>> reported_at_open_;
 };
 
 class PgConnector final : public pool::Connector {

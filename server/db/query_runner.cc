@@ -15,7 +15,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "server/db/engine_counters.h"
 #include "server/db/pg_connection.h"
+#include "server/db/session_effects.h"
 #include "server/db/sql_state.h"
 #include "server/db/value_codec.h"
 
@@ -127,7 +129,16 @@ class Session {
       default:
         break;
     }
-    while (PGresult* extra = PQgetResult(conn)) PQclear(extra);
+    // Only a simple query of several statements (Command) has more than
+    // one result; the first failure among them is what counts.
+    while (PGresult* extra = PQgetResult(conn)) {
+      if (PQresultStatus(extra) == PGRES_FATAL_ERROR &&
+          PQresultStatus(first.get()) != PGRES_FATAL_ERROR) {
+        first.reset(extra);
+      } else {
+        PQclear(extra);
+      }
+    }
     if (stop_reason.has_value() &&
         PQresultStatus(first.get()) == PGRES_FATAL_ERROR &&
         Field(first.get(), PG_DIAG_SQLSTATE) == "57014") {
@@ -144,12 +155,14 @@ class Session {
     return first;
   }
 
-  // Runs a statement without parameters that must succeed (BEGIN, COMMIT).
+  // Runs statements without parameters that must succeed (BEGIN,
+  // ROLLBACK, a session reset), as one simple query.
   absl::Status Command(const char* sql) {
     if (PQsendQuery(c_.raw(), sql) == 0) return Lost();
     auto r = Await();
     if (!r.ok()) return r.status();
-    if (PQresultStatus(r->get()) != PGRES_COMMAND_OK) {
+    if (PQresultStatus(r->get()) != PGRES_COMMAND_OK &&
+        PQresultStatus(r->get()) != PGRES_TUPLES_OK) {
       return ErrorFromResult(c_.raw(), r->get());
     }
     return absl::OkStatus();
@@ -249,78 +262,141 @@ absl::Status FillRows(PGconn* conn, const PGresult* r, int64_t max_rows,
   return absl::OkStatus();
 }
 
+// The parameters of one statement as libpq takes them.
+struct Bound {
+  std::vector<Oid> types;
+  std::vector<const char*> values;
+  std::vector<int> lengths;
+  std::vector<int> formats;
+  int count() const { return static_cast<int>(types.size()); }
+};
+
+absl::StatusOr<Result> SendUnnamed(Session& session, PGconn* conn,
+                                   const std::string& sql, const Bound& b) {
+  if (PQsendQueryParams(conn, sql.c_str(), b.count(), b.types.data(),
+                        b.values.data(), b.lengths.data(), b.formats.data(),
+                        /*resultFormat=*/0) == 0) {
+    return session.Lost();
+  }
+  return session.Await();
+}
+
+// Prepares `entry` under a new name; false when the server refused (the
+// unnamed run that follows then reports the error as usual).
+absl::StatusOr<bool> Prepare(Session& session, PgConnection& pg,
+                             const std::string& sql, const Bound& b,
+                             CachedStatement& entry) {
+  std::string name = pg.statements().NextName();
+  if (PQsendPrepare(pg.raw(), name.c_str(), sql.c_str(), b.count(),
+                    b.types.data()) == 0) {
+    return session.Lost();
+  }
+  auto prepared = session.Await();
+  if (!prepared.ok()) return prepared.status();
+  if (PQresultStatus(prepared->get()) != PGRES_COMMAND_OK) return false;
+  entry.name = std::move(name);
+  return true;
+}
+
 // Runs one statement: unnamed the first time this connection sees the SQL,
-// prepared from the second time on.
+// prepared from the second time on. Sets `*effects` to what the statement
+// may leave in the session.
 absl::StatusOr<Result> Send(Session& session, PgConnection& pg,
-                            const std::string& sql, const std::vector<Oid>& types,
-                            const std::vector<const char*>& values,
-                            const std::vector<int>& lengths,
-                            const std::vector<int>& formats) {
+                            const std::string& sql, const Bound& b,
+                            SessionEffects* effects) {
   PGconn* conn = pg.raw();
-  const int n = static_cast<int>(types.size());
+  EngineCounters& counters = Counters();
   std::string key = sql;
   key.push_back('\0');
-  key.append(reinterpret_cast<const char*>(types.data()), n * sizeof(Oid));
-  auto& statements = pg.statements();
-  auto it = statements.find(key);
-  if (it != statements.end() && it->second.name.empty()) {
-    const std::string name = pg.NextStatementName();
-    if (PQsendPrepare(conn, name.c_str(), sql.c_str(), n, types.data()) == 0) {
-      return session.Lost();
+  key.append(reinterpret_cast<const char*>(b.types.data()), b.count() * sizeof(Oid));
+  StatementCache& cache = pg.statements();
+  CachedStatement* entry = cache.Find(key);
+  if (entry == nullptr) {
+    *effects = ClassifySessionEffects(sql);
+    std::string evicted;
+    cache.Insert(std::move(key), *effects, &evicted);
+    if (!evicted.empty()) {
+      Bump(counters.statement_cache_evictions);
+      // Our own name, never caller text. A statement the caller already
+      // deallocated is gone either way.
+      if (absl::Status s = session.Command(absl::StrCat("DEALLOCATE ", evicted).c_str());
+          !s.ok() && session.broken()) {
+        return s;
+      }
     }
-    auto prepared = session.Await();
-    if (!prepared.ok()) return prepared.status();
-    if (PQresultStatus(prepared->get()) == PGRES_COMMAND_OK) {
-      it->second.name = name;
-    } else {
-      // Let the unnamed run below report the error as usual.
-      statements.erase(it);
-      it = statements.end();
-    }
+    Bump(counters.statement_cache_misses);
+    return SendUnnamed(session, conn, sql, b);
   }
-  if (it != statements.end()) {
-    if (PQsendQueryPrepared(conn, it->second.name.c_str(), n, values.data(),
-                            lengths.data(), formats.data(), 0) == 0) {
+  *effects = entry->effects;
+  // A statement that changes the session runs unnamed every time: PREPARE
+  // or DEALLOCATE ALL kept as a prepared statement of ours would act on
+  // the very cache that holds it.
+  if (entry->effects != kNoEffect) {
+    Bump(counters.statement_cache_misses);
+    return SendUnnamed(session, conn, sql, b);
+  }
+  if (entry->name.empty()) {
+    Bump(counters.statement_cache_misses);
+    auto prepared = Prepare(session, pg, sql, b, *entry);
+    if (!prepared.ok()) return prepared.status();
+    if (!*prepared) {
+      cache.Erase(entry->key);
+      return SendUnnamed(session, conn, sql, b);
+    }
+  } else {
+    Bump(counters.statement_cache_hits);
+  }
+  for (int attempt = 0;; ++attempt) {
+    if (PQsendQueryPrepared(conn, entry->name.c_str(), b.count(), b.values.data(),
+                            b.lengths.data(), b.formats.data(), 0) == 0) {
       return session.Lost();
     }
     auto result = session.Await();
     if (!result.ok()) return result;
     const std::string sqlstate = Field(result->get(), PG_DIAG_SQLSTATE);
-    // The session lost the statement (DEALLOCATE, DISCARD) or a schema
-    // change altered its result type: forget it and run unnamed.
-    if (sqlstate != "26000" && sqlstate != "0A000") return result;
-    statements.erase(it);
-    // Inside a transaction the failure has aborted it: no second try.
-    if (PQtransactionStatus(conn) != PQTRANS_IDLE) return result;
-  } else if (statements.size() < PgConnection::kMaxStatements) {
-    statements.emplace(std::move(key), PgConnection::Statement{});
+    // 26000: the session lost the statement (a caller's DEALLOCATE);
+    // 0A000: a schema change altered its result type. Prepare it again and
+    // retry once, unless the failure aborted a transaction it ran in.
+    if ((sqlstate != "26000" && sqlstate != "0A000") || attempt > 0 ||
+        PQtransactionStatus(conn) != PQTRANS_IDLE) {
+      return result;
+    }
+    Bump(counters.statement_reprepares);
+    if (sqlstate == "0A000") {
+      if (absl::Status s =
+              session.Command(absl::StrCat("DEALLOCATE ", entry->name).c_str());
+          !s.ok() && session.broken()) {
+        return s;
+      }
+    }
+    auto prepared = Prepare(session, pg, sql, b, *entry);
+    if (!prepared.ok()) return prepared.status();
+    if (!*prepared) {
+      cache.Erase(entry->key);
+      return SendUnnamed(session, conn, sql, b);
+    }
   }
-  if (PQsendQueryParams(conn, sql.c_str(), n, types.data(), values.data(),
-                        lengths.data(), formats.data(), /*resultFormat=*/0) == 0) {
-    return session.Lost();
-  }
-  return session.Await();
 }
 
 absl::Status Execute(Session& session, PgConnection& pg,
                      const v1::QueryRequest& request,
                      const std::vector<EncodedParam>& params,
                      const QueryLimits& limits,
-                     v1::QueryResponse* response) {
+                     SessionEffects* effects, v1::QueryResponse* response) {
   PGconn* conn = pg.raw();
-  const int n = static_cast<int>(params.size());
-  std::vector<Oid> types(n);
-  std::vector<const char*> values(n);
-  std::vector<int> lengths(n);
-  std::vector<int> formats(n);
-  for (int i = 0; i < n; ++i) {
-    types[i] = params[i].type;
-    values[i] = params[i].is_null ? nullptr : params[i].data.c_str();
-    lengths[i] = static_cast<int>(params[i].data.size());
-    formats[i] = params[i].binary ? 1 : 0;
+  const size_t n = params.size();
+  Bound b;
+  b.types.resize(n);
+  b.values.resize(n);
+  b.lengths.resize(n);
+  b.formats.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    b.types[i] = params[i].type;
+    b.values[i] = params[i].is_null ? nullptr : params[i].data.c_str();
+    b.lengths[i] = static_cast<int>(params[i].data.size());
+    b.formats[i] = params[i].binary ? 1 : 0;
   }
-  absl::StatusOr<Result> result =
-      Send(session, pg, request.sql(), types, values, lengths, formats);
+  absl::StatusOr<Result> result = Send(session, pg, request.sql(), b, effects);
   if (!result.ok()) return result.status();
   PGresult* r = result->get();
   switch (PQresultStatus(r)) {
@@ -353,6 +429,27 @@ absl::Status Execute(Session& session, PgConnection& pg,
   return absl::OkStatus();
 }
 
+// Undoes what the statement may have left in the session (whatever its
+// outcome: a cancelled statement may have taken its lock before it
+// stopped), so that the next caller of this connection starts as the
+// first did. Returns false when the connection cannot be made clean and
+// must be closed. Runs on a deadline of its own: the caller may have
+// cancelled, but the connection still has to be put right.
+bool ResetSession(PgConnection& pg, SessionEffects effects, absl::Duration grace) {
+  if (pg.ReportedParametersChanged()) effects |= kSettings | kIdentity;
+  if (effects == kNoEffect) return true;
+  EngineCounters& counters = Counters();
+  for (int kind : EffectKinds(effects)) Bump(counters.session_resets[kind]);
+  if (effects & kIrreversible) return false;
+  static const std::atomic<bool> kNotCancelled{false};
+  Session reset(pg, absl::Now() + grace, kNotCancelled, grace);
+  for (const std::string& commands : ResetCommands(effects)) {
+    if (!reset.Command(commands.c_str()).ok()) return false;
+  }
+  if (effects & kPreparedStatements) pg.statements().Clear();
+  return !reset.broken() && !pg.ReportedParametersChanged();
+}
+
 }  // namespace
 
 QueryOutcome RunQuery(pool::Connection& connection,
@@ -368,8 +465,9 @@ QueryOutcome RunQuery(pool::Connection& connection,
   if (request.read_only()) {
     out.status = session.Command("BEGIN READ ONLY");
   }
+  SessionEffects effects = kNoEffect;
   if (out.status.ok()) {
-    out.status = Execute(session, pg, request, params, limits, response);
+    out.status = Execute(session, pg, request, params, limits, &effects, response);
   }
   if (!session.broken() && PQtransactionStatus(conn) != PQTRANS_IDLE) {
     // Our own READ ONLY transaction ends here, and a transaction the
@@ -383,7 +481,8 @@ QueryOutcome RunQuery(pool::Connection& connection,
   }
   if (!out.status.ok()) response->Clear();
   out.connection_broken =
-      session.broken() || PQtransactionStatus(conn) != PQTRANS_IDLE;
+      session.broken() || PQtransactionStatus(conn) != PQTRANS_IDLE ||
+      !ResetSession(pg, effects, limits.cancel_grace);
   return out;
 }
 

@@ -138,6 +138,7 @@ Metrics::Metrics(const std::string& version)
       .Add({{"version", version}})
       .Set(1);
   collectors_.push_back(std::make_shared<ProcessCollector>());
+  collectors_.push_back(std::make_shared<EngineCollector>());
 }
 
 Metrics::~Metrics() = default;

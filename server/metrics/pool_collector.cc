@@ -9,6 +9,8 @@
 #include <sstream>
 #include <string>
 
+#include "server/db/engine_counters.h"
+
 namespace dbpool::metrics {
 namespace {
 
@@ -98,6 +100,39 @@ std::vector<MetricFamily> PoolFamilies(const pool::PoolStats& s) {
 
 std::vector<MetricFamily> PoolCollector::Collect() const {
   return PoolFamilies(pool_.Snapshot());
+}
+
+std::vector<MetricFamily> EngineCollector::Collect() const {
+  const db::EngineCounters& c = db::Counters();
+  const auto read = [](const std::atomic<uint64_t>& v) {
+    return static_cast<double>(v.load(std::memory_order_relaxed));
+  };
+  std::vector<MetricFamily> out;
+  MetricFamily lookups{"db_statement_cache_lookups_total",
+                       "Statements run prepared from the cache (hit) or not "
+                       "(miss: first sight, being prepared, or changing the session).",
+                       MetricType::Counter, {}};
+  lookups.metric.push_back(Labelled("result", "hit", read(c.statement_cache_hits)));
+  lookups.metric.push_back(Labelled("result", "miss", read(c.statement_cache_misses)));
+  out.push_back(std::move(lookups));
+  out.push_back(Single("db_statement_cache_evictions_total",
+                       "Prepared statements deallocated to stay within "
+                       "DB_PREPARED_CACHE_SIZE.",
+                       MetricType::Counter, read(c.statement_cache_evictions)));
+  out.push_back(Single("db_statement_reprepares_total",
+                       "Prepared statements prepared again after the server lost "
+                       "them or a schema change altered their result (26000, 0A000).",
+                       MetricType::Counter, read(c.statement_reprepares)));
+  MetricFamily resets{"db_session_resets_total",
+                      "Connections reset after a caller left session state "
+                      "behind, by kind; irreversible: closed instead.",
+                      MetricType::Counter, {}};
+  for (int kind = 0; kind < db::kEffectKinds; ++kind) {
+    resets.metric.push_back(Labelled("kind", std::string(db::EffectKindName(kind)),
+                                     read(c.session_resets[kind])));
+  }
+  out.push_back(std::move(resets));
+  return out;
 }
 
 std::vector<MetricFamily> ProcessCollector::Collect() const {

@@ -1,6 +1,8 @@
-// PoolCollector: a Prometheus collectable that turns one pool snapshot into
-// the db_pool_* families at scrape time. Holds a reference to the pool,
-// which must outlive it. Thread-safe (Snapshot takes the pool lock briefly).
+// Prometheus collectables that read state at scrape time, so nothing is
+// counted twice. PoolCollector turns one pool snapshot into the db_pool_*
+// families; it holds a reference to the pool, which must outlive it.
+// Thread-safe (Snapshot takes the pool lock briefly; the engine counters
+// are atomics).
 #ifndef DBPOOL_SERVER_METRICS_POOL_COLLECTOR_H_
 #define DBPOOL_SERVER_METRICS_POOL_COLLECTOR_H_
 
@@ -25,6 +27,13 @@ class PoolCollector final : public prometheus::Collectable {
 
 // The families for one snapshot; separate so tests can feed a fixed one.
 std::vector<prometheus::MetricFamily> PoolFamilies(const pool::PoolStats& s);
+
+// The query path's db_statement_cache_* and db_session_resets_total
+// families, read from db::Counters() at scrape time.
+class EngineCollector final : public prometheus::Collectable {
+ public:
+  std::vector<prometheus::MetricFamily> Collect() const override;
+};
 
 // process_* families for this process, read from /proc.
 class ProcessCollector final : public prometheus::Collectable {

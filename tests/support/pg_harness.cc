@@ -159,7 +159,8 @@ TestServer::TestServer(TestServerOptions options) {
   po.acquire_timeout = options.acquire_timeout;
   po.connect_timeout = options.connect_timeout;
   auto connector = std::make_shared<db::PgConnector>(db::ConnectionSettings{
-      options.conninfo, options.application_name, options.statement_timeout});
+      options.conninfo, options.application_name, options.statement_timeout,
+      static_cast<size_t>(options.prepared_cache_size)});
   metrics_ = std::make_unique<metrics::Metrics>("test");
   executor_ = std::make_unique<Executor>(options.max_connections, "test-worker");
   pool_ = std::make_unique<pool::ConnectionPool>(po, connector);

@@ -89,6 +89,7 @@ struct TestServerOptions {
   int max_stats_streams = 64;
   int max_sql_bytes = 1 << 20;
   int max_params = 65535;
+  int prepared_cache_size = 512;
 };
 
 class TestServer {
