@@ -157,6 +157,11 @@ class PeersTest(unittest.TestCase):
         self.assertEqual([c.type_name for c in want.columns],
                          ["int4", "int4", "int4", "bpchar"])
 
+    def test_update(self):
+        want = self.assert_same_as_dbpool(
+            "UPDATE pgbench_accounts SET bid = 1 WHERE aid <= $1", 3)
+        self.assertEqual((want.command_tag, want.rows_affected), ("UPDATE 3", 3))
+
     def test_value_mapping(self):
         self.assert_same_as_dbpool(
             "SELECT true AS b, 2::int2 AS i2, 9007199254740993::int8 AS i8,"
