@@ -49,6 +49,8 @@ func (codec) Unmarshal(data []byte, v interface{}) error {
 
 func (codec) Name() string { return "proto" }
 
+func init() { encoding.RegisterCodec(codec{}) }
+
 type kind int
 
 const (
@@ -306,7 +308,6 @@ func run(url, host string, port, poolSize int) error {
 	if err != nil {
 		return err
 	}
-	encoding.RegisterCodec(codec{})
 	srv := grpc.NewServer()
 	pb.RegisterDatabaseServiceServer(srv, &server{pool: pool})
 	go func() {

@@ -127,8 +127,8 @@ function codeForSqlState(state) {
 }
 
 function toStatus(err) {
-  // Errors without a SQLSTATE come from the pool failing to reach the database.
-  if (typeof err.code !== 'string' || err.code.length !== 5) {
+  // Errors that PostgreSQL did not send come from failing to reach it.
+  if (!(err instanceof pg.DatabaseError)) {
     return { code: grpc.status.UNAVAILABLE, details: err.message };
   }
   return { code: codeForSqlState(err.code), details: `${err.message} (SQLSTATE ${err.code})` };
