@@ -266,10 +266,16 @@ func codeForSQLState(state string) codes.Code {
 
 // envInt reads an integer default for a flag from the environment.
 func envInt(name string, fallback int) int {
-	if v, err := strconv.Atoi(os.Getenv(name)); err == nil {
-		return v
+	v, ok := os.LookupEnv(name)
+	if !ok {
+		return fallback
 	}
-	return fallback
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "dbpool-peer-go: %s=%q is not an integer\n", name, v)
+		os.Exit(2)
+	}
+	return n
 }
 
 func main() {

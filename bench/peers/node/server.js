@@ -184,8 +184,12 @@ function main() {
       'pool-size': { type: 'string', default: process.env.PEER_POOL_SIZE || '20' },
     },
   });
+  const port = Number(opts.port);
   const poolSize = Number(opts['pool-size']);
   if (!process.env.DATABASE_URL) throw new Error('DATABASE_URL is not set');
+  if (!Number.isInteger(port) || port < 0) {
+    throw new Error(`--port must be an integer port number, got ${opts.port}`);
+  }
   if (!Number.isInteger(poolSize) || poolSize < 1) {
     throw new Error(`--pool-size must be a positive integer, got ${opts['pool-size']}`);
   }
@@ -210,12 +214,12 @@ function main() {
 
   const server = new grpc.Server();
   server.addService(DatabaseService.service, { Query: queryHandler(pool) });
-  server.bindAsync(`${opts.host}:${opts.port}`, grpc.ServerCredentials.createInsecure(), (err, port) => {
+  server.bindAsync(`${opts.host}:${port}`, grpc.ServerCredentials.createInsecure(), (err, bound) => {
     if (err) {
       console.error('dbpool-peer-node:', err.message);
       process.exit(1);
     }
-    console.log(`dbpool-peer listening grpc=${opts.host}:${port}`);
+    console.log(`dbpool-peer listening grpc=${opts.host}:${bound}`);
   });
   const stop = () => server.tryShutdown(() => pool.end());
   process.once('SIGTERM', stop);
