@@ -75,7 +75,7 @@ function decodeCell(oid, text) {
   }
 }
 
-// Parameters go as text for PostgreSQL to type from the statement;
+// pg sends parameters untyped, for PostgreSQL to type from the statement;
 // type_hint is not consulted.
 function paramValue(value) {
   switch (value.kind) {
@@ -144,11 +144,19 @@ function queryHandler(pool) {
       });
       return;
     }
+    let values;
+    try {
+      values = (req.params || []).map(paramValue);
+    } catch (err) {
+      // A timestamp outside what a Date can hold.
+      callback({ code: grpc.status.INVALID_ARGUMENT, details: `params: ${err.message}` });
+      return;
+    }
     let result;
     try {
       result = await pool.query({
         text: req.sql,
-        values: (req.params || []).map(paramValue),
+        values,
         rowMode: 'array',
         types: RAW_TEXT,
       });
