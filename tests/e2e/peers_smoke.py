@@ -18,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import unittest
@@ -62,9 +61,12 @@ class Peer:
             if ready:
                 self.address = ready.group(1)
                 return
+        exited = self.proc.poll()
         self.stop()
-        raise harness.HarnessError("%s peer printed no ready line within %.0f s\n%s"
-                                   % (name, harness.READY_TIMEOUT_S, self.stderr()))
+        raise harness.HarnessError(
+            "%s peer printed no ready line (%s)\n%s"
+            % (name, "exit code %d" % exited if exited is not None
+               else "waited %.0f s" % harness.READY_TIMEOUT_S, self.stderr()))
 
     def _read_stdout(self, lines):
         with self.proc.stdout:
