@@ -165,6 +165,39 @@ bool PgConnection::CancelRunningQuery(absl::Time deadline) {
                                        deadline);
 }
 
+std::shared_ptr<const std::atomic<bool>> PgConnection::StartCancel() {
+  if (cancels_in_flight.fetch_add(1) >= kMaxCancelsInFlight) {
+    cancels_in_flight.fetch_sub(1);
+    return nullptr;
+  }
+  // The thread may outlive this connection, so it gets a PGcancel of its own.
+  PGcancel* cancel = PQgetCancel(conn_);
+  if (cancel == nullptr) {
+    cancels_in_flight.fetch_sub(1);
+    return nullptr;
+  }
+  auto settled = std::make_shared<std::atomic<bool>>(false);
+  try {
+    std::thread([cancel, settled] {
+      char error[256];
+      PQcancel(cancel, error, sizeof error);
+      PQfreeCancel(cancel);
+      settled->store(true, std::memory_order_release);
+      cancels_in_flight.fetch_sub(1);
+    }).detach();
+  } catch (const std::system_error&) {
+    PQfreeCancel(cancel);
+    cancels_in_flight.fetch_sub(1);
+    return nullptr;
+  }
+  return settled;
+}
+
+bool PgConnection::EnsurePipelineMode() {
+  if (PQpipelineStatus(conn_) == PQ_PIPELINE_ON) return true;
+  return PQsetnonblocking(conn_, 1) == 0 && PQenterPipelineMode(conn_) == 1;
+}
+
 PgConnector::PgConnector(ConnectionSettings settings)
     : settings_(std::move(settings)) {}
 

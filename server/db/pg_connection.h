@@ -15,6 +15,7 @@
 
 #include <libpq-fe.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <utility>
@@ -75,6 +76,18 @@ class PgConnection final : public pool::Connection {
   // connection must not be reused: the request may still arrive and cancel
   // the next statement.
   bool CancelRunningQuery(absl::Time deadline);
+
+  // The same request without waiting: returns at once with a flag that
+  // turns true once the postmaster has dealt with the request, or null
+  // when no request could be sent (too many already wait for a postmaster
+  // that does not answer). Until the flag is true the connection must not
+  // run another caller's statement.
+  std::shared_ptr<const std::atomic<bool>> StartCancel();
+
+  // Puts the connection in non-blocking pipeline mode, for good: every
+  // command is then sent with the extended protocol and closed by a Sync.
+  // Returns false when libpq refused (the connection is then unusable).
+  bool EnsurePipelineMode();
 
  private:
   friend class PgConnector;

@@ -15,18 +15,11 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "dbpool/v1/database_service.pb.h"
+#include "server/db/query_limits.h"
 #include "server/db/value_codec.h"
 #include "server/pool/connection.h"
 
 namespace dbpool::db {
-
-struct QueryLimits {
-  int64_t max_rows = 100000;
-  int64_t max_result_bytes = int64_t{64} << 20;
-  // How long a cancelled statement may take to stop before the connection
-  // is given up.
-  absl::Duration cancel_grace = absl::Seconds(2);
-};
 
 struct QueryOutcome {
   absl::Status status;
