@@ -9,47 +9,113 @@ from .text import figure
 
 
 def analyse(meta, raw):
-    """The result document of a soak run: meta (settings, streams, times,
-    versions) and raw, what the run recorded (see load_raw)."""
+    """The result document of a soak run. meta: started_utc, t0 (start of
+    traffic), settings, streams, restarts_planned, watch_alive, watch_exit,
+    watch_stderr, server_alive, versions, server_log. raw, what the run
+    recorded: windows, samples, restarts, watch (snapshots), conncheck,
+    stalls, and stream_report(n, name) -> (bench report or None, stderr)."""
     st = meta["settings"]
-    grace = st["grace_s"]
-    sdefs = {s["name"]: s for s in meta["streams"]}
-    wins, samples, restarts = raw["windows"], raw["samples"], raw["restarts"]
+    t0 = meta["t0"]
+    restarts = raw["restarts"]
     for i, r in enumerate(restarts):
         r["n"] = i + 1
-    watch, conncheck = raw["watch"], raw["conncheck"]
-    t0 = meta["t0"]
-    failures = []
+    near = Nearness(restarts, raw["stalls"], st["grace_s"])
+    win = window_records(meta, raw, near)
+    measured = [w for w in win["windows"] if not w["warmup"]]
+    timeline, server_by_code = server_error_timeline(raw["samples"])
+    server_near = sum(sum(d.values()) for lo, hi, d in timeline if near.restart(lo, hi))
+    server_in_stalls = sum(sum(d.values()) for lo, hi, d in timeline
+                           if not near.restart(lo, hi) and near.stall(lo, hi))
+    strays = [{"at_s": round(hi - t0, 1), "codes": d} for lo, hi, d in timeline
+              if not near.restart(lo, hi) and not near.stall(lo, hi)]
+    res = resources(raw["samples"], measured, t0, st, near)
+    watch = watch_record(meta, raw["watch"], near)
+    last_traffic = raw["windows"][-1]["end"] if raw["windows"] else t0
+    errors = {"server_stray": sum(sum(x["codes"].values()) for x in strays),
+              "client_stray": sum(w["unexpected_total"] for w in win["windows"]
+                                  if not w["near_restart"] and not w["near_stall"]),
+              "server_in_stalls": server_in_stalls}
+    rest = restart_records(restarts, timeline, raw["samples"], t0, st, near)
+    failures = [f"restart {r['n']} failed (pg_ctl exit {r['rc']})" for r in rest if r["rc"] != 0]
+    checks, failed_checks = judge(meta, raw, win, measured, res, watch, errors, last_traffic)
+    failures += failed_checks
+    if len(restarts) < meta["restarts_planned"]:
+        failures.append(f"restarts done {len(restarts)} of {meta['restarts_planned']} planned")
+    return {
+        "started_utc": meta["started_utc"], "versions": meta["versions"], "settings": st,
+        "streams": meta["streams"], "passed": not failures, "failures": failures,
+        "checks": checks,
+        "duration_s": round(last_traffic - t0, 1), "windows_count": len(win["windows"]),
+        "restarts_planned": meta["restarts_planned"], "restarts_done": len(restarts),
+        "totals": win["totals"], "stream_totals": win["stream_totals"],
+        "server_unexpected_errors": {"total": sum(server_by_code.values()),
+                                     "by_code": server_by_code,
+                                     "within_grace_of_restart": server_near,
+                                     "during_machine_stalls": server_in_stalls,
+                                     "away_from_restarts_and_stalls": errors["server_stray"],
+                                     "strays": strays[:50]},
+        "client_unexpected_errors_in_calm_windows": errors["client_stray"],
+        "machine_stalls": [{"at_s": round(x["end"] - x["late_s"] - t0, 1), "late_s": x["late_s"]}
+                           for x in raw["stalls"]],
+        "restarts": rest,
+        "resources": {"start": res["start"], "end": res["end"], "max": res["max"],
+                      "rss_trend_mib_per_hour": res["rss_trend_mib_per_hour"],
+                      "pg_conns_max_all": res["pg_conns_max_all"]},
+        "latency_drift": latency_drift(meta["streams"], measured), "watch": watch["record"],
+        "conncheck": raw["conncheck"],
+        "server_log": meta.get("server_log", {}),
+        "bench_problems": win["bench_problems"], "pool_stream_errors": win["pool_stream_errors"],
+        "windows": win["windows"],
+        "pool_end": next((x["metrics"] for x in reversed(raw["samples"]) if x.get("metrics")),
+                         None),
+    }
 
-    # Restart intervals: from the restart's start (less a second of sampling
-    # slack) to SOAK_GRACE after PostgreSQL is back.
-    spans = [(r["begin"] - 1, r["back"] + grace) for r in restarts]
 
-    def near_restart(lo, hi):
+class Nearness:
+    """Whether a time span touches a restart, from its start (less a second
+    of sampling slack) to SOAK_GRACE after PostgreSQL is back, or a machine
+    stall, from its start (less a second) to SOAK_GRACE after it, when the
+    calls that piled up meanwhile have been answered."""
+
+    def __init__(self, restarts, stalls, grace):
+        self.restarts = [(r["begin"] - 1, r["back"] + grace) for r in restarts]
+        self.stalls = [(x["end"] - x["late_s"] - 1, x["end"] + grace) for x in stalls]
+
+    @staticmethod
+    def _touches(spans, lo, hi):
         return any(lo <= s_hi and hi >= s_lo for s_lo, s_hi in spans)
 
-    # Machine stalls: from the stall's start (less a second) to SOAK_GRACE
-    # after it, when the calls that piled up meanwhile have been answered.
-    stalls = raw["stalls"]
-    stall_spans = [(x["end"] - x["late_s"] - 1, x["end"] + grace) for x in stalls]
+    def restart(self, lo, hi):
+        return self._touches(self.restarts, lo, hi)
 
-    def near_stall(lo, hi):
-        return any(lo <= s_hi and hi >= s_lo for s_lo, s_hi in stall_spans)
+    def stall(self, lo, hi):
+        return self._touches(self.stalls, lo, hi)
 
-    # --- windows, from the clients' reports
+
+def add_counts(into, counts):
+    for c, v in counts.items():
+        into[c] = into.get(c, 0) + v
+
+
+def window_records(meta, raw, near):
+    """Per window, from the clients' reports and the samples taken in it;
+    with the totals over windows and streams, and the bench processes that
+    gave no report or lost their StreamPoolStats stream."""
+    t0 = meta["t0"]
+    sdefs = {s["name"]: s for s in meta["streams"]}
     windows = []
     totals = {"requests": 0, "expected_errors": 0, "unexpected": {}}
     stream_totals = {n: {"requests": 0, "expected_errors": 0, "unexpected": {}}
                      for n in sdefs}
-    bench_problems = []
-    pool_stream_errors = []
-    for w in wins:
+    bench_problems, pool_stream_errors = [], []
+    for w in raw["windows"]:
         rec = {"n": w["n"], "warmup": w["warmup"], "start_s": round(w["start"] - t0, 1),
                "end_s": round(w["end"] - t0, 1),
-               "restarts": [r["n"] for r in restarts if w["start"] <= r["begin"] <= w["end"]],
-               "near_restart": near_restart(w["start"], w["end"]),
-               "near_stall": near_stall(w["start"], w["end"]),
-               "stall_max_s": max((x["late_s"] for x in stalls
+               "restarts": [r["n"] for r in raw["restarts"]
+                            if w["start"] <= r["begin"] <= w["end"]],
+               "near_restart": near.restart(w["start"], w["end"]),
+               "near_stall": near.stall(w["start"], w["end"]),
+               "stall_max_s": max((x["late_s"] for x in raw["stalls"]
                                    if w["start"] <= x["end"] - x["late_s"] <= w["end"]
                                    or w["start"] <= x["end"] <= w["end"]), default=0),
                "requests": 0, "expected_errors": 0, "unexpected": {}, "streams": {}}
@@ -74,9 +140,8 @@ def analyse(meta, raw):
                 "max_ms": lat["max"]}
             rec["requests"] += j["requests"]
             rec["expected_errors"] += expected
-            for c, v in unexpected.items():
-                rec["unexpected"][c] = rec["unexpected"].get(c, 0) + v
-                stream_totals[name]["unexpected"][c] = stream_totals[name]["unexpected"].get(c, 0) + v
+            add_counts(rec["unexpected"], unexpected)
+            add_counts(stream_totals[name]["unexpected"], unexpected)
             stream_totals[name]["requests"] += j["requests"]
             stream_totals[name]["expected_errors"] += expected
         rec["unexpected_total"] = sum(rec["unexpected"].values())
@@ -84,35 +149,49 @@ def analyse(meta, raw):
         rec["select_p50_ms"] = sel and sel["p50_ms"]
         rec["select_p99_ms"] = sel and sel["p99_ms"]
         rec["max_ms"] = max((v["max_ms"] for v in rec["streams"].values()), default=None)
-        ws = [x for x in samples if w["start"] <= x["t"] <= w["end"] and not x.get("server_gone")]
-        rec["samples"] = len(ws)
-        rec["rss_mib_median"] = median([x["rss_kb"] / 1024 for x in ws])
-        rec["rss_mib_max"] = max((x["rss_kb"] / 1024 for x in ws), default=None)
-        rec["fds_median"] = median([x["fds"] for x in ws])
-        rec["threads_median"] = median([x["threads"] for x in ws])
-        rec["pg_conns_max"] = max((x["pg_conns"] for x in ws if x.get("pg_conns") is not None), default=None)
-        rec["pool_total_max"] = max((x["pool"]["total"] for x in ws if x.get("pool")), default=None)
-        # CPU of the server and of the whole machine over the window, and the
-        # longest pause between samples (a stalled machine shows here).
-        rec["server_cpu_pct"] = rec["machine_busy_pct"] = rec["sample_gap_max_s"] = None
-        if len(ws) >= 2:
-            f, l = ws[0], ws[-1]
-            if l["t"] > f["t"]:
-                rec["server_cpu_pct"] = round(100 * (l["cpu_ticks"] - f["cpu_ticks"]) / proc.TICK / (l["t"] - f["t"]), 1)
-            if l["all_ticks"] > f["all_ticks"]:
-                rec["machine_busy_pct"] = round(100 * (l["busy_ticks"] - f["busy_ticks"]) / (l["all_ticks"] - f["all_ticks"]), 1)
-            rec["sample_gap_max_s"] = round(max(b["t"] - a_["t"] for a_, b in zip(ws, ws[1:])), 2)
+        rec.update(window_sample_figures(
+            [x for x in raw["samples"]
+             if w["start"] <= x["t"] <= w["end"] and not x.get("server_gone")]))
         windows.append(rec)
         totals["requests"] += rec["requests"]
         totals["expected_errors"] += rec["expected_errors"]
-        for c, v in rec["unexpected"].items():
-            totals["unexpected"][c] = totals["unexpected"].get(c, 0) + v
+        add_counts(totals["unexpected"], rec["unexpected"])
     totals["unexpected_total"] = sum(totals["unexpected"].values())
-    measured = [w for w in windows if not w["warmup"]]
+    return {"windows": windows, "totals": totals, "stream_totals": stream_totals,
+            "bench_problems": bench_problems, "pool_stream_errors": pool_stream_errors}
 
-    # --- the server's per-second error timeline
-    timeline = []  # (t_prev, t, {code: n}) with unexpected codes only
-    server_unexpected = {}
+
+def window_sample_figures(ws):
+    """The server's figures over one window's samples: medians and maxima,
+    CPU of the server and of the whole machine, and the longest pause
+    between samples (a stalled machine shows here)."""
+    rec = {
+        "samples": len(ws),
+        "rss_mib_median": median([x["rss_kb"] / 1024 for x in ws]),
+        "rss_mib_max": max((x["rss_kb"] / 1024 for x in ws), default=None),
+        "fds_median": median([x["fds"] for x in ws]),
+        "threads_median": median([x["threads"] for x in ws]),
+        "pg_conns_max": max((x["pg_conns"] for x in ws if x.get("pg_conns") is not None),
+                            default=None),
+        "pool_total_max": max((x["pool"]["total"] for x in ws if x.get("pool")), default=None),
+        "server_cpu_pct": None, "machine_busy_pct": None, "sample_gap_max_s": None,
+    }
+    if len(ws) >= 2:
+        f, l = ws[0], ws[-1]
+        if l["t"] > f["t"]:
+            rec["server_cpu_pct"] = round(
+                100 * (l["cpu_ticks"] - f["cpu_ticks"]) / proc.TICK / (l["t"] - f["t"]), 1)
+        if l["all_ticks"] > f["all_ticks"]:
+            rec["machine_busy_pct"] = round(
+                100 * (l["busy_ticks"] - f["busy_ticks"]) / (l["all_ticks"] - f["all_ticks"]), 1)
+        rec["sample_gap_max_s"] = round(max(b["t"] - a["t"] for a, b in zip(ws, ws[1:])), 2)
+    return rec
+
+
+def server_error_timeline(samples):
+    """The server's unexpected Query errors per sampling interval, from its
+    cumulative counts: [(t_prev, t, {code: n})], and the totals by code."""
+    timeline, by_code = [], {}
     prev = None
     for x in samples:
         m = x.get("metrics")
@@ -128,58 +207,51 @@ def analyse(meta, raw):
                     d[c] = n
             if d:
                 timeline.append((prev[0], x["t"], d))
-                for c, n in d.items():
-                    server_unexpected[c] = server_unexpected.get(c, 0) + n
+                add_counts(by_code, d)
         prev = (x["t"], m["query_codes"])
-    server_near = sum(sum(d.values()) for lo, hi, d in timeline if near_restart(lo, hi))
-    server_total = sum(server_unexpected.values())
-    server_in_stalls = sum(sum(d.values()) for lo, hi, d in timeline
-                           if not near_restart(lo, hi) and near_stall(lo, hi))
-    strays = [{"at_s": round(hi - t0, 1), "codes": d} for lo, hi, d in timeline
-              if not near_restart(lo, hi) and not near_stall(lo, hi)]
-    server_stray = sum(sum(s["codes"].values()) for s in strays)
-    client_stray = sum(w["unexpected_total"] for w in windows
-                       if not w["near_restart"] and not w["near_stall"])
+    return timeline, by_code
 
-    # --- per restart
-    rest = []
+
+def restart_records(restarts, timeline, samples, t0, st, near):
+    """Per restart: the errors around it, how long until the pool was back
+    to its minimum, and memory and fds (less pool connections) just before
+    it and once its grace time is over: a leak per restart shows as a step."""
+    grace = st["grace_s"]
+    out = []
     for i, r in enumerate(restarts):
         nxt = restarts[i + 1]["begin"] - 1 if i + 1 < len(restarts) else float("inf")
         mine = [(lo, hi, d) for lo, hi, d in timeline if hi >= r["begin"] - 1 and lo < nxt]
-        near = {}
+        errors = {}
         for lo, hi, d in mine:
-            if near_restart(lo, hi) and lo <= r["back"] + grace:
-                for c, n in d.items():
-                    near[c] = near.get(c, 0) + n
+            if near.restart(lo, hi) and lo <= r["back"] + grace:
+                add_counts(errors, d)
         last_err = max((hi - r["back"] for lo, hi, d in mine), default=None)
-        recovered = None
-        for x in samples:
-            p = x.get("pool")
-            if x["t"] > r["back"] and p and p["reachable"] and p["total"] >= st["pool_min"]:
-                recovered = x["t"] - r["back"]
-                break
-        # Memory and fds (less pool connections) just before the restart
-        # and once its grace time is over: a leak per restart shows as a step.
+        recovered = next((x["t"] - r["back"] for x in samples
+                          if x["t"] > r["back"] and x.get("pool") and x["pool"]["reachable"]
+                          and x["pool"]["total"] >= st["pool_min"]), None)
         before = [x for x in samples if x["t"] < r["begin"] and x.get("pool") and "rss_kb" in x]
-        after = [x for x in samples if x["t"] > r["back"] + grace and x.get("pool") and "rss_kb" in x]
-        b, f_ = (before[-1] if before else None), (after[0] if after else None)
-        rest.append({"n": r["n"], "at_s": round(r["begin"] - t0, 1),
-                     "rss_mib_before": b and round(b["rss_kb"] / 1024, 1),
-                     "rss_mib_after": f_ and round(f_["rss_kb"] / 1024, 1),
-                     "fds_besides_pool_before": b and b["fds"] - b["pool"]["total"],
-                     "fds_besides_pool_after": f_ and f_["fds"] - f_["pool"]["total"],
-                     "pg_down_s": round(r["back"] - r["begin"], 2), "rc": r["rc"],
-                     "unexpected_near": near, "unexpected_near_total": sum(near.values()),
-                     "last_error_after_back_s": None if last_err is None else round(last_err, 1),
-                     "pool_refilled_after_s": None if recovered is None else round(recovered, 1)})
-        if r["rc"] != 0:
-            failures.append(f"restart {r['n']} failed (pg_ctl exit {r['rc']})")
+        after = [x for x in samples
+                 if x["t"] > r["back"] + grace and x.get("pool") and "rss_kb" in x]
+        b, a = (before[-1] if before else None), (after[0] if after else None)
+        out.append({"n": r["n"], "at_s": round(r["begin"] - t0, 1),
+                    "rss_mib_before": b and round(b["rss_kb"] / 1024, 1),
+                    "rss_mib_after": a and round(a["rss_kb"] / 1024, 1),
+                    "fds_besides_pool_before": b and b["fds"] - b["pool"]["total"],
+                    "fds_besides_pool_after": a and a["fds"] - a["pool"]["total"],
+                    "pg_down_s": round(r["back"] - r["begin"], 2), "rc": r["rc"],
+                    "unexpected_near": errors, "unexpected_near_total": sum(errors.values()),
+                    "last_error_after_back_s": None if last_err is None else round(last_err, 1),
+                    "pool_refilled_after_s": None if recovered is None else round(recovered, 1)})
+    return out
 
-    # --- resources
-    after_warmup = measured[0]["start_s"] + t0 if measured else t0
 
+def resources(samples, measured, t0, st, near):
+    """The server's figures at the start (median of the first measured
+    window) and the end (of the last), both without samples taken during a
+    restart; the maxima after warm-up; PostgreSQL's connections; the RSS
+    trend."""
     def quiet(xs):
-        return [x for x in xs if not x.get("server_gone") and not near_restart(x["t"], x["t"])]
+        return [x for x in xs if not x.get("server_gone") and not near.restart(x["t"], x["t"])]
 
     def in_window(w):
         return [x for x in samples if w["start_s"] + t0 <= x["t"] <= w["end_s"] + t0]
@@ -194,35 +266,38 @@ def analyse(meta, raw):
             "pg_conns": median([x.get("pg_conns") for x in xs]),
             "pool_total": median([x["pool"]["total"] for x in pool]),
         }
-    start_fig = figures(quiet(in_window(measured[0]))) if measured else {}
-    end_fig = figures(quiet(in_window(measured[-1]))) if measured else {}
+    after_warmup = measured[0]["start_s"] + t0 if measured else t0
     post = [x for x in samples if x["t"] >= after_warmup and not x.get("server_gone")]
-    max_fig = {
-        "rss_mib": max((x["rss_kb"] / 1024 for x in post), default=None),
-        "fds": max((x["fds"] for x in post), default=None),
-        "fds_besides_pool": max((x["fds"] - x["pool"]["total"] for x in post if x.get("pool")), default=None),
-        "threads": max((x["threads"] for x in post), default=None),
-        "pg_conns": max((x["pg_conns"] for x in post if x.get("pg_conns") is not None), default=None),
-        "pool_total": max((x["pool"]["total"] for x in post if x.get("pool")), default=None),
-    }
     all_pg = [x["pg_conns"] for x in samples if x.get("pg_conns") is not None]
-    pg_max_all = max(all_pg, default=None)
-    # Above the pool's cap in two samples in a row: a backend that outlives
-    # its closed connection by a few milliseconds is not a leak.
-    pg_over = sum(1 for a_, b in zip(all_pg, all_pg[1:]) if min(a_, b) > st["pool_max"])
     # RSS trend over the measured windows (least squares on window medians).
     pts = [((w["start_s"] + w["end_s"]) / 2, w["rss_mib_median"]) for w in measured
            if w["rss_mib_median"] is not None]
     per_s = stats.slope(pts) if len(pts) >= 5 else None
-    slope = None if per_s is None else per_s * 3600
+    return {
+        "start": figures(quiet(in_window(measured[0]))) if measured else {},
+        "end": figures(quiet(in_window(measured[-1]))) if measured else {},
+        "max": {
+            "rss_mib": max((x["rss_kb"] / 1024 for x in post), default=None),
+            "fds": max((x["fds"] for x in post), default=None),
+            "fds_besides_pool": max((x["fds"] - x["pool"]["total"] for x in post
+                                     if x.get("pool")), default=None),
+            "threads": max((x["threads"] for x in post), default=None),
+            "pg_conns": max((x["pg_conns"] for x in post if x.get("pg_conns") is not None),
+                            default=None),
+            "pool_total": max((x["pool"]["total"] for x in post if x.get("pool")), default=None),
+        },
+        "rss_trend_mib_per_hour": None if per_s is None else per_s * 3600,
+        "pg_conns_max_all": max(all_pg, default=None),
+        # Above the pool's cap in two samples in a row: a backend that
+        # outlives its closed connection by a few milliseconds is no leak.
+        "pg_over": sum(1 for a, b in zip(all_pg, all_pg[1:]) if min(a, b) > st["pool_max"]),
+    }
 
-    def growth(k):
-        s, e = start_fig.get(k), end_fig.get(k)
-        return None if s is None or e is None else e - s
 
-    # --- latency drift, per stream
+def latency_drift(streams, measured):
     drift = {}
-    for name in sdefs:
+    for s in streams:
+        name = s["name"]
         ws = [w for w in measured if name in w["streams"]]
         if not ws:
             continue
@@ -236,39 +311,51 @@ def analyse(meta, raw):
             "p99_last_calm_ms": calm[-1]["streams"][name]["p99_ms"] if calm else None,
             "max_ms": max(w["streams"][name]["max_ms"] for w in ws),
         }
+    return drift
 
-    # --- the watch stream
-    def ts(s):
-        s = s.rstrip("Z")
-        if "." in s:
-            head, frac = s.split(".")
-            s = head + "." + frac[:6]
-        return datetime.datetime.fromisoformat(s).replace(
-            tzinfo=datetime.timezone.utc).timestamp()
+
+def snapshot_time(s):
+    """A snapshot's RFC 3339 time (nanoseconds, UTC) as a Unix time."""
+    s = s.rstrip("Z")
+    if "." in s:
+        head, frac = s.split(".")
+        s = head + "." + frac[:6]
+    return datetime.datetime.fromisoformat(s).replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+def watch_record(meta, watch, near):
+    """The `dbpool watch` subscriber: alive, snapshots, the gaps between
+    them (a gap that a machine stall explains is the machine's)."""
     wt = []
     for x in watch:
         try:
-            wt.append(ts(x["time"]))
+            wt.append(snapshot_time(x["time"]))
         except (KeyError, ValueError):
             pass
-    gaps = [b - a_ for a_, b in zip(wt, wt[1:])]
-    # A gap that a machine stall explains is the machine's.
-    gaps_calm = [b - a_ for a_, b in zip(wt, wt[1:]) if not near_stall(a_, b)]
-    watch_rec = {"alive_at_end": meta["watch_alive"], "exit": meta.get("watch_exit"),
-                 "snapshots": len(wt), "max_gap_s": round(max(gaps), 2) if gaps else None,
-                 "max_gap_outside_stalls_s": round(max(gaps_calm), 2) if gaps_calm else None,
-                 "covered_s": round(wt[-1] - wt[0], 1) if len(wt) > 1 else 0,
-                 "unreachable_snapshots": sum(1 for x in watch if not x.get("database_reachable")),
-                 "stderr": meta.get("watch_stderr", "")}
-    last_traffic = wins[-1]["end"] if wins else t0
+    gaps = [b - a for a, b in zip(wt, wt[1:])]
+    gaps_calm = [b - a for a, b in zip(wt, wt[1:]) if not near.stall(a, b)]
+    return {"times": wt, "record": {
+        "alive_at_end": meta["watch_alive"], "exit": meta.get("watch_exit"),
+        "snapshots": len(wt), "max_gap_s": round(max(gaps), 2) if gaps else None,
+        "max_gap_outside_stalls_s": round(max(gaps_calm), 2) if gaps_calm else None,
+        "covered_s": round(wt[-1] - wt[0], 1) if len(wt) > 1 else 0,
+        "unreachable_snapshots": sum(1 for x in watch if not x.get("database_reachable")),
+        "stderr": meta.get("watch_stderr", "")}}
 
-    # --- checks
-    checks = []
+
+def judge(meta, raw, win, measured, res, watch, errors, last_traffic):
+    """The checks against the thresholds, and the failures among them."""
+    st = meta["settings"]
+    checks, failures = [], []
 
     def check(name, limit, value, good):
         checks.append({"check": name, "limit": limit, "measured": value, "pass": bool(good)})
         if not good:
             failures.append(f"{name}: {value} (limit {limit})")
+
+    def growth(k):
+        s, e = res["start"].get(k), res["end"].get(k)
+        return None if s is None or e is None else e - s
     g = growth("rss_mib")
     check("RSS growth after warm-up (MiB)", f"≤ {st['max_rss_growth_mb']}",
           None if g is None else round(g, 1), g is not None and g <= st["max_rss_growth_mb"])
@@ -276,10 +363,10 @@ def analyse(meta, raw):
     # of the measured windows and at the end; each step above the bound.
     if len(measured) >= 4:
         k = len(measured) - 1
-        marks = [start_fig.get("rss_mib"), measured[round(k / 3)]["rss_mib_median"],
-                 measured[round(2 * k / 3)]["rss_mib_median"], end_fig.get("rss_mib")]
+        marks = [res["start"].get("rss_mib"), measured[round(k / 3)]["rss_mib_median"],
+                 measured[round(2 * k / 3)]["rss_mib_median"], res["end"].get("rss_mib")]
         if None not in marks:
-            steps = [round(b - a_, 1) for a_, b in zip(marks, marks[1:])]
+            steps = [round(b - a, 1) for a, b in zip(marks, marks[1:])]
             check("RSS growth in each third of the measured windows (MiB)",
                   f"not all > {st['max_rss_step_mb']}", " / ".join(map(str, steps)),
                   min(steps) <= st["max_rss_step_mb"])
@@ -290,60 +377,37 @@ def analyse(meta, raw):
     check("thread growth", f"≤ {st['max_thread_growth']}", g,
           g is not None and g <= st["max_thread_growth"])
     check("PostgreSQL connections above the pool max in two samples in a row",
-          f"never (max {st['pool_max']})", f"{pg_over} times; most seen {pg_max_all}",
-          pg_max_all is not None and pg_over == 0)
-    cc = conncheck or {}
+          f"never (max {st['pool_max']})",
+          f"{res['pg_over']} times; most seen {res['pg_conns_max_all']}",
+          res["pg_conns_max_all"] is not None and res["pg_over"] == 0)
+    cc = raw["conncheck"] or {}
     check("PostgreSQL connections = pool total once traffic stopped",
           "equal within 15 s",
           f"{cc.get('last', {}).get('pg_conns')} vs {cc.get('last', {}).get('pool_total')}"
           f" after {cc.get('waited_s')} s", cc.get("agree"))
-    check(f"unexpected errors more than {grace} s after PostgreSQL was back, or with no "
+    check(f"unexpected errors more than {st['grace_s']} s after PostgreSQL was back, or with no "
           f"restart or machine stall near (server, per second)",
-          f"≤ {st['max_stray_errors']}", server_stray, server_stray <= st["max_stray_errors"])
+          f"≤ {st['max_stray_errors']}", errors["server_stray"],
+          errors["server_stray"] <= st["max_stray_errors"])
     check("unexpected errors in windows that no restart or machine stall touches (clients)",
-          f"≤ {st['max_stray_errors']}", client_stray, client_stray <= st["max_stray_errors"])
+          f"≤ {st['max_stray_errors']}", errors["client_stray"],
+          errors["client_stray"] <= st["max_stray_errors"])
     check(f"unexpected errors during machine stalls (server; every process late ≥ {STALL_S:g} s)",
-          "reported, not failed", server_in_stalls, True)
-    check("watch stream open to the end", "alive", "alive" if watch_rec["alive_at_end"] else
-          f"ended: {watch_rec['exit']} {watch_rec['stderr'][-200:]}", watch_rec["alive_at_end"])
+          "reported, not failed", errors["server_in_stalls"], True)
+    w = watch["record"]
+    check("watch stream open to the end", "alive", "alive" if w["alive_at_end"] else
+          f"ended: {w['exit']} {w['stderr'][-200:]}", w["alive_at_end"])
     # The end is when the traffic stopped; the last snapshot was read later.
-    covered = watch_rec["snapshots"] > 1 and wt[-1] >= last_traffic - 5
+    covered = w["snapshots"] > 1 and watch["times"][-1] >= last_traffic - 5
     check("watch stream: longest gap between snapshots outside machine stalls (s)", "≤ 5",
-          watch_rec["max_gap_outside_stalls_s"],
-          covered and (watch_rec["max_gap_outside_stalls_s"] or 0) <= 5)
+          w["max_gap_outside_stalls_s"], covered and (w["max_gap_outside_stalls_s"] or 0) <= 5)
     check("StreamPoolStats streams of the bench processes that ended early", "0",
-          len(pool_stream_errors), not pool_stream_errors)
+          len(win["pool_stream_errors"]), not win["pool_stream_errors"])
     check("dbpool-server alive to the end", "alive", "alive" if meta["server_alive"] else "exited",
           meta["server_alive"])
-    check("bench processes that gave no report", "0", len(bench_problems), not bench_problems)
-    if len(restarts) < meta["restarts_planned"]:
-        failures.append(f"restarts done {len(restarts)} of {meta['restarts_planned']} planned")
-
-    result = {
-        "started_utc": meta["started_utc"], "versions": meta["versions"], "settings": st,
-        "streams": meta["streams"], "passed": not failures, "failures": failures,
-        "checks": checks,
-        "duration_s": round(last_traffic - t0, 1), "windows_count": len(windows),
-        "restarts_planned": meta["restarts_planned"], "restarts_done": len(restarts),
-        "totals": totals, "stream_totals": stream_totals,
-        "server_unexpected_errors": {"total": server_total, "by_code": server_unexpected,
-                                     "within_grace_of_restart": server_near,
-                                     "during_machine_stalls": server_in_stalls,
-                                     "away_from_restarts_and_stalls": server_stray,
-                                     "strays": strays[:50]},
-        "client_unexpected_errors_in_calm_windows": client_stray,
-        "machine_stalls": [{"at_s": round(x["end"] - x["late_s"] - t0, 1), "late_s": x["late_s"]}
-                           for x in stalls],
-        "restarts": rest,
-        "resources": {"start": start_fig, "end": end_fig, "max": max_fig,
-                      "rss_trend_mib_per_hour": slope, "pg_conns_max_all": pg_max_all},
-        "latency_drift": drift, "watch": watch_rec, "conncheck": conncheck,
-        "server_log": meta.get("server_log", {}),
-        "bench_problems": bench_problems, "pool_stream_errors": pool_stream_errors,
-        "windows": windows,
-        "pool_end": next((x["metrics"] for x in reversed(samples) if x.get("metrics")), None),
-    }
-    return result
+    check("bench processes that gave no report", "0", len(win["bench_problems"]),
+          not win["bench_problems"])
+    return checks, failures
 
 
 def codes_text(d):
