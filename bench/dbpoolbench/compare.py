@@ -304,96 +304,115 @@ def pgbouncer_bin():
     return shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 
 
-def main(env=None):
-    env = Env(env)
-    st, report_md = settings_from(env)
-    log = stack.Logger("compare")
-    stamp = text.stamp()
-    results_json = f"bench/results/compare-{stamp}{'-quick' if st['quick'] else ''}.json"
-    stack.ensure_packages(PACKAGES, log)
-    server_bin, cli_bin = stack.build_release("build-release", log)
+def run_order(repeats, concurrency):
+    """(repeat, concurrency, system) of every run: per repetition, for each
+    concurrency in turn, A, B and C back to back, the order rotated by one
+    per repetition (ABC, BCA, CAB, ...) so that per-repetition ratios
+    compare runs seconds apart."""
+    return [(rep, n, "ABC"[(k + rep - 1) % 3])
+            for rep in range(1, repeats + 1) for n in concurrency for k in range(3)]
+
+
+def start_systems(s, st, server_bin, cli, log):
+    """PostgreSQL with pgbench's tables, PgBouncer and dbpool-server in
+    front of it, all in the stack s. Returns what the runs need."""
+    cluster = s.postgres(PG_SETTINGS + (f"max_connections={st['postgres_max_connections']}",))
+    log(f"PostgreSQL on 127.0.0.1:{cluster.port} (postmaster {cluster.postmaster_pid}, "
+        f"max_connections {st['postgres_max_connections']})")
+    cluster.psql("CREATE DATABASE pgbench")
+    log("pgbench -i -s 10")
+    stack.pgbench_init(cluster, 10, "pgbench", s.tmp / "pgbench-init.log")
+    cluster.psql("VACUUM ANALYZE; CHECKPOINT;", database="pgbench", timeout=600)
+    st["database_size"] = cluster.psql(
+        "SELECT pg_size_pretty(pg_database_size('pgbench'))", database="pgbench").strip()
+    bport, bpid = start_pgbouncer(st, cluster, s.tmp)
+    s.callback(stop_pid, bpid)
+    log(f"PgBouncer on 127.0.0.1:{bport} (pid {bpid})")
+    server = s.server(server_bin, f"postgresql://postgres@127.0.0.1:{cluster.port}/pgbench",
+                      [*stack.POOL_ARGS, "--log-level=warn", "--shutdown-grace-ms=2000"])
+    probe = subprocess.run([str(cli), "--target", server.address, "--json", "query",
+                            st["sql"], "--param", "int:1"],
+                           capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        raise stack.HarnessError(f"dbpool query failed: {probe.stdout}{probe.stderr}")
+    log(f"dbpool-server on {server.address} (pid {server.proc.pid})")
+    script = s.tmp / "select.sql"
+    script.write_text(PGBENCH_SCRIPT)
+    logs = s.tmp / "logs"
+    logs.mkdir()
+    return {"cli": cli, "target": server.address, "script": script, "logs": logs,
+            "pgbench": os.path.join(stack.pg_bindir(), "pgbench"),
+            "ports": {"A": cluster.port, "B": bport},
+            "pids": {"postmaster": cluster.postmaster_pid, "pgbouncer": bpid,
+                     "dbpool_server": server.proc.pid}}
+
+
+def versions():
     pgbin = stack.pg_bindir()
-    with stack.Stack("compare", keep_tmp=env.flag("BENCH_KEEP_TMP")) as s:
-        tmp = s.tmp
-        meta = {"started_utc": text.utc_text(), "loadavg_start": proc.load_average()}
-        cluster = s.postgres(PG_SETTINGS + (f"max_connections={st['postgres_max_connections']}",))
-        log(f"PostgreSQL on 127.0.0.1:{cluster.port} (postmaster {cluster.postmaster_pid}, "
-            f"max_connections {st['postgres_max_connections']})")
-        cluster.psql("CREATE DATABASE pgbench")
-        log("pgbench -i -s 10")
-        stack.pgbench_init(cluster, 10, "pgbench", tmp / "pgbench-init.log")
-        cluster.psql("VACUUM ANALYZE; CHECKPOINT;", database="pgbench", timeout=600)
-        st["database_size"] = cluster.psql(
-            "SELECT pg_size_pretty(pg_database_size('pgbench'))", database="pgbench").strip()
-        bport, bpid = start_pgbouncer(st, cluster, tmp)
-        s.callback(stop_pid, bpid)
-        log(f"PgBouncer on 127.0.0.1:{bport} (pid {bpid})")
-        server = s.server(server_bin, f"postgresql://postgres@127.0.0.1:{cluster.port}/pgbench",
-                          [*stack.POOL_ARGS, "--log-level=warn", "--shutdown-grace-ms=2000"])
-        probe = subprocess.run([str(cli_bin), "--target", server.address, "--json", "query",
-                                st["sql"], "--param", "int:1"],
-                               capture_output=True, text=True, timeout=30)
-        if probe.returncode != 0:
-            raise stack.HarnessError(f"dbpool query failed: {probe.stdout}{probe.stderr}")
-        log(f"dbpool-server on {server.address} (pid {server.proc.pid})")
-        pg_version = stack.command_version([os.path.join(pgbin, "postgres"), "--version"])
-        meta["versions"] = {
-            "postgres": pg_version, "postgres_short": pg_version.split()[2],
+    pg_version = stack.command_version([os.path.join(pgbin, "postgres"), "--version"])
+    return {"postgres": pg_version, "postgres_short": pg_version.split()[2],
             "pgbench": stack.command_version([os.path.join(pgbin, "pgbench"), "--version"]),
             "pgbouncer": stack.command_version([pgbouncer_bin(), "--version"]),
             "dbpool": stack.dbpool_version()}
 
-        script = tmp / "select.sql"
-        script.write_text(PGBENCH_SCRIPT)
-        logs = tmp / "logs"
-        logs.mkdir()
-        pids = {"postmaster": cluster.postmaster_pid, "pgbouncer": bpid,
-                "dbpool_server": server.proc.pid}
+
+def run_one(ctx, st, rep, n, system, seq):
+    """One measured run of a system at concurrency n."""
+    warmup, duration = st["warmup_s"], st["duration_s"]
+    run = {"system": system, "concurrency": n, "repeat": rep, "seq": seq}
+    if system == "C":
+        argv = [str(ctx["cli"]), "bench", "--target", ctx["target"], "--sql", st["sql"],
+                "--param", "rand:1:1000000", "--concurrency", str(n),
+                "--duration", f"{duration}s", "--warmup", f"{warmup}s", "--json"]
+        return measure(run, argv, warmup, duration, ctx["pids"])
+    tag = f"{system}-c{n}-r{rep}"
+    prefix = str(ctx["logs"] / f"{tag}.pgb")
+    argv = [ctx["pgbench"], "-h", "127.0.0.1",
+            "-p", str(ctx["ports"][system]), "-U", "postgres", "-n",
+            "-M", "prepared" if system == "A" else "simple", "-f", str(ctx["script"]),
+            "-c", str(n), "-j", "2" if n % 2 == 0 else "1",  # -j must divide -c
+            "-T", str(warmup + duration + 1), "-P", "1", "-l", "--log-prefix", prefix, "pgbench"]
+    try:
+        return measure(run, argv, warmup, duration, ctx["pids"], log_prefix=prefix)
+    finally:
+        for f in ctx["logs"].glob(f"{tag}.pgb.*"):
+            f.unlink()  # per-transaction logs: large, and digested by now
+
+
+def main(env=None):
+    env = Env(env)
+    st, report_md = settings_from(env)
+    log = stack.Logger("compare")
+    results_json = f"bench/results/compare-{text.stamp()}{'-quick' if st['quick'] else ''}.json"
+    stack.ensure_packages(PACKAGES, log)
+    server_bin, cli = stack.build_release("build-release", log)
+    with stack.Stack("compare", keep_tmp=env.flag("BENCH_KEEP_TMP")) as s:
+        meta = {"started_utc": text.utc_text(), "loadavg_start": proc.load_average()}
+        ctx = start_systems(s, st, server_bin, cli, log)
+        meta["versions"] = versions()
+        order = run_order(st["repeats"], st["concurrency"])
+        log(f"{len(order)} runs: concurrency {' '.join(map(str, st['concurrency']))}, "
+            f"{st['repeats']} repetition(s), {st['warmup_s']}s warm-up + {st['duration_s']}s each")
         runs = []
-        warmup, duration = st["warmup_s"], st["duration_s"]
-        log(f"{st['repeats'] * len(st['concurrency']) * 3} runs: concurrency "
-            f"{' '.join(map(str, st['concurrency']))}, {st['repeats']} repetition(s), "
-            f"{warmup}s warm-up + {duration}s each")
-        for rep in range(1, st["repeats"] + 1):
-            for n in st["concurrency"]:
-                for k in range(3):
-                    system = "ABC"[(k + rep - 1) % 3]
-                    before = settle(pids, st["quiet_pct"], st["quiet_max_s"])
-                    time.sleep(st["pause_s"])
-                    run = {"system": system, "concurrency": n, "repeat": rep,
-                           "seq": len(runs) + 1}
-                    tag = f"{system}-c{n}-r{rep}"
-                    if system == "C":
-                        argv = [str(cli_bin), "bench", "--target", server.address, "--sql",
-                                st["sql"], "--param", "rand:1:1000000", "--concurrency", str(n),
-                                "--duration", f"{duration}s", "--warmup", f"{warmup}s", "--json"]
-                        rec = measure(run, argv, warmup, duration, pids)
-                    else:
-                        port, mode = (cluster.port, "prepared") if system == "A" else (bport, "simple")
-                        prefix = str(logs / f"{tag}.pgb")
-                        argv = [os.path.join(pgbin, "pgbench"), "-h", "127.0.0.1", "-p", str(port),
-                                "-U", "postgres", "-n", "-M", mode, "-f", str(script),
-                                "-c", str(n), "-j", "2" if n % 2 == 0 else "1",
-                                "-T", str(warmup + duration + 1), "-P", "1", "-l",
-                                "--log-prefix", prefix, "pgbench"]
-                        rec = measure(run, argv, warmup, duration, pids, log_prefix=prefix)
-                        for f in logs.glob(f"{tag}.pgb.*"):
-                            f.unlink()  # per-transaction logs: large, already digested
-                    rec["before"] = before
-                    runs.append(rec)
-                    print(progress_line(rec), file=sys.stderr, flush=True)
-                    for name, pid in pids.items():
-                        if proc.read_stat(pid) is None:
-                            raise stack.HarnessError(f"{name} died during {tag}")
-        model, mem = proc.machine_description()
-        meta["settings"] = st
-        meta["machine"] = {"nproc": os.cpu_count(), "cpu_model": model, "memory": mem,
-                           "kernel": os.uname().release, "clock_ticks_per_s": proc.TICK}
-        meta["finished_utc"] = text.utc_text()
-        doc = {"meta": meta, "summary": summarize(runs, st["concurrency"]), "runs": runs}
-        text.write_json(results_json, doc)
-        text.write_text(report_md, render(doc, results_json, report_md))
-        log(f"wrote {report_md} and {results_json}")
+        for rep, n, system in order:
+            before = settle(ctx["pids"], st["quiet_pct"], st["quiet_max_s"])
+            time.sleep(st["pause_s"])
+            rec = run_one(ctx, st, rep, n, system, seq=len(runs) + 1)
+            rec["before"] = before
+            runs.append(rec)
+            print(progress_line(rec), file=sys.stderr, flush=True)
+            for name, pid in ctx["pids"].items():
+                if proc.read_stat(pid) is None:
+                    raise stack.HarnessError(f"{name} died during {system} c={n} rep {rep}")
+    model, mem = proc.machine_description()
+    meta["settings"] = st
+    meta["machine"] = {"nproc": os.cpu_count(), "cpu_model": model, "memory": mem,
+                       "kernel": os.uname().release, "clock_ticks_per_s": proc.TICK}
+    meta["finished_utc"] = text.utc_text()
+    doc = {"meta": meta, "summary": summarize(runs, st["concurrency"]), "runs": runs}
+    text.write_json(results_json, doc)
+    text.write_text(report_md, render(doc, results_json, report_md))
+    log(f"wrote {report_md} and {results_json}")
     return 0
 
 

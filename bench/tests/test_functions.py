@@ -3,7 +3,7 @@ import os
 import tempfile
 import unittest
 
-from dbpoolbench import pgbench, proc, rate, soak, soak_streams, stats, text, waiters
+from dbpoolbench import compare, pgbench, proc, rate, soak, soak_streams, stats, text, waiters
 from dbpoolbench.settings import Env, SettingsError, parse_seconds
 
 
@@ -151,6 +151,22 @@ class SoakPlan(unittest.TestCase):
         ss = soak_streams.streams(300, 10)
         self.assertAlmostEqual(sum(s["rate"] for s in ss), 300)
         self.assertEqual(ss[0]["param"], "rand:1:1000000")
+
+
+class CompareOrder(unittest.TestCase):
+    def test_systems_rotate_by_one_per_repetition(self):
+        order = compare.run_order(3, [1, 8])
+        self.assertEqual(len(order), 18)
+        self.assertEqual("".join(s for rep, n, s in order if n == 8), "ABCBCACAB")
+        self.assertEqual([n for rep, n, s in order[:6]], [1, 1, 1, 8, 8, 8])
+
+    def test_quick_defaults_and_max_connections(self):
+        st, report = compare.settings_from(Env({"BENCH_QUICK": "1", "BENCH_CONCURRENCY": "500"}))
+        self.assertEqual((st["repeats"], st["duration_s"]), (1, 3))
+        self.assertEqual(report, "bench/results/BENCHMARKS-quick.md")
+        self.assertEqual(st["postgres_max_connections"], 500 + 2 * 20 + 30)
+        with self.assertRaises(SettingsError):
+            compare.settings_from(Env({"BENCH_WARMUP": "1s"}))
 
 
 class SmallFunctions(unittest.TestCase):
