@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 
-from . import compare, floor, rate, soak, soak_report, stack, text, waiters
+from . import compare, compare_report, floor, rate, soak, soak_report, stack, text, waiters
 from .settings import SettingsError
 
 COMMANDS = {"compare": compare.main, "soak": soak.main, "floor": floor.main,
@@ -23,7 +23,7 @@ def render(kind, path, md_path):
     with open(path) as f:
         doc = json.load(f)
     if kind == "compare":
-        return compare.render(doc, path, md_path or "docs/BENCHMARKS.md")
+        return compare_report.render(doc, path, md_path or "docs/BENCHMARKS.md")
     if kind == "soak":
         return soak_report.render(doc, path)
     if kind == "floor":

@@ -4,7 +4,7 @@ import os
 import unittest
 from pathlib import Path
 
-from dbpoolbench import compare, floor, rate, soak_report, waiters
+from dbpoolbench import compare_report, floor, rate, soak_report, waiters
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench" / "results"
@@ -30,11 +30,11 @@ class CompareReport(unittest.TestCase):
 
     def test_summary_is_recomputed_from_the_runs(self):
         st = self.doc["meta"]["settings"]
-        self.assertEqual(compare.summarize(self.doc["runs"], st["concurrency"]),
+        self.assertEqual(compare_report.summarize(self.doc["runs"], st["concurrency"]),
                          self.doc["summary"])
 
     def test_report_is_the_committed_one(self):
-        self.assertEqual(compare.render(self.doc, self.NAME, "docs/BENCHMARKS.md"),
+        self.assertEqual(compare_report.render(self.doc, self.NAME, "docs/BENCHMARKS.md"),
                          committed("docs/BENCHMARKS.md"))
 
     def test_an_invalid_run_leaves_the_medians(self):
@@ -42,7 +42,7 @@ class CompareReport(unittest.TestCase):
         slowest = min((r for r in runs if r["system"] == "C" and r["concurrency"] == 64),
                       key=lambda r: r["throughput"])
         slowest["valid"] = False
-        entry = compare.summarize(runs, [64])["64"]["C"]
+        entry = compare_report.summarize(runs, [64])["64"]["C"]
         self.assertEqual(entry["valid_runs"], entry["runs"] - 1)
         self.assertGreater(entry["throughput_min"], slowest["throughput"])
 
