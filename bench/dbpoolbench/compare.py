@@ -20,8 +20,6 @@ from .settings import Env
 from .stats import fmean_or_none, percentile
 from .text import fixed
 
-PACKAGES = ("pgbouncer", "postgresql-15", "postgresql-client-15", "python3", "procps",
-            *stack.BUILD_PACKAGES)
 PGBENCH_SCRIPT = "\\set aid random(1, 1000000)\nSELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n"
 # The perf baseline's settings; fsync is off (pg_cluster.sh) because the
 # cluster is thrown away and the workload is read-only.
@@ -377,7 +375,7 @@ def main(env=None):
     st, report_md = settings_from(env)
     log = stack.Logger("compare")
     results_json = f"bench/results/compare-{text.stamp()}{'-quick' if st['quick'] else ''}.json"
-    stack.ensure_packages(PACKAGES, log)
+    stack.install_deps(log)
     server_bin, cli = stack.build_release("build-release", log)
     with stack.Stack("compare", keep_tmp=env.flag("BENCH_KEEP_TMP")) as s:
         meta = {"started_utc": text.utc_text(), "loadavg_start": proc.load_average()}

@@ -14,8 +14,6 @@ from . import proc, soak_report, stack, text
 from .settings import Env, SettingsError
 from .soak_streams import STALL_S, streams
 
-PACKAGES = ("postgresql-15", "postgresql-client-15", "python3", "procps",
-            *stack.BUILD_PACKAGES)
 APP_NAME = "dbpool-soak"
 SETUP_SQL = """
 CREATE TABLE soak_events (id bigserial PRIMARY KEY, k bigint NOT NULL, note text,
@@ -369,7 +367,7 @@ def main(env=None):
     report_md = env.text("SOAK_REPORT", f"bench/results/soak-{stamp}.md")
     results_json = env.text("SOAK_JSON", f"bench/results/soak-{stamp}.json")
     log = stack.Logger("soak")
-    stack.ensure_packages(PACKAGES, log)
+    stack.install_deps(log)
     server_bin, cli = stack.build_release(env.text("SOAK_BUILD_DIR", "build-release"), log)
     with stack.Stack("soak", keep_tmp=env.flag("SOAK_KEEP_TMP")) as s:
         started_utc = text.utc_text()

@@ -22,13 +22,6 @@ import harness  # noqa: E402  (lives with the e2e tests; path set just above)
 
 HarnessError = harness.HarnessError
 
-# Everything the Release build needs; the benchmarks add their own tools.
-BUILD_PACKAGES = (
-    "cmake", "ninja-build", "g++", "pkg-config", "ccache",
-    "libgrpc++-dev", "protobuf-compiler-grpc", "libprotobuf-dev", "protobuf-compiler",
-    "libpq-dev", "libabsl-dev", "libspdlog-dev", "prometheus-cpp-dev", "libcivetweb-dev",
-    "golang-github-gogo-googleapis-dev", "grpc-proto",
-)
 POINT_SELECT = "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
 # The pool of every side-by-side figure: PgBouncer's default_pool_size and
 # dbpool's, all connections open from the start.
@@ -54,24 +47,11 @@ def exit_on_signals():
     signal.signal(signal.SIGINT, handler)
 
 
-def _sudo():
-    return [] if os.getuid() == 0 else ["sudo"]
-
-
-def ensure_packages(names, log):
-    """apt-get installs those of the Debian packages that are missing."""
-    missing = []
-    for name in names:
-        p = subprocess.run(["dpkg-query", "-W", "-f=${Status}", name],
-                           capture_output=True, text=True)
-        if p.stdout != "install ok installed":
-            missing.append(name)
-    if not missing:
-        return
-    log(f"installing {' '.join(missing)}")
-    subprocess.run([*_sudo(), "apt-get", "update", "-q"], check=True)
-    subprocess.run([*_sudo(), "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install",
-                    "-y", "-q", "--no-install-recommends", *missing], check=True)
+def install_deps(log):
+    """scripts/install-deps: what building and benchmarking need (it only
+    installs what is missing)."""
+    log("scripts/install-deps")
+    subprocess.run([str(REPO_ROOT / "scripts" / "install-deps")], check=True)
 
 
 def build_release(build_dir, log):
