@@ -155,6 +155,10 @@ ConnectionPool::WaitId ConnectionPool::Acquire(absl::Time deadline,
         candidate = std::move(idle_.back());
         idle_.pop_back();
         ++active_;
+      } else if (absl::Status doomed = AdmissionLocked(now, deadline, depth);
+                 !doomed.ok()) {
+        ++counters_.acquires_timed_out;
+        deferred.callbacks.emplace_back(std::move(done), std::move(doomed));
       } else if (depth >= options_.max_waiting) {
         ++counters_.acquires_rejected;
         deferred.callbacks.emplace_back(
@@ -239,8 +243,25 @@ void ConnectionPool::Release(std::unique_ptr<Slot> slot, bool broken) {
   deferred.Run();
 }
 
+absl::Status ConnectionPool::AdmissionLocked(absl::Time now, absl::Time deadline,
+                                             int ahead) {
+  const std::optional<double> rate = drain_rate_.PerSecond(now);
+  if (!rate.has_value()) return absl::OkStatus();
+  // This caller's turn comes after the `ahead` waiters and one more free
+  // connection.
+  const absl::Duration turn = absl::Seconds((ahead + 1) / *rate);
+  if (now + turn <= deadline) return absl::OkStatus();
+  return absl::DeadlineExceededError(absl::StrFormat(
+      "deadline too short for the queue: %d callers ahead, connections free "
+      "up at %.0f/s, so a connection in about %d ms, but the deadline is in "
+      "%d ms",
+      ahead, *rate, absl::ToInt64Milliseconds(turn),
+      absl::ToInt64Milliseconds(deadline - now)));
+}
+
 void ConnectionPool::PlaceLocked(std::unique_ptr<Slot> slot,
                                  Deferred& deferred) {
+  drain_rate_.Record(clock_.Now());
   if (waiters_.empty()) {
     idle_.push_back(std::move(slot));
     return;

@@ -36,6 +36,7 @@
 #include "absl/time/time.h"
 #include "server/common/clock.h"
 #include "server/pool/connection.h"
+#include "server/pool/drain_rate.h"
 #include "server/pool/pool_stats.h"
 
 namespace dbpool::pool {
@@ -112,6 +113,10 @@ class ConnectionPool {
   ConnectionPool& operator=(const ConnectionPool&) = delete;
 
   // Asks for a connection by `deadline` (capped at now + acquire_timeout).
+  // A caller that would have to wait while the deadline comes sooner than
+  // its turn, at the rate connections were freed over the last second, is
+  // refused at once with DEADLINE_EXCEEDED (deadline-aware admission): it
+  // could only have waited to fail, holding a place in the queue.
   // `done` runs exactly once: with a Lease, or with DEADLINE_EXCEEDED,
   // RESOURCE_EXHAUSTED (queue full), UNAVAILABLE (database unreachable for
   // longer than the acquire timeout, or draining) or CANCELLED. When served
@@ -164,6 +169,10 @@ class ConnectionPool {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CloseLocked(std::unique_ptr<Slot> slot, CloseReason reason,
                    Deferred& deferred) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // OK, or DEADLINE_EXCEEDED for a caller that would queue behind `ahead`
+  // waiters and whose deadline comes before its turn would.
+  absl::Status AdmissionLocked(absl::Time now, absl::Time deadline, int ahead)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RecordAcquireLocked(absl::Duration wait)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status StateErrorLocked(absl::string_view what) const
@@ -211,6 +220,7 @@ class ConnectionPool {
   std::string last_connect_error_ ABSL_GUARDED_BY(mu_);
   absl::BitGen random_ ABSL_GUARDED_BY(mu_);
   PoolStats counters_ ABSL_GUARDED_BY(mu_);
+  DrainRate drain_rate_ ABSL_GUARDED_BY(mu_);
 
   std::vector<std::thread> threads_;
 };

@@ -9,6 +9,9 @@ PostgreSQL cluster started through tests/support/pg_cluster.sh:
     rc = cls.server.stop()          # SIGTERM, then wait
     cls.pg.stop()
 
+bench/dbpoolbench starts its PostgreSQL and servers through the same two
+classes.
+
 All three ports are ephemeral; the server's ready line names them:
 server.address (gRPC host:port), server.http_address / server.http_url (the
 REST/JSON gateway and /healthz, /readyz) and server.metrics_address /
@@ -126,15 +129,23 @@ class PgCluster:
     def database_url(self):
         return "postgresql://postgres@127.0.0.1:%d/postgres" % self.port
 
+    @property
+    def postmaster_pid(self):
+        with open(self.dir / "data" / "postmaster.pid") as f:
+            return int(f.readline())
+
     @classmethod
-    def start(cls):
+    def start(cls, prefix="dbpool-e2e-pg-", settings=()):
+        """settings: ("name=value", ...) for the server, over
+        pg_cluster.sh's defaults."""
         if not PG_CLUSTER_SH.is_file():
             raise HarnessError("missing %s" % PG_CLUSTER_SH)
-        root = make_temp_dir("dbpool-e2e-pg-")
+        root = make_temp_dir(prefix)
         pg_dir = root / "pg"
+        options = [arg for setting in settings for arg in ("-c", setting)]
         try:
             proc = subprocess.run(
-                ["bash", str(PG_CLUSTER_SH), "start", str(pg_dir)],
+                ["bash", str(PG_CLUSTER_SH), "start", str(pg_dir), *options],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 text=True, timeout=180)
         except subprocess.TimeoutExpired:
@@ -156,6 +167,12 @@ class PgCluster:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                        timeout=120)
 
+    def restart(self, timeout=120):
+        """pg_ctl restart -m fast on the same port; the CompletedProcess."""
+        return subprocess.run(["bash", str(PG_CLUSTER_SH), "restart", str(self.dir)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=timeout)
+
     def stop(self):
         if self._stopped:
             return
@@ -165,14 +182,16 @@ class PgCluster:
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def psql(self, sql):
-        """Runs SQL through psql (as a side channel to the server)."""
+    def psql(self, sql, database="postgres", timeout=60):
+        """Runs SQL through psql (as a side channel to the server). SQL goes
+        in on stdin, so that several statements each run on their own
+        (VACUUM and ALTER SYSTEM refuse a transaction block)."""
         proc = subprocess.run(
             ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
              "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-             "-d", "postgres", "-c", sql],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            timeout=60)
+             "-d", database],
+            input=sql, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            timeout=timeout)
         if proc.returncode != 0:
             raise HarnessError("psql failed: %s" % proc.stderr)
         return proc.stdout
@@ -237,10 +256,12 @@ class DbpoolServer:
         return "http://%s/metrics" % self.metrics_address
 
     @classmethod
-    def start(cls, database_url, extra_args=(), extra_env=None, url_in_env=False):
+    def start(cls, database_url, extra_args=(), extra_env=None, url_in_env=False,
+              binary=None):
         """url_in_env passes DATABASE_URL in the environment instead of as a
-        flag (the way a password must travel)."""
-        binary = server_bin()
+        flag (the way a password must travel). binary defaults to
+        server_bin()."""
+        binary = Path(binary) if binary else server_bin()
         if not (binary.is_file() and os.access(binary, os.X_OK)):
             raise HarnessError(
                 "server binary %s does not exist or is not executable "

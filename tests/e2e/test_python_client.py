@@ -251,10 +251,11 @@ class PythonClientTest(unittest.TestCase):
             self.assertGreaterEqual(getattr(s, name), 0, name)
         self.assertLessEqual(s.min_connections, s.max_connections)
         self.assertLessEqual(s.total_connections, s.max_connections)
-        # total == idle + active + connecting holds only approximately across
-        # separately read gauges, so check bounds rather than equality.
-        self.assertLessEqual(s.active_connections + s.idle_connections, s.max_connections,
-                             "idle + active exceeds max: %s" % s)
+        # The pool takes its snapshot under one lock, so the gauges agree
+        # exactly, even while connections open and close.
+        self.assertEqual(s.total_connections,
+                         s.idle_connections + s.active_connections + s.connecting_connections,
+                         "total != idle + active + connecting: %s" % s)
         self.assertTrue(s.database_reachable, "database_reachable: %s" % s)
         self.assertGreater(s.time.seconds, 0, "snapshot time must be set")
         self.assertLess(abs(s.time.seconds - time.time()), 300,

@@ -3,8 +3,11 @@
 #
 #   pg_cluster.sh init DIR    initdb (once) and pick a free loopback port
 #                             without starting; prints the port on stdout
-#   pg_cluster.sh start DIR   initdb (once) and start on a free loopback port
-#                             (the one init picked, if any); prints the port
+#   pg_cluster.sh start DIR [-c NAME=VALUE ...]
+#                             initdb (once) and start on a free loopback port
+#                             (the one init picked, if any); prints the port.
+#                             Server settings given after DIR win over the
+#                             defaults below
 #   pg_cluster.sh stop DIR    fast shutdown
 #   pg_cluster.sh restart DIR fast restart on the same port
 #   pg_cluster.sh port DIR    the port of a running cluster
@@ -59,13 +62,14 @@ case $cmd in
     ;;
   start)
     create
+    extra="${*:3}"
     # A port can be taken between the probe and the bind; try a few.
     previous=$(cat "$dir/port" 2>/dev/null || true)
     for _ in 1 2 3 4 5; do
       port=${previous:-$(free_port)}
       previous=""
       if as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-          -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
+          -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200${extra:+ $extra}" \
           start >/dev/null 2>&1; then
         echo "$port" >"$dir/port"
         echo "$port"

@@ -241,6 +241,55 @@ TEST_F(PoolTest, CallerDeadlineShorterThanAcquireTimeoutWins) {
   EXPECT_TRUE(long_deadline.Take().ok());
 }
 
+TEST_F(PoolTest, DeadlineShorterThanTheQueueIsRefusedAtOnce) {
+  ManualClock clock;
+  PoolOptions o;
+  o.min_connections = 1;
+  o.max_connections = 1;
+  o.acquire_timeout = absl::Seconds(10);
+  o.maintenance_thread = false;
+  auto pool = MakePool(o, clock);
+  ASSERT_TRUE(Eventually([&] { return pool->Snapshot().idle == 1; }));
+  // One connection, used and given back 20 times in 200 ms: it frees up at
+  // about 100/s (the first hand-out, the opening, counts as one more).
+  for (int i = 0; i < 20; ++i) {
+    Pending p;
+    pool->Acquire(absl::InfiniteFuture(), p.Callback());
+    auto lease = p.Take();
+    ASSERT_TRUE(lease.ok());
+    clock.Advance(absl::Milliseconds(10));
+    *lease = Lease();
+  }
+  Pending holder;
+  pool->Acquire(absl::InfiniteFuture(), holder.Callback());
+  auto held = holder.Take();
+  ASSERT_TRUE(held.ok());
+  std::vector<std::unique_ptr<Pending>> queued;
+  for (int i = 0; i < 4; ++i) {
+    queued.push_back(std::make_unique<Pending>());
+    pool->Acquire(absl::InfiniteFuture(), queued.back()->Callback());
+  }
+  // Five frees away at ~100/s is ~50 ms: 20 ms cannot make it, 200 ms can.
+  Pending doomed, hopeful;
+  pool->Acquire(clock.Now() + absl::Milliseconds(20), doomed.Callback());
+  ASSERT_TRUE(doomed.done()) << "refused without waiting";
+  const absl::Status refusal = doomed.Take().status();
+  EXPECT_EQ(refusal.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(std::string(refusal.message()), ::testing::HasSubstr("4 callers ahead"));
+  pool->Acquire(clock.Now() + absl::Milliseconds(200), hopeful.Callback());
+  EXPECT_FALSE(hopeful.done());
+  const PoolStats s = pool->Snapshot();
+  EXPECT_EQ(s.waiting, 5);
+  EXPECT_EQ(s.acquires_timed_out, 1);
+  *held = Lease();
+  for (auto& q : queued) {
+    auto lease = q->Take();
+    ASSERT_TRUE(lease.ok());
+    *lease = Lease();
+  }
+  EXPECT_TRUE(hopeful.Take().ok());
+}
+
 TEST_F(PoolTest, PastDeadlineIsRefusedAtOnce) {
   PoolOptions o;
   auto pool = MakePool(o);

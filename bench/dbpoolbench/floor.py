@@ -1,0 +1,149 @@
+"""bench/floor: what one gRPC call costs dbpool-server before any database
+work. The same closed loop of `dbpool bench` against one Release server,
+interleaved and repeated: Q (Query, the point select of bench/compare) and
+S (GetPoolStats, answered from memory), with the server's CPU and context
+switches per call."""
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+from . import proc, stack, text
+from .settings import Env
+from .stats import median
+
+WARMUP_S = 2
+RPCS = {"Q": ["--sql", stack.POINT_SELECT, "--param", "rand:1:1000000"],
+        "S": ["--rpc", "stats"]}
+
+
+def server_sample(pid):
+    """(CPU ticks, context switches) of the server, all threads."""
+    return proc.cpu_ticks(pid), proc.ctx_switches(pid)
+
+
+def measure(cli, target, pid, rpc, concurrency, repeat, seconds):
+    argv = [str(cli), "bench", "--target", target, "--concurrency", str(concurrency),
+            "--duration", f"{seconds}s", "--warmup", f"{WARMUP_S}s", "--json", *RPCS[rpc]]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(WARMUP_S)
+        t1, s1 = server_sample(pid)
+        time.sleep(seconds)
+        t2, s2 = server_sample(pid)
+        report = text.last_json_line(p.communicate(timeout=seconds + 60)[0])
+    finally:
+        stack.stop_process(p)
+    if report is None:
+        raise stack.HarnessError(f"dbpool bench gave no report: {' '.join(argv)}")
+    calls = max(report["requests"] - report["errors"], 1)
+    return {"rpc": rpc, "concurrency": concurrency, "repeat": repeat, "rps": report["rps"],
+            "errors": report["errors"],
+            "server_cpu_us_per_call": (t2 - t1) * proc.US_PER_TICK / calls,
+            "server_switches_per_call": (s2 - s1) / calls}
+
+
+def summarize(runs, levels):
+    summary = {}
+    for c in levels:
+        row = {}
+        for rpc in "QS":
+            mine = [r for r in runs if r["rpc"] == rpc and r["concurrency"] == c]
+            row[rpc] = {k: median([r[k] for r in mine]) for k in
+                        ("rps", "server_cpu_us_per_call", "server_switches_per_call")}
+        row["S_over_Q_cpu"] = row["S"]["server_cpu_us_per_call"] / row["Q"]["server_cpu_us_per_call"]
+        summary[str(c)] = row
+    return summary
+
+
+def render(doc, compare_path=None, compare_doc=None):
+    """The Markdown report; beside PgBouncer's figures when a compare
+    result is given."""
+    lines = [
+        "# The gRPC floor: what a call costs dbpool-server before any database work",
+        "",
+        f"Written by `bench/floor` (dbpool git {doc['git']}, Release build, pool 20; "
+        "client, server and PostgreSQL on the same two cores). One `dbpool bench` closed loop "
+        "against one server, interleaved: **Query**, the point select of `bench/compare`, and "
+        "**GetPoolStats**, which the server answers from memory (no database, no executor, no "
+        "pool wait). Server CPU from `/proc/PID/stat` (utime + stime) and context switches "
+        f"from every thread's `/proc/PID/task/*/status`; medians of {doc['repeats']} runs of "
+        f"{doc['duration_s']:.0f} s after {WARMUP_S} s of warm-up.",
+        "",
+        "| callers | Query /s | GetPoolStats /s | server CPU µs per Query | per GetPoolStats | "
+        "GetPoolStats ÷ Query | switches per Query | per GetPoolStats |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c, row in doc["summary"].items():
+        q, s = row["Q"], row["S"]
+        lines.append(f"| {c} | {q['rps']:,.0f} | {s['rps']:,.0f} | "
+                     f"{q['server_cpu_us_per_call']:.0f} | {s['server_cpu_us_per_call']:.0f} | "
+                     f"{row['S_over_Q_cpu']:.0%} | {q['server_switches_per_call']:.1f} | "
+                     f"{s['server_switches_per_call']:.1f} |")
+    bouncer = {}
+    if compare_doc:
+        for c, e in compare_doc["summary"].items():
+            bouncer[c] = (e["B"]["throughput_median"],
+                          e["B"]["cpu_us_per_query_median"]["pgbouncer"])
+    if bouncer:
+        lines += ["", f"Beside PgBouncer in the latest `bench/compare` run "
+                  f"(`{compare_path}`, B: pgbench through PgBouncer on the same machine):", "",
+                  "| callers | PgBouncer /s | PgBouncer CPU µs per query | 1.5 × that | "
+                  "dbpool GetPoolStats /s | dbpool-server CPU µs per GetPoolStats |",
+                  "|---:|---:|---:|---:|---:|---:|"]
+        for c, row in doc["summary"].items():
+            if c in bouncer and bouncer[c][1]:
+                tput, cpu = bouncer[c]
+                lines.append(f"| {c} | {tput:,.0f} | {cpu:.0f} | {1.5 * cpu:.0f} | "
+                             f"{row['S']['rps']:,.0f} | {row['S']['server_cpu_us_per_call']:.0f} |")
+        lines += ["", "A GetPoolStats call is a lower bound for a Query call: it is the same "
+                  "gRPC server, HTTP/2 stream, protobuf messages and client, with the database "
+                  "work left out. Where it already costs the server more than 1.5 × PgBouncer's "
+                  "CPU per query, or runs slower than PgBouncer's queries, no change beneath "
+                  "gRPC can bring Query to those figures on this machine."]
+    return "\n".join(lines) + "\n"
+
+
+def latest_compare():
+    """(path, document) of the newest full bench/compare result, or (None,
+    None)."""
+    files = sorted(f for f in glob.glob("bench/results/compare-*.json")
+                   if not f.endswith("-quick.json"))
+    if not files:
+        return None, None
+    with open(files[-1]) as f:
+        return files[-1], json.load(f)
+
+
+def main(env=None):
+    env = Env(env)
+    levels = env.whole_list("FLOOR_CONCURRENCY", "64 128")
+    repeats = env.whole("FLOOR_REPEATS", 3, minimum=1)
+    seconds = env.seconds("FLOOR_DURATION", "10s")
+    report_md = env.text("FLOOR_REPORT", "docs/BENCHMARKS-floor.md")
+    server_bin, cli = stack.binaries(env.text("FLOOR_BUILD_DIR", "build-release"))
+    with stack.Stack("floor") as s:
+        server = s.point_select_server(server_bin, ["--log-level=warn"])
+        runs = []
+        for rep in range(1, repeats + 1):
+            for c in levels:
+                for rpc in "QS":
+                    run = measure(cli, server.address, server.proc.pid, rpc, c, rep, seconds)
+                    runs.append(run)
+                    print(f"{rpc} c={c} rep {rep}: {run['rps']:8.0f}/s  server "
+                          f"{run['server_cpu_us_per_call']:5.0f} us/call  "
+                          f"{run['server_switches_per_call']:5.1f} switches/call",
+                          file=sys.stderr, flush=True)
+                    time.sleep(1)
+    doc = {"runs": runs, "summary": summarize(runs, levels), "duration_s": seconds,
+           "repeats": repeats, "cpus": os.cpu_count(), "git": stack.git_head()}
+    results_json = f"bench/results/floor-{text.stamp()}.json"
+    text.write_json(results_json, doc)
+    compare_path, compare_doc = latest_compare()
+    md = render(doc, compare_path, compare_doc)
+    text.write_text(report_md, md)
+    print(md)
+    print(f"\n{results_json}, {report_md}", file=sys.stderr)
+    return 0
