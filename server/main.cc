@@ -198,6 +198,7 @@ int main(int argc, char** argv) {
   service_options.request.max_params = cfg.max_params;
   service_options.query.max_rows = cfg.max_rows;
   service_options.query.max_result_bytes = cfg.max_result_bytes;
+  service_options.query.cancel_grace = cfg.cancel_grace;
   service_options.statement_timeout = cfg.statement_timeout;
   service_options.max_stats_streams = cfg.max_stats_streams;
   service_options.tokens = secured->tokens;

@@ -279,7 +279,7 @@ TEST_F(QueryTest, UnparsableRequestIsInvalidArgument) {
                       st = std::move(s);
                       done.Notify();
                     });
-  done.WaitForNotification();
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(15)));
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(st.error_message(), HasSubstr("UTF-8"));
   v1::QueryResponse ok;

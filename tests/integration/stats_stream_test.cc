@@ -6,18 +6,22 @@
 #include <gtest/gtest.h>
 
 #include "absl/time/clock.h"
+#include "google/protobuf/util/time_util.h"
 #include "tests/support/pg_harness.h"
 
 namespace dbpool::testing {
 namespace {
 
+// Opens a stream on `ctx`, which gets a deadline so that no Read waits
+// forever.
 std::unique_ptr<grpc::ClientReader<v1::PoolStats>> Open(
     TestServer& server, grpc::ClientContext& ctx, absl::Duration interval,
     bool only_on_change) {
   v1::StreamPoolStatsRequest req;
-  req.mutable_interval()->set_nanos(
-      static_cast<int32_t>(absl::ToInt64Nanoseconds(interval)));
+  *req.mutable_interval() = google::protobuf::util::TimeUtil::NanosecondsToDuration(
+      absl::ToInt64Nanoseconds(interval));
   req.set_only_on_change(only_on_change);
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
   return server.stub().StreamPoolStats(&ctx, req);
 }
 
@@ -47,7 +51,6 @@ TEST(StatsStream, OnlyOnChangeStaysQuietUntilTheGaugesMove) {
     absl::SleepFor(absl::Milliseconds(10));
   }
   grpc::ClientContext ctx;
-  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
   auto reader = Open(server, ctx, absl::Milliseconds(100), true);
   v1::PoolStats first;
   ASSERT_TRUE(reader->Read(&first));
