@@ -41,9 +41,7 @@ TEST(StatsStream, SendsAtOnceThenPerInterval) {
 }
 
 TEST(StatsStream, OnlyOnChangeStaysQuietUntilTheGaugesMove) {
-  TestServerOptions o;
-  o.min_connections = 0;
-  TestServer server(o);
+  TestServer server(ServerEnv{{"DB_POOL_MIN_CONNECTIONS", "0"}});
   // Let the probe connection settle so nothing moves by itself.
   const absl::Time settle = absl::Now() + absl::Seconds(5);
   while ((server.pool().Snapshot().connecting > 0 || !server.pool().Serving()) &&
@@ -73,9 +71,7 @@ TEST(StatsStream, OnlyOnChangeStaysQuietUntilTheGaugesMove) {
 }
 
 TEST(StatsStream, ConcurrentStreamsAreCapped) {
-  TestServerOptions o;
-  o.max_stats_streams = 2;
-  TestServer server(o);
+  TestServer server(ServerEnv{{"DBPOOL_MAX_STATS_STREAMS", "2"}});
   std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
   std::vector<std::unique_ptr<grpc::ClientReader<v1::PoolStats>>> readers;
   for (int i = 0; i < 2; ++i) {
