@@ -1,9 +1,9 @@
 // Executor: a fixed set of worker threads that run blocking work (database
 // I/O) so that gRPC callback threads never block.
 //
-// Owned by main (or a test). Thread-safe: Post may be called from any
-// thread, including a worker. Post never blocks; the destructor blocks until
-// every posted task has run and the workers have exited.
+// Owned by the worker engine (or a test). Thread-safe: Post may be called
+// from any thread, including a worker. Post never blocks; the destructor
+// blocks until every posted task has run and the workers have exited.
 #ifndef DBPOOL_SERVER_COMMON_EXECUTOR_H_
 #define DBPOOL_SERVER_COMMON_EXECUTOR_H_
 

@@ -121,9 +121,17 @@ const std::vector<Option>& Options() {
       {"DB_STATEMENT_TIMEOUT_MS", "30000",
        "default statement timeout; QueryRequest.timeout and the RPC deadline cap it",
        Millis(&Config::statement_timeout, 1, kMaxMs)},
+      {"DB_CANCEL_GRACE_MS", "2000",
+       "how long a cancelled or timed-out statement may take to stop before "
+       "its connection is closed and replaced",
+       Millis(&Config::cancel_grace, 1, 600000)},
       {"DB_APPLICATION_NAME", "dbpool",
        "application_name of every pooled connection (see pg_stat_activity)",
        Text(&Config::application_name, false)},
+      {"DBPOOL_IO_THREADS", "0",
+       "threads that run statements (event loops over the pooled connections); "
+       "0: one per core",
+       Int(&Config::io_threads, 0, 256)},
       {"DB_PREPARED_CACHE_SIZE", "512",
        "prepared statements kept per connection, least recently used out; "
        "0 prepares nothing (for a PgBouncer in transaction mode in between)",
@@ -260,10 +268,10 @@ absl::StatusOr<Config> Load(const EnvLookup& env,
   return config;
 }
 
-std::vector<std::string> VariableNames() {
-  std::vector<std::string> names;
-  for (const auto& o : Options()) names.emplace_back(o.env);
-  return names;
+std::vector<Variable> Variables() {
+  std::vector<Variable> variables;
+  for (const auto& o : Options()) variables.push_back({o.env, o.default_value});
+  return variables;
 }
 
 std::string Help() {

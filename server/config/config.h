@@ -36,8 +36,10 @@ struct Config {
   int max_waiting = 0;
   absl::Duration connect_timeout;
   absl::Duration statement_timeout;
+  absl::Duration cancel_grace;
   std::string application_name;
   int prepared_cache_size = 0;
+  int io_threads = 0;  // 0: one per core
 
   // Request limits.
   int max_sql_bytes = 0;
@@ -77,8 +79,13 @@ absl::StatusOr<Config> Load(const EnvLookup& env,
 // A description of every setting, for --help.
 std::string Help();
 
-// The environment variable of every setting, in table order.
-std::vector<std::string> VariableNames();
+// Every setting's environment variable and its default as written in the
+// table ("" when it has none), in table order.
+struct Variable {
+  std::string name;
+  std::string default_value;
+};
+std::vector<Variable> Variables();
 
 // Whether `args` asks for help.
 bool WantsHelp(const std::vector<std::string>& args);

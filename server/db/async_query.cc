@@ -264,11 +264,10 @@ void AsyncQuery::SendCleanupFlight(absl::Time now) {
 
 bool AsyncQuery::Pump(absl::Time now) {
   while (phase_ != Phase::kDone) {
-    if (PQconsumeInput(conn_) == 0) {
-      return Fail(SqlError("08006", absl::StrCat("connection to the database lost: ",
-                                                 absl::StripAsciiWhitespace(
-                                                     PQerrorMessage(conn_)))));
-    }
+    // A server that ends the session says why first (57P01 for a
+    // terminated backend): what arrived is read even when the socket is
+    // already closed.
+    const bool read = PQconsumeInput(conn_) != 0;
     while (!expected_.empty() && PQisBusy(conn_) == 0) {
       PGresult* raw = PQgetResult(conn_);
       const Part part = expected_.front();
@@ -295,8 +294,10 @@ bool AsyncQuery::Pump(absl::Time now) {
           OnResult(part, std::move(result));
       }
     }
-    if (PQstatus(conn_) == CONNECTION_BAD) {
-      return Fail(SqlError("08006", "connection to the database lost"));
+    if (!read || PQstatus(conn_) == CONNECTION_BAD) {
+      return Fail(SqlError("08006", absl::StrCat("connection to the database lost: ",
+                                                 absl::StripAsciiWhitespace(
+                                                     PQerrorMessage(conn_)))));
     }
     if (!expected_.empty()) return false;  // waiting for the socket
     if (FlightDone(now)) return true;
@@ -440,8 +441,17 @@ bool AsyncQuery::Fail(absl::Status status) {
   broken_ = true;
   // Once the caller's outcome is decided (cleanup), it stands.
   if (phase_ == Phase::kStatement || phase_ == Phase::kTypeNames) {
-    status_ = stop_reason_ ? WithSuffix(*stop_reason_, "; connection closed")
-                           : std::move(status);
+    const PGresult* r = statement_result_.get();
+    if (stop_reason_) {
+      status_ = WithSuffix(*stop_reason_, "; connection closed");
+    } else if (statement_error_) {
+      status_ = *statement_error_;
+    } else if (r != nullptr && PQresultStatus(r) == PGRES_FATAL_ERROR) {
+      // The server's own reason, rather than the lost socket.
+      status_ = ErrorFromResult(conn_, r);
+    } else {
+      status_ = std::move(status);
+    }
     response_->Clear();
   }
   return Finish();

@@ -8,7 +8,8 @@
 // The Authorization header travels as the call's authorization metadata,
 // so bearer tokens and roles are checked where gRPC's are.
 //
-// Owned by main; must be stopped before the gRPC server shuts down.
+// Owned by app::Server; must be destroyed before the gRPC server whose
+// in-process channel it calls through.
 // Thread-safe. Requests run on civetweb's worker threads, which block for
 // the length of one call; gRPC threads never do.
 #ifndef DBPOOL_SERVER_HTTP_REST_GATEWAY_H_
@@ -30,14 +31,15 @@ class CivetServer;
 
 namespace dbpool::http {
 
+// Filled from config::Config by app::BuildServer.
 struct GatewayOptions {
   // host:port ("[::1]:8080" for IPv6); port 0 picks a free one.
-  std::string address = "0.0.0.0:8080";
+  std::string address;
   // Larger bodies get 413 before they are read.
-  int64_t max_body_bytes = 2 << 20;
+  int64_t max_body_bytes = 0;
   // Deadline of each call made for an HTTP request.
-  absl::Duration call_timeout = absl::Seconds(35);
-  int threads = 8;
+  absl::Duration call_timeout;
+  int threads = 0;
   // Serves HTTPS only, with these settings, when set.
   std::optional<security::TlsSettings> tls;
 };

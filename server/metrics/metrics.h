@@ -5,9 +5,9 @@
 // RPC metrics use the go-grpc-prometheus names and come from a server
 // interceptor; query metrics are recorded by the Query path.
 //
-// Owned by main; outlives the gRPC server. Thread-safe: recording methods
-// are called from any thread and never block on I/O. Expose() binds the
-// exporter port; scrapes run on the exporter's own threads.
+// Owned by app::Server; outlives the gRPC server. Thread-safe: recording
+// methods are called from any thread and never block on I/O. Expose() binds
+// the exporter port; scrapes run on the exporter's own threads.
 #ifndef DBPOOL_SERVER_METRICS_METRICS_H_
 #define DBPOOL_SERVER_METRICS_METRICS_H_
 

@@ -39,16 +39,18 @@ std::string AnonymousName(const grpc::ServerContextBase& context) {
                                                    names.front().size()));
     }
   }
-  // "ipv4:127.0.0.1:53422" -> "ipv4:127.0.0.1": one caller per host.
-  std::string peer = context.peer();
-  if (const auto colon = peer.rfind(':'); colon != std::string::npos &&
-                                          colon > peer.find(':')) {
-    peer.resize(colon);
-  }
-  return peer;
+  return PeerHost(context.peer());
 }
 
 }  // namespace
+
+std::string PeerHost(absl::string_view peer) {
+  if (const auto colon = peer.rfind(':');
+      colon != absl::string_view::npos && colon > peer.find(':')) {
+    peer = peer.substr(0, colon);
+  }
+  return std::string(peer);
+}
 
 AccessControl::AccessControl(security::TokenTable tokens, int max_calls_per_caller)
     : tokens_(std::move(tokens)), max_calls_per_caller_(max_calls_per_caller) {}

@@ -21,12 +21,18 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "server/security/tokens.h"
 
 namespace dbpool::rpc {
 
 enum class Need { kStats, kQuery };
+
+// A gRPC peer string without its port ("ipv4:127.0.0.1:53422" ->
+// "ipv4:127.0.0.1", "ipv6:[::1]:5000" -> "ipv6:[::1]"), so that an anonymous
+// caller is one per host, not one per connection.
+std::string PeerHost(absl::string_view peer);
 
 class AccessControl {
  public:

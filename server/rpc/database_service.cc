@@ -1,8 +1,8 @@
 #include "server/rpc/database_service.h"
 
+#include <algorithm>
 #include <string>
 #include <utility>
-#include <vector>
 
 #include <grpcpp/support/proto_buffer_reader.h>
 #include <grpcpp/support/proto_buffer_writer.h>
@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "google/protobuf/util/time_util.h"
+#include "server/rpc/cancel_relay.h"
 #include "server/rpc/stats_conversion.h"
 #include "server/rpc/status_conversion.h"
 
@@ -30,15 +31,26 @@ google::protobuf::Duration ToProtoDuration(absl::Duration d) {
   return TimeUtil::NanosecondsToDuration(absl::ToInt64Nanoseconds(d));
 }
 
+// A request's timeout can shorten the default statement timeout (the
+// connection's own statement_timeout) but not lengthen it.
+absl::Duration StatementTimeout(const v1::QueryRequest& request,
+                                absl::Duration default_timeout) {
+  if (!request.has_timeout()) return default_timeout;
+  const absl::Duration requested =
+      absl::Nanoseconds(TimeUtil::DurationToNanoseconds(request.timeout()));
+  return requested > absl::ZeroDuration() ? std::min(default_timeout, requested)
+                                          : default_timeout;
+}
+
 // Errors that mean "the pool could not serve you in time" carry the pool's
 // state, so the caller can tell saturation from an outage.
-absl::Status WithPoolState(absl::Status status, const pool::ConnectionPool& pool) {
+absl::Status WithPoolState(absl::Status status, const engine::QueryEngine& engine) {
   switch (status.code()) {
     case absl::StatusCode::kResourceExhausted:
     case absl::StatusCode::kDeadlineExceeded:
     case absl::StatusCode::kUnavailable:
       status.SetPayload("type.googleapis.com/dbpool.v1.PoolStats",
-                        absl::Cord(ToProto(pool.Snapshot()).SerializeAsString()));
+                        absl::Cord(ToProto(engine.Snapshot()).SerializeAsString()));
       break;
     default:
       break;
@@ -49,15 +61,14 @@ absl::Status WithPoolState(absl::Status status, const pool::ConnectionPool& pool
 }  // namespace
 
 // One Query call, from validation to Finish. Deletes itself in OnDone,
-// which gRPC runs only after Finish and after the handler has returned.
+// which gRPC runs only after Finish and after the handler has returned; so
+// Start, which runs inside the handler, may go on using the call after the
+// engine's callback has finished it.
 class DatabaseService::QueryCall final : public grpc::ServerUnaryReactor {
  public:
   QueryCall(DatabaseService* service, grpc::CallbackServerContext* context,
             grpc::ByteBuffer* reply)
-      : service_(service),
-        context_(context),
-        reply_(reply),
-        rpc_deadline_(DeadlineOf(context)) {}
+      : service_(service), context_(context), reply_(reply) {}
 
   // Runs on the gRPC thread inside the handler.
   void Start(const grpc::ByteBuffer& wire) {
@@ -67,8 +78,9 @@ class DatabaseService::QueryCall final : public grpc::ServerUnaryReactor {
       Finish(ToGrpcStatus(caller.status()));
       return;
     }
+    engine::QueryJob job;
     grpc::ByteBuffer copy(wire);  // shares the slices
-    if (!grpc::SerializationTraits<v1::QueryRequest>::Deserialize(&copy, &request_)
+    if (!grpc::SerializationTraits<v1::QueryRequest>::Deserialize(&copy, &job.request)
              .ok()) {
       Finish(ToGrpcStatus(absl::InvalidArgumentError(
           "request is not a valid dbpool.v1.QueryRequest: malformed protobuf, "
@@ -76,105 +88,69 @@ class DatabaseService::QueryCall final : public grpc::ServerUnaryReactor {
           "send binary data as bytes_value")));
       return;
     }
-    auto params = ValidateQuery(request_, service_->options_.request);
+    auto params = ValidateQuery(job.request, service_->options_.request);
     if (!params.ok()) {
       Finish(ToGrpcStatus(params.status()));
       return;
     }
-    params_ = *std::move(params);
-    // PostgreSQL itself refuses the writes of a read_only caller.
-    if (caller->role == security::Role::kReadOnly) request_.set_read_only(true);
     absl::StatusOr<AccessControl::Slot> slot = service_->access_.Admit(*caller);
     if (!slot.ok()) {
       Finish(ToGrpcStatus(slot.status()));
       return;
     }
     slot_ = *std::move(slot);
-    const pool::ConnectionPool::WaitId id = service_->pool_.Acquire(
-        rpc_deadline_, [this](absl::StatusOr<pool::Lease> lease) {
-          OnLease(std::move(lease));
-        });
-    wait_id_.store(id);
-    // A cancel that came before the id was known could not end the wait.
-    if (cancelled_.load() && id != 0) service_->pool_.CancelWait(id);
+    job.params = *std::move(params);
+    // PostgreSQL itself refuses the writes of a read_only caller.
+    job.read_only =
+        job.request.read_only() || caller->role == security::Role::kReadOnly;
+    job.deadline = DeadlineOf(context_);
+    job.timeout = StatementTimeout(job.request, service_->options_.statement_timeout);
+    cancel_.Attach(service_->engine_.Submit(
+        std::move(job), [this](engine::QueryResult result) { OnResult(std::move(result)); }));
   }
 
-  void OnCancel() override {
-    cancelled_.store(true);
-    if (const auto id = wait_id_.load(); id != 0) service_->pool_.CancelWait(id);
-  }
+  void OnCancel() override { cancel_.Cancel(); }
 
   void OnDone() override { delete this; }
 
  private:
-  void OnLease(absl::StatusOr<pool::Lease> lease) {
-    if (!lease.ok()) {
-      slot_ = AccessControl::Slot();
-      Finish(ToGrpcStatus(WithPoolState(lease.status(), service_->pool_)));
-      return;
-    }
-    service_->executor_.Post(
-        [this, lease = *std::move(lease)]() mutable { Run(std::move(lease)); });
-  }
-
-  // Runs on an executor worker.
-  void Run(pool::Lease lease) {
-    const absl::Time start = absl::Now();
-    absl::Duration timeout = service_->options_.statement_timeout;
-    if (request_.has_timeout()) {
-      const absl::Duration requested = absl::Nanoseconds(
-          TimeUtil::DurationToNanoseconds(request_.timeout()));
-      // The connection's own statement_timeout is the default, so a request
-      // can shorten it but not lengthen it.
-      if (requested > absl::ZeroDuration()) timeout = std::min(timeout, requested);
-    }
-    const absl::Time deadline = std::min(rpc_deadline_, start + timeout);
-    db::QueryOutcome outcome =
-        db::RunQuery(lease.connection(), request_, params_,
-                     service_->options_.query, deadline, cancelled_, &response_);
-    if (outcome.connection_broken) lease.MarkBroken();
-    const absl::Duration wait = lease.wait();
-    const int depth = lease.queue_depth_on_arrival();
-    // Back to the pool before the reply, so the next waiter starts sooner.
-    lease = pool::Lease();
-    const absl::Duration execution = absl::Now() - start;
-    if (service_->metrics_ != nullptr) {
-      service_->metrics_->ObserveQuery(execution, outcome.status);
-    }
-    if (outcome.status.ok()) {
-      auto* timings = response_.mutable_timings();
-      *timings->mutable_acquire_wait() = ToProtoDuration(wait);
-      *timings->mutable_execution() = ToProtoDuration(execution);
-      timings->set_queue_depth_on_arrival(depth);
-      bool own_buffer = false;
-      grpc::Status serialized = grpc::SerializationTraits<v1::QueryResponse>::Serialize(
-          response_, reply_, &own_buffer);
-      if (!serialized.ok()) outcome.status = absl::InternalError(serialized.error_message());
-    }
-    context_->AddTrailingMetadata(
-        "dbpool-acquire-wait-us", absl::StrCat(absl::ToInt64Microseconds(wait)));
-    context_->AddTrailingMetadata("dbpool-queue-depth", absl::StrCat(depth));
+  // Runs on whatever thread the engine finishes the job on.
+  void OnResult(engine::QueryResult result) {
     // Freed before the reply, so the caller's next call finds it free.
     slot_ = AccessControl::Slot();
-    Finish(ToGrpcStatus(WithPoolState(std::move(outcome.status), service_->pool_)));
+    absl::Status status = std::move(result.status);
+    if (result.timings.has_value()) {
+      const engine::QueryTimings& t = *result.timings;
+      if (service_->metrics_ != nullptr) service_->metrics_->ObserveQuery(t.execution, status);
+      if (status.ok()) {
+        auto* timings = result.response.mutable_timings();
+        *timings->mutable_acquire_wait() = ToProtoDuration(t.acquire_wait);
+        *timings->mutable_execution() = ToProtoDuration(t.execution);
+        timings->set_queue_depth_on_arrival(t.queue_depth_on_arrival);
+        bool own_buffer = false;
+        grpc::Status serialized = grpc::SerializationTraits<v1::QueryResponse>::Serialize(
+            result.response, reply_, &own_buffer);
+        if (!serialized.ok()) status = absl::InternalError(serialized.error_message());
+      }
+      context_->AddTrailingMetadata(
+          "dbpool-acquire-wait-us",
+          absl::StrCat(absl::ToInt64Microseconds(t.acquire_wait)));
+      context_->AddTrailingMetadata("dbpool-queue-depth",
+                                    absl::StrCat(t.queue_depth_on_arrival));
+    }
+    Finish(ToGrpcStatus(WithPoolState(std::move(status), service_->engine_)));
   }
 
   DatabaseService* const service_;
   grpc::CallbackServerContext* const context_;
   grpc::ByteBuffer* const reply_;
-  v1::QueryRequest request_;
-  v1::QueryResponse response_;
-  const absl::Time rpc_deadline_;
-  std::vector<db::EncodedParam> params_;
-  std::atomic<bool> cancelled_{false};
-  std::atomic<pool::ConnectionPool::WaitId> wait_id_{0};
   AccessControl::Slot slot_;
+  CancelRelay cancel_;
 };
 
-DatabaseService::DatabaseService(pool::ConnectionPool& pool, Executor& executor,
-                                 ServiceOptions options, metrics::Metrics* metrics)
-    : pool_(pool),
-      executor_(executor),
+DatabaseService::DatabaseService(engine::QueryEngine& engine, ServiceOptions options,
+                                 metrics::Metrics* metrics)
+    : engine_(engine),
       options_(std::move(options)),
       metrics_(metrics),
       access_(options_.tokens, options_.max_calls_per_caller),
@@ -196,7 +172,7 @@ grpc::ServerUnaryReactor* DatabaseService::GetPoolStats(
     reactor->Finish(ToGrpcStatus(caller.status()));
     return reactor;
   }
-  *response = ToProto(pool_.Snapshot());
+  *response = ToProto(engine_.Snapshot());
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }
@@ -216,7 +192,7 @@ grpc::ServerWriteReactor<v1::PoolStats>* DatabaseService::StreamPoolStats(
   PeriodicStreams<v1::PoolStats>::Same same;
   if (request->only_on_change()) same = SameGauges;
   return streams_.Open(
-      interval, [this] { return ToProto(pool_.Snapshot()); }, std::move(same));
+      interval, [this] { return ToProto(engine_.Snapshot()); }, std::move(same));
 }
 
 void DatabaseService::EndStreams() {

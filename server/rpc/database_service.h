@@ -1,35 +1,34 @@
 // DatabaseService: the dbpool.v1.DatabaseService implementation on gRPC's
 // callback API.
 //
-// Handlers check the caller (AccessControl) and validate on the gRPC thread, then ask the pool for a connection
-// asynchronously: a waiting call holds no thread. The query runs on the
-// executor; its worker finishes the call. Cancellation by the caller ends a
-// wait at once and cancels a running statement on the server.
+// A Query is checked (AccessControl) and validated on the gRPC thread, then
+// handed to the QueryEngine, whose callback finishes the call: a waiting or
+// running call holds no gRPC thread. A caller's cancel reaches the engine,
+// which ends a wait at once and cancels a running statement on the server.
 //
-// Owned by main; must outlive the grpc::Server. Thread-safe. No method
-// blocks; the destructor waits for open stats streams to end.
+// Owned by whoever builds the server; must outlive the grpc::Server, and the
+// engine must outlive it. Thread-safe. No method blocks; the destructor
+// waits for open stats streams to end.
 #ifndef DBPOOL_SERVER_RPC_DATABASE_SERVICE_H_
 #define DBPOOL_SERVER_RPC_DATABASE_SERVICE_H_
 
 #include <atomic>
 
 #include "dbpool/v1/database_service.grpc.pb.h"
-#include "server/common/executor.h"
-#include "server/db/query_runner.h"
+#include "server/engine/query_engine.h"
 #include "server/metrics/metrics.h"
-#include "server/pool/connection_pool.h"
 #include "server/rpc/access_control.h"
 #include "server/rpc/periodic_streams.h"
 #include "server/rpc/request_validation.h"
 
 namespace dbpool::rpc {
 
+// Filled from config::Config by whoever builds the server.
 struct ServiceOptions {
   RequestLimits request;
-  db::QueryLimits query;
-  // Used when a request sets no timeout; the RPC deadline caps it.
-  absl::Duration statement_timeout = absl::Seconds(30);
-  int max_stats_streams = 64;
+  // Used when a request sets no timeout; a request can only shorten it.
+  absl::Duration statement_timeout;
+  int max_stats_streams = 0;
   // Empty: no authentication.
   security::TokenTable tokens;
   // 0: no per-caller limit.
@@ -47,8 +46,8 @@ using DatabaseServiceBase = v1::DatabaseService::WithRawCallbackMethod_Query<
 class DatabaseService final : public DatabaseServiceBase {
  public:
   // `metrics` may be null (tests that do not look at metrics).
-  DatabaseService(pool::ConnectionPool& pool, Executor& executor,
-                  ServiceOptions options, metrics::Metrics* metrics = nullptr);
+  DatabaseService(engine::QueryEngine& engine, ServiceOptions options,
+                  metrics::Metrics* metrics = nullptr);
 
   grpc::ServerUnaryReactor* Query(grpc::CallbackServerContext* context,
                                   const grpc::ByteBuffer* request,
@@ -66,8 +65,7 @@ class DatabaseService final : public DatabaseServiceBase {
  private:
   class QueryCall;
 
-  pool::ConnectionPool& pool_;
-  Executor& executor_;
+  engine::QueryEngine& engine_;
   const ServiceOptions options_;
   metrics::Metrics* const metrics_;
   AccessControl access_;

@@ -12,13 +12,13 @@ bool Known(const std::string& service) {
 
 }  // namespace
 
-HealthService::HealthService(const pool::ConnectionPool& pool, int max_watches)
-    : pool_(pool), watches_(max_watches) {}
+HealthService::HealthService(const engine::QueryEngine& engine, int max_watches)
+    : engine_(engine), watches_(max_watches) {}
 
 HealthCheckResponse::ServingStatus HealthService::StatusOf(
     const std::string& service) const {
   if (!Known(service)) return HealthCheckResponse::SERVICE_UNKNOWN;
-  return !draining_.load() && pool_.Serving() ? HealthCheckResponse::SERVING
+  return !draining_.load() && engine_.Serving() ? HealthCheckResponse::SERVING
                                               : HealthCheckResponse::NOT_SERVING;
 }
 

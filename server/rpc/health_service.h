@@ -1,23 +1,24 @@
 // HealthService: grpc.health.v1.Health built from generated code, so that
 // reflection can describe it (gRPC 1.51's built-in one cannot be called
-// through reflection). SERVING while the pool reaches the database and the
+// through reflection). SERVING while the engine reaches the database and the
 // server is not draining.
 //
-// Owned by main; must outlive the grpc::Server. Thread-safe; never blocks.
+// Owned by whoever builds the server; must outlive the grpc::Server, and the
+// engine must outlive it. Thread-safe; never blocks.
 #ifndef DBPOOL_SERVER_RPC_HEALTH_SERVICE_H_
 #define DBPOOL_SERVER_RPC_HEALTH_SERVICE_H_
 
 #include <atomic>
 
 #include "grpc/health/v1/health.grpc.pb.h"
-#include "server/pool/connection_pool.h"
+#include "server/engine/query_engine.h"
 #include "server/rpc/periodic_streams.h"
 
 namespace dbpool::rpc {
 
 class HealthService final : public grpc::health::v1::Health::CallbackService {
  public:
-  explicit HealthService(const pool::ConnectionPool& pool, int max_watches = 64);
+  HealthService(const engine::QueryEngine& engine, int max_watches);
 
   grpc::ServerUnaryReactor* Check(
       grpc::CallbackServerContext* context,
@@ -38,7 +39,7 @@ class HealthService final : public grpc::health::v1::Health::CallbackService {
   grpc::health::v1::HealthCheckResponse::ServingStatus StatusOf(
       const std::string& service) const;
 
-  const pool::ConnectionPool& pool_;
+  const engine::QueryEngine& engine_;
   std::atomic<bool> draining_{false};
   PeriodicStreams<grpc::health::v1::HealthCheckResponse> watches_;
 };

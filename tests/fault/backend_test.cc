@@ -43,13 +43,11 @@ bool PoolAndDatabaseAgree(TestServer& server, const std::string& app, int total)
 // serves while one is frozen, and a short cancel grace.
 constexpr absl::Duration kGrace = absl::Seconds(1);
 
-TestServerOptions FrozenBackendOptions(const std::string& app) {
-  TestServerOptions o;
-  o.max_connections = 2;
-  o.min_connections = 2;
-  o.cancel_grace = kGrace;
-  o.application_name = app;
-  return o;
+ServerEnv FrozenBackendOptions(const std::string& app) {
+  return {{"DB_POOL_MAX_CONNECTIONS", "2"},
+          {"DB_POOL_MIN_CONNECTIONS", "2"},
+          {"DB_CANCEL_GRACE_MS", Ms(kGrace)},
+          {"DB_APPLICATION_NAME", app}};
 }
 
 // The one backend of `app` running pg_sleep.
@@ -67,11 +65,9 @@ pid_t SleepingBackend(const std::string& app) {
 
 TEST(Backend, TerminatedIdleBackendsAreReplacedWithoutFailures) {
   const std::string app = "dbpool-terminate";
-  TestServerOptions o;
-  o.max_connections = 3;
-  o.min_connections = 3;
-  o.application_name = app;
-  TestServer server(o);
+  TestServer server({{"DB_POOL_MAX_CONNECTIONS", "3"},
+                     {"DB_POOL_MIN_CONNECTIONS", "3"},
+                     {"DB_APPLICATION_NAME", app}});
   ASSERT_TRUE(Eventually([&] { return PoolAndDatabaseAgree(server, app, 3); }));
   Figures fig;
   EXPECT_EQ(PgCluster::Get().Int(absl::StrCat(
@@ -102,11 +98,9 @@ TEST(Backend, TerminatedIdleBackendsAreReplacedWithoutFailures) {
 TEST(Backend, KilledMidQueryFailsThatCallOnlyAndIsReplaced) {
   const std::string app = "dbpool-kill";
   constexpr absl::Duration kDeadline = absl::Seconds(10);
-  TestServerOptions o;
-  o.max_connections = 2;
-  o.min_connections = 2;
-  o.application_name = app;
-  TestServer server(o);
+  TestServer server({{"DB_POOL_MAX_CONNECTIONS", "2"},
+                     {"DB_POOL_MIN_CONNECTIONS", "2"},
+                     {"DB_APPLICATION_NAME", app}});
   ASSERT_TRUE(Eventually([&] { return PoolAndDatabaseAgree(server, app, 2); }));
   Figures fig;
   AsyncQuery victim(server.stub(), "SELECT pg_sleep(30)", kDeadline);
@@ -227,9 +221,9 @@ TEST(Backend, FrozenMidQueryWithRequestTimeoutAnswersAfterTheGrace) {
 TEST(Backend, FrozenWithCancelUnansweredIsStillDiscarded) {
   const std::string app = "dbpool-frozen-pm";
   constexpr absl::Duration kDeadline = absl::Seconds(1);
-  TestServerOptions o = FrozenBackendOptions(app);
+  ServerEnv o = FrozenBackendOptions(app);
   // Replacement connections hang on the stopped postmaster until this.
-  o.connect_timeout = absl::Seconds(1);
+  o["DB_POOL_CONNECT_TIMEOUT_MS"] = Ms(absl::Seconds(1));
   TestServer server(o);
   ASSERT_TRUE(Eventually([&] { return PoolAndDatabaseAgree(server, app, 2); }));
   Figures fig;

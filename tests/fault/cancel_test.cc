@@ -18,15 +18,13 @@ using google::protobuf::util::TimeUtil;
 
 // One connection, so that the backend serving the next call is the one
 // that ran the cancelled statement, unless the pool replaced it.
-TestServerOptions OneConnection(const std::string& app) {
-  TestServerOptions o;
-  o.max_connections = 1;
-  o.min_connections = 1;
-  o.application_name = app;
-  // On a loaded machine a cancel can take a second or two to land; these
-  // tests are about reuse once it has, not about the grace.
-  o.cancel_grace = absl::Seconds(10);
-  return o;
+ServerEnv OneConnection(const std::string& app) {
+  return {{"DB_POOL_MAX_CONNECTIONS", "1"},
+          {"DB_POOL_MIN_CONNECTIONS", "1"},
+          {"DB_APPLICATION_NAME", app},
+          // On a loaded machine a cancel can take a second or two to land;
+          // these tests are about reuse once it has, not about the grace.
+          {"DB_CANCEL_GRACE_MS", Ms(absl::Seconds(10))}};
 }
 
 std::string BackendPid(TestServer& server) {
@@ -121,9 +119,7 @@ TEST(Cancel, ClientCancelStopsTheServerQueryAndKeepsTheConnection) {
 // A caller that gives up while still queued leaves the queue at once and
 // never takes a connection.
 TEST(Cancel, WaitersLeaveTheQueueOnDeadlineAndCancel) {
-  TestServerOptions o;
-  o.max_connections = 1;
-  TestServer server(o);
+  TestServer server(ServerEnv{{"DB_POOL_MAX_CONNECTIONS", "1"}});
   ASSERT_TRUE(Eventually([&] { return server.pool().Snapshot().idle == 1; }));
   Figures fig;
   AsyncQuery holder(server.stub(), "SELECT pg_sleep(2)", absl::Seconds(10));

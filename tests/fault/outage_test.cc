@@ -16,10 +16,8 @@ using HealthStatus = grpc::health::v1::HealthCheckResponse;
 TEST(Outage, LongerThanAcquireTimeoutFailsFastAndRecoversByItself) {
   constexpr absl::Duration kAcquireTimeout = absl::Seconds(2);
   constexpr int kProbes = 20;
-  TestServerOptions o;
-  o.acquire_timeout = kAcquireTimeout;
-  o.min_connections = 2;
-  TestServer server(o);
+  TestServer server({{"DB_POOL_ACQUIRE_TIMEOUT_MS", Ms(kAcquireTimeout)},
+                     {"DB_POOL_MIN_CONNECTIONS", "2"}});
   Figures fig;
   v1::QueryResponse resp;
   ASSERT_TRUE(server.Query("SELECT 1", &resp).ok());
@@ -71,11 +69,9 @@ TEST(Outage, DatabaseDownWhenServerStartsThenAppears) {
   // A cluster of this test's own whose port is known before it exists.
   PgCluster late;
   late.Init();
-  TestServerOptions o;
-  o.conninfo = late.conninfo();
-  o.acquire_timeout = absl::Seconds(1);
   const absl::Time begin = absl::Now();
-  TestServer server(o);
+  TestServer server({{"DATABASE_URL", late.conninfo()},
+                     {"DB_POOL_ACQUIRE_TIMEOUT_MS", Ms(absl::Seconds(1))}});
   Figures fig;
   fig.AddMs("server_started", absl::Now() - begin);
   EXPECT_EQ(server.Health(), HealthStatus::NOT_SERVING);

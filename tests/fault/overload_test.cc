@@ -28,10 +28,7 @@ constexpr int64_t kRssGrowthBound = int64_t{256} << 20;
 #endif
 
 TEST(Overload, ExhaustedPoolQueuesThenRejects) {
-  TestServerOptions o;
-  o.max_connections = 2;
-  o.max_waiting = 2;
-  TestServer server(o);
+  TestServer server({{"DB_POOL_MAX_CONNECTIONS", "2"}, {"DB_POOL_MAX_WAITING", "2"}});
   std::vector<std::unique_ptr<AsyncQuery>> holders;
   for (int i = 0; i < 2; ++i) {
     holders.push_back(std::make_unique<AsyncQuery>(server.stub(), "SELECT pg_sleep(1)",
@@ -108,11 +105,9 @@ TEST(Overload, TenTimesCapacityStaysBoundedAndResponsive) {
   constexpr int kCallers = 400;
   constexpr int kMaxRounds = 10;
   constexpr absl::Duration kLoad = absl::Seconds(4);
-  TestServerOptions o;
-  o.max_connections = kPool;
-  o.min_connections = kPool;
-  o.max_waiting = kMaxWaiting;
-  TestServer server(o);
+  TestServer server({{"DB_POOL_MAX_CONNECTIONS", absl::StrCat(kPool)},
+                     {"DB_POOL_MIN_CONNECTIONS", absl::StrCat(kPool)},
+                     {"DB_POOL_MAX_WAITING", absl::StrCat(kMaxWaiting)}});
   ASSERT_TRUE(Eventually([&] { return server.pool().Snapshot().idle == kPool; }));
   Figures fig;
   // gRPC starts its threads and grows its buffers on first use: warm it up
@@ -201,16 +196,15 @@ TEST(Overload, TenTimesCapacityStaysBoundedAndResponsive) {
 TEST(Overload, QueuedCallsAreServedInArrivalOrder) {
   constexpr int kPool = 4;
   constexpr int kMaxWaiting = 40;
-  TestServerOptions o;
-  o.max_connections = kPool;
-  o.min_connections = kPool;
-  o.max_waiting = kMaxWaiting;
-  // The queue fills one call at a time: room for a slow machine.
-  o.acquire_timeout = absl::Seconds(30);
-  // The cancelled holder's connection must come back, however slowly the
-  // cancel lands on a loaded machine.
-  o.cancel_grace = absl::Seconds(10);
-  TestServer server(o);
+  TestServer server({{"DB_POOL_MAX_CONNECTIONS", absl::StrCat(kPool)},
+                     {"DB_POOL_MIN_CONNECTIONS", absl::StrCat(kPool)},
+                     {"DB_POOL_MAX_WAITING", absl::StrCat(kMaxWaiting)},
+                     // The queue fills one call at a time: room for a slow
+                     // machine.
+                     {"DB_POOL_ACQUIRE_TIMEOUT_MS", Ms(absl::Seconds(30))},
+                     // The cancelled holder's connection must come back,
+                     // however slowly the cancel lands on a loaded machine.
+                     {"DB_CANCEL_GRACE_MS", Ms(absl::Seconds(10))}});
   PgCluster::Get().Scalar("CREATE SEQUENCE fifo");
   Figures fig;
   std::vector<std::unique_ptr<AsyncQuery>> holders;

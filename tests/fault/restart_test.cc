@@ -62,12 +62,9 @@ TEST(Restart, FastRestartUnderLoadFailsOnlyRunningCallsAndRecovers) {
   // during the outage.
   constexpr absl::Duration kGoodbyeMargin = absl::Milliseconds(100);
 
-  TestServerOptions o;
-  o.max_connections = kPool;
-  o.min_connections = kPool;
-  o.max_waiting = 1000;
-  o.application_name = "dbpool-restart";
-  TestServer server(o);
+  TestServer server({{"DB_POOL_MAX_CONNECTIONS", absl::StrCat(kPool)},
+                     {"DB_POOL_MIN_CONNECTIONS", absl::StrCat(kPool)},
+                     {"DB_APPLICATION_NAME", "dbpool-restart"}});
   ASSERT_TRUE(Eventually([&] { return server.pool().Snapshot().idle == kPool; }));
   Figures fig;
 

@@ -88,11 +88,10 @@ std::vector<BadRequest> Cases() {
 }
 
 TEST(BadInput, EveryCaseIsRejectedClearlyAndTheServerStaysHealthy) {
-  TestServerOptions o;
-  o.max_connections = 2;
-  o.max_sql_bytes = 4096;
-  o.max_params = 10;
-  TestServer server(o);
+  TestServer server({{"DB_POOL_MAX_CONNECTIONS", "2"},
+                     {"DBPOOL_MAX_SQL_BYTES", "4096"},
+                     {"DBPOOL_MAX_PARAMS", "10"},
+                     {"DBPOOL_MAX_ROWS", "1000"}});
   for (const BadRequest& c : Cases()) {
     v1::QueryResponse resp;
     grpc::Status st = server.Query(c.request, &resp);

@@ -32,11 +32,9 @@ constexpr char kProbe[] =
     "(SELECT count(*) FROM pg_cursors WHERE name <> '')) AS state, "
     "pg_backend_pid() AS pid";
 
-TestServerOptions OneConnection() {
-  TestServerOptions o;
-  o.max_connections = 1;  // every call gets the same session
-  o.min_connections = 1;
-  return o;
+// Every call gets the same session.
+ServerEnv OneConnection() {
+  return {{"DB_POOL_MAX_CONNECTIONS", "1"}, {"DB_POOL_MIN_CONNECTIONS", "1"}};
 }
 
 class CleanSessionTest : public ::testing::Test {
@@ -211,9 +209,9 @@ TEST_F(CleanSessionTest, TenThousandRandomHandOffs) {
 }
 
 TEST(StatementCache, EvictedStatementsAreDeallocated) {
-  TestServerOptions o = OneConnection();
-  o.prepared_cache_size = 2;
-  TestServer server(o);
+  ServerEnv env = OneConnection();
+  env["DB_PREPARED_CACHE_SIZE"] = "2";
+  TestServer server(env);
   const uint64_t evictions = db::Counters().statement_cache_evictions.load();
   v1::QueryResponse resp;
   for (const char* sql : {"SELECT 1 AS a", "SELECT 2 AS b", "SELECT 3 AS c"}) {
@@ -228,9 +226,9 @@ TEST(StatementCache, EvictedStatementsAreDeallocated) {
 }
 
 TEST(StatementCache, SizeZeroPreparesNothing) {
-  TestServerOptions o = OneConnection();
-  o.prepared_cache_size = 0;
-  TestServer server(o);
+  ServerEnv env = OneConnection();
+  env["DB_PREPARED_CACHE_SIZE"] = "0";
+  TestServer server(env);
   v1::QueryResponse resp;
   for (int i = 0; i < 3; ++i) {
     ASSERT_TRUE(server.Query("SELECT count(*) FROM pg_prepared_statements", &resp).ok());

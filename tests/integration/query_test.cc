@@ -23,7 +23,8 @@ using ::testing::HasSubstr;
 
 class QueryTest : public ::testing::Test {
  protected:
-  TestServer server_;
+  // A result cap small enough to reach cheaply.
+  TestServer server_{{{"DBPOOL_MAX_RESULT_BYTES", absl::StrCat(1 << 20)}}};
 };
 
 TEST_F(QueryTest, EveryMappedTypeRoundTrips) {
@@ -170,9 +171,8 @@ INSTANTIATE_TEST_SUITE_P(
     [](const ::testing::TestParamInfo<ErrorCase>& info) { return info.param.name; });
 
 TEST(PreparedStatements, RepeatedSqlIsPreparedOnceAndSurvivesDeallocate) {
-  TestServerOptions o;
-  o.max_connections = 1;  // every call shares one session
-  TestServer server(o);
+  // One connection: every call shares one session.
+  TestServer server(ServerEnv{{"DB_POOL_MAX_CONNECTIONS", "1"}});
   v1::QueryRequest req;
   req.set_sql("SELECT $1::int + 1 AS next");
   req.add_params()->set_int64_value(41);
@@ -240,7 +240,7 @@ TEST_F(QueryTest, ResultLimitsFailWithResourceExhausted) {
   EXPECT_THAT(st.error_message(), HasSubstr("max_rows"));
   req.set_max_rows(10);
   EXPECT_TRUE(server_.Query(req, &resp).ok());
-  // The harness caps results at 1 MiB of cell data.
+  // The fixture caps results at 1 MiB of cell data.
   req.set_sql("SELECT repeat('x', 2 << 20)");
   EXPECT_EQ(server_.Query(req, &resp).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
 }
@@ -279,7 +279,7 @@ TEST_F(QueryTest, UnparsableRequestIsInvalidArgument) {
                       st = std::move(s);
                       done.Notify();
                     });
-  done.WaitForNotification();
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(15)));
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(st.error_message(), HasSubstr("UTF-8"));
   v1::QueryResponse ok;

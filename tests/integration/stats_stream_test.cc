@@ -6,18 +6,22 @@
 #include <gtest/gtest.h>
 
 #include "absl/time/clock.h"
+#include "google/protobuf/util/time_util.h"
 #include "tests/support/pg_harness.h"
 
 namespace dbpool::testing {
 namespace {
 
+// Opens a stream on `ctx`, which gets a deadline so that no Read waits
+// forever.
 std::unique_ptr<grpc::ClientReader<v1::PoolStats>> Open(
     TestServer& server, grpc::ClientContext& ctx, absl::Duration interval,
     bool only_on_change) {
   v1::StreamPoolStatsRequest req;
-  req.mutable_interval()->set_nanos(
-      static_cast<int32_t>(absl::ToInt64Nanoseconds(interval)));
+  *req.mutable_interval() = google::protobuf::util::TimeUtil::NanosecondsToDuration(
+      absl::ToInt64Nanoseconds(interval));
   req.set_only_on_change(only_on_change);
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
   return server.stub().StreamPoolStats(&ctx, req);
 }
 
@@ -37,9 +41,7 @@ TEST(StatsStream, SendsAtOnceThenPerInterval) {
 }
 
 TEST(StatsStream, OnlyOnChangeStaysQuietUntilTheGaugesMove) {
-  TestServerOptions o;
-  o.min_connections = 0;
-  TestServer server(o);
+  TestServer server(ServerEnv{{"DB_POOL_MIN_CONNECTIONS", "0"}});
   // Let the probe connection settle so nothing moves by itself.
   const absl::Time settle = absl::Now() + absl::Seconds(5);
   while ((server.pool().Snapshot().connecting > 0 || !server.pool().Serving()) &&
@@ -47,7 +49,6 @@ TEST(StatsStream, OnlyOnChangeStaysQuietUntilTheGaugesMove) {
     absl::SleepFor(absl::Milliseconds(10));
   }
   grpc::ClientContext ctx;
-  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
   auto reader = Open(server, ctx, absl::Milliseconds(100), true);
   v1::PoolStats first;
   ASSERT_TRUE(reader->Read(&first));
@@ -70,9 +71,7 @@ TEST(StatsStream, OnlyOnChangeStaysQuietUntilTheGaugesMove) {
 }
 
 TEST(StatsStream, ConcurrentStreamsAreCapped) {
-  TestServerOptions o;
-  o.max_stats_streams = 2;
-  TestServer server(o);
+  TestServer server(ServerEnv{{"DBPOOL_MAX_STATS_STREAMS", "2"}});
   std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
   std::vector<std::unique_ptr<grpc::ClientReader<v1::PoolStats>>> readers;
   for (int i = 0; i < 2; ++i) {

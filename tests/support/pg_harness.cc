@@ -11,13 +11,14 @@
 
 #include <gtest/gtest.h>
 
+#include "absl/algorithm/container.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
-#include "server/db/pg_connection.h"
+#include "server/config/config.h"
 
 namespace dbpool::testing {
 namespace {
@@ -150,51 +151,43 @@ bool PgCluster::Accepts() const {
   return ok;
 }
 
-TestServer::TestServer(TestServerOptions options) {
-  if (options.conninfo.empty()) options.conninfo = PgCluster::Get().conninfo();
-  pool::PoolOptions po;
-  po.max_connections = options.max_connections;
-  po.min_connections = options.min_connections;
-  po.max_waiting = options.max_waiting;
-  po.acquire_timeout = options.acquire_timeout;
-  po.connect_timeout = options.connect_timeout;
-  auto connector = std::make_shared<db::PgConnector>(db::ConnectionSettings{
-      options.conninfo, options.application_name, options.statement_timeout,
-      static_cast<size_t>(options.prepared_cache_size)});
-  metrics_ = std::make_unique<metrics::Metrics>("test");
-  executor_ = std::make_unique<Executor>(options.max_connections, "test-worker");
-  pool_ = std::make_unique<pool::ConnectionPool>(po, connector);
-  metrics_->AddPool(*pool_);
-  rpc::ServiceOptions so;
-  so.statement_timeout = options.statement_timeout;
-  so.query.max_rows = 1000;
-  so.query.max_result_bytes = 1 << 20;
-  so.query.cancel_grace = options.cancel_grace;
-  so.max_stats_streams = options.max_stats_streams;
-  so.request.max_sql_bytes = options.max_sql_bytes;
-  so.request.max_params = options.max_params;
-  service_ = std::make_unique<rpc::DatabaseService>(*pool_, *executor_, so,
-                                                    metrics_.get());
-  health_service_ = std::make_unique<rpc::HealthService>(*pool_);
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
-  builder.RegisterService(service_.get());
-  builder.RegisterService(health_service_.get());
-  server_ = builder.BuildAndStart();
-  EXPECT_NE(server_, nullptr);
+std::string Ms(absl::Duration d) { return absl::StrCat(absl::ToInt64Milliseconds(d)); }
+
+TestServer::TestServer(const ServerEnv& env) {
+  ServerEnv vars = {{"DBPOOL_LISTEN_HOST", "127.0.0.1"},
+                    {"DBPOOL_GRPC_PORT", "0"},
+                    {"DBPOOL_HTTP_PORT", "0"},
+                    {"DBPOOL_METRICS_PORT", "0"},
+                    {"DB_POOL_MAX_CONNECTIONS", "4"},
+                    {"DB_POOL_MIN_CONNECTIONS", "1"},
+                    {"DB_APPLICATION_NAME", "dbpool-test"}};
+  const std::vector<config::Variable> known = config::Variables();
+  for (const auto& [name, value] : env) {
+    EXPECT_TRUE(absl::c_any_of(known, [&](const auto& v) { return v.name == name; }))
+        << name << " is not a dbpool-server setting";
+    vars[name] = value;
+  }
+  // Only now: a test with a cluster of its own never starts the shared one.
+  if (vars.count("DATABASE_URL") == 0) vars["DATABASE_URL"] = PgCluster::Get().conninfo();
+  absl::StatusOr<config::Config> config = config::Load(
+      [&vars](const std::string& name) -> std::optional<std::string> {
+        auto it = vars.find(name);
+        if (it == vars.end()) return std::nullopt;
+        return it->second;
+      },
+      {});
+  if (!config.ok()) GTEST_LOG_(FATAL) << "test server settings: " << config.status();
+  absl::StatusOr<std::unique_ptr<app::Server>> server = app::BuildServer(*config);
+  if (!server.ok()) GTEST_LOG_(FATAL) << "test server: " << server.status();
+  server_ = *std::move(server);
   auto channel = grpc::CreateChannel(target(), grpc::InsecureChannelCredentials());
   stub_ = v1::DatabaseService::NewStub(channel);
   health_ = grpc::health::v1::Health::NewStub(channel);
 }
 
-TestServer::~TestServer() {
-  health_service_->EndWatches();
-  service_->EndStreams();
-  server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  server_->Wait();
-}
+TestServer::~TestServer() { server_->Shutdown(absl::Seconds(5)); }
 
-std::string TestServer::target() const { return absl::StrCat("127.0.0.1:", port_); }
+std::string TestServer::target() const { return server_->Address(server_->grpc_port()); }
 
 grpc::Status TestServer::Query(const v1::QueryRequest& request,
                                v1::QueryResponse* response,

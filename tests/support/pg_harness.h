@@ -1,6 +1,6 @@
 // Test harness for the integration and fault tests: throwaway PostgreSQL
 // clusters (started through tests/support/pg_cluster.sh) and an in-process
-// dbpool server wired exactly as main.cc wires it.
+// dbpool server built by app::BuildServer, as dbpool-server builds it.
 //
 // PgCluster::Get() is the process-wide cluster, started on first use and
 // removed when the process's tests end; a test that needs a cluster of its
@@ -13,6 +13,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -23,11 +24,9 @@
 #include "absl/time/time.h"
 #include "dbpool/v1/database_service.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
-#include "server/common/executor.h"
+#include "server/app/server.h"
 #include "server/metrics/metrics.h"
 #include "server/pool/connection_pool.h"
-#include "server/rpc/database_service.h"
-#include "server/rpc/health_service.h"
 
 namespace dbpool::testing {
 
@@ -75,33 +74,29 @@ class PgCluster {
   bool pinned_ = false;
 };
 
-struct TestServerOptions {
-  int max_connections = 4;
-  int min_connections = 1;
-  int max_waiting = 100;
-  absl::Duration acquire_timeout = absl::Seconds(5);
-  absl::Duration connect_timeout = absl::Seconds(5);
-  absl::Duration statement_timeout = absl::Seconds(30);
-  // How long a cancelled statement may take to stop (QueryLimits).
-  absl::Duration cancel_grace = absl::Seconds(2);
-  std::string conninfo;  // empty: the shared cluster
-  std::string application_name = "dbpool-test";
-  int max_stats_streams = 64;
-  int max_sql_bytes = 1 << 20;
-  int max_params = 65535;
-  int prepared_cache_size = 512;
-};
+// A TestServer's settings: dbpool-server environment variables (see
+// .env.example), laid over the harness's own, which are the only ones that
+// differ from the defaults: loopback, free ports, the shared cluster, and a
+// pool of 4 (1 kept open) named dbpool-test.
+using ServerEnv = std::map<std::string, std::string>;
 
+// A duration as the value of a *_MS setting.
+std::string Ms(absl::Duration d);
+
+// The whole server, in-process, listening on loopback. Owned by a test;
+// stopped (5 s grace) when destroyed.
 class TestServer {
  public:
-  explicit TestServer(TestServerOptions options = {});
+  explicit TestServer(const ServerEnv& env = {});
   ~TestServer();
 
   v1::DatabaseService::Stub& stub() { return *stub_; }
   grpc::health::v1::Health::Stub& health() { return *health_; }
-  pool::ConnectionPool& pool() { return *pool_; }
+  app::Server& server() { return *server_; }
+  pool::ConnectionPool& pool() { return server_->pool(); }
   // What /metrics would serve: the pool collector and query metrics.
-  metrics::Metrics& metrics() { return *metrics_; }
+  metrics::Metrics& metrics() { return server_->metrics(); }
+  // host:port of the gRPC server.
   std::string target() const;
 
   // A Query with a deadline.
@@ -117,13 +112,7 @@ class TestServer {
                          absl::Duration deadline = absl::Seconds(2));
 
  private:
-  std::unique_ptr<metrics::Metrics> metrics_;
-  std::unique_ptr<Executor> executor_;
-  std::unique_ptr<pool::ConnectionPool> pool_;
-  std::unique_ptr<rpc::DatabaseService> service_;
-  std::unique_ptr<rpc::HealthService> health_service_;
-  std::unique_ptr<grpc::Server> server_;
-  int port_ = 0;
+  std::unique_ptr<app::Server> server_;
   std::unique_ptr<v1::DatabaseService::Stub> stub_;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;
 };

@@ -2,7 +2,6 @@
 
 #include <fstream>
 #include <map>
-#include <sstream>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -30,6 +29,7 @@ TEST(Config, DefaultsMirrorTheDesign) {
   EXPECT_EQ(c->acquire_timeout, absl::Seconds(5));
   EXPECT_EQ(c->max_waiting, 1000);
   EXPECT_EQ(c->statement_timeout, absl::Seconds(30));
+  EXPECT_EQ(c->cancel_grace, absl::Seconds(2));
   EXPECT_EQ(c->application_name, "dbpool");
   EXPECT_EQ(c->grpc_port, 50051);
   EXPECT_EQ(c->http_port, 8080);
@@ -124,28 +124,30 @@ TEST(Config, HelpNamesEveryVariable) {
 TEST(Config, EnvExampleDocumentsEveryVariableWithItsDefault) {
   std::ifstream file(std::string(DBPOOL_SOURCE_DIR) + "/.env.example");
   ASSERT_TRUE(file.good());
-  std::stringstream text;
-  text << file.rdbuf();
-  // The example's values, loaded as an environment, must be valid.
   std::map<std::string, std::string> vars;
   std::string line;
-  while (std::getline(text, line)) {
+  while (std::getline(file, line)) {
     if (line.empty() || line[0] == '#') continue;
     const auto eq = line.find('=');
     ASSERT_NE(eq, std::string::npos) << line;
-    vars[line.substr(0, eq)] = line.substr(eq + 1);
+    EXPECT_TRUE(vars.emplace(line.substr(0, eq), line.substr(eq + 1)).second)
+        << line.substr(0, eq) << " appears twice";
   }
-  for (const std::string& name : VariableNames()) {
-    EXPECT_EQ(vars.count(name), 1u) << name << " is missing from .env.example";
+  for (const Variable& v : Variables()) {
+    auto it = vars.find(v.name);
+    if (it == vars.end()) {
+      ADD_FAILURE() << v.name << " is missing from .env.example";
+      continue;
+    }
+    // DATABASE_URL has no default: the example shows what one looks like.
+    if (v.name == "DATABASE_URL") continue;
+    EXPECT_EQ(it->second, v.default_value)
+        << v.name << " in .env.example differs from its default";
   }
-  EXPECT_EQ(vars.size(), VariableNames().size()) << "unknown variables in .env.example";
+  EXPECT_EQ(vars.size(), Variables().size()) << "unknown variables in .env.example";
+  // The example, loaded as an environment, must be valid.
   auto c = Load(Env(vars), {});
   EXPECT_TRUE(c.ok()) << c.status();
-  auto defaults = Load(Env({{"DATABASE_URL", vars["DATABASE_URL"]}}), {});
-  ASSERT_TRUE(defaults.ok());
-  EXPECT_EQ(c->max_connections, defaults->max_connections);
-  EXPECT_EQ(c->acquire_timeout, defaults->acquire_timeout);
-  EXPECT_EQ(c->max_lifetime, defaults->max_lifetime);
 }
 
 }  // namespace

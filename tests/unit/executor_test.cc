@@ -1,6 +1,8 @@
 #include "server/common/executor.h"
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -43,16 +45,22 @@ TEST(Executor, OneWorkerRunsTasksInOrder) {
 }
 
 TEST(Executor, TasksMayPostMoreTasks) {
-  std::atomic<int> ran{0};
-  {
-    Executor executor(2, "test");
-    executor.Post([&] {
-      ran.fetch_add(1);
-      executor.Post([&] { ran.fetch_add(1); });
-    });
-    while (ran.load() < 2) std::this_thread::yield();
-  }
-  EXPECT_EQ(ran.load(), 2);
+  std::mutex mu;
+  std::condition_variable counted;
+  int ran = 0;
+  auto count = [&] {
+    std::lock_guard<std::mutex> lock(mu);
+    ++ran;
+    counted.notify_all();
+  };
+  Executor executor(2, "test");
+  executor.Post([&] {
+    count();
+    executor.Post(count);
+  });
+  std::unique_lock<std::mutex> lock(mu);
+  EXPECT_TRUE(counted.wait_for(lock, std::chrono::seconds(10), [&] { return ran == 2; }))
+      << "ran " << ran << " of 2 tasks";
 }
 
 }  // namespace
