@@ -207,8 +207,7 @@ def render(doc, json_path, md_path):
                "processes)"]
     counted += [PROCESSES[gateway(s)] + ("" if s == "B" else " (all threads)")
                 for s in systems if gateway(s)]
-    loads = [x for x in dict.fromkeys(LOAD[s] for s in systems)]
-    counted.append(f"client = {' or '.join(loads)}")
+    counted.append(f"client = {' or '.join(dict.fromkeys(LOAD[s] for s in systems))}")
     w("* **CPU µs/query**: `utime + stime` deltas from `/proc/PID/stat` over the measured "
       f"window (less {min(0.25, st['duration_s'] / 10):.2f} s at each end), divided by the "
       f"queries completed in that window. {'; '.join(counted)}. Resolution is one clock "
@@ -223,16 +222,11 @@ def render(doc, json_path, md_path):
       "during the run (noise).\n")
 
     w("## Summary\n")
-    L += table(["clients", *(c[0] for c in columns(SUMMARY_COLUMNS, systems))],
-               ["---:", *(c[2] for c in columns(SUMMARY_COLUMNS, systems))],
-               [[str(n), *(c[3](summary[str(n)]) for c in columns(SUMMARY_COLUMNS, systems))]
-                for n in conc])
+    L += summary_table(columns(SUMMARY_COLUMNS, systems), summary, conc)
     w("")
     if "D" in systems or "E" in systems:
         w("### Against the gateways a team would write instead\n")
-        peers = columns(PEER_COLUMNS, systems)
-        L += table(["clients", *(c[0] for c in peers)], ["---:", *(c[2] for c in peers)],
-                   [[str(n), *(c[3](summary[str(n)]) for c in peers)] for n in conc])
+        L += summary_table(columns(PEER_COLUMNS, systems), summary, conc)
         w("")
 
     w("## Per concurrency\n")
@@ -307,6 +301,12 @@ def table(header, align, rows):
     """A Markdown table."""
     return ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|",
             *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def summary_table(cols, summary, conc):
+    """One row per concurrency."""
+    return table(["clients", *(c[0] for c in cols)], ["---:", *(c[2] for c in cols)],
+                 [[str(n), *(c[3](summary[str(n)]) for c in cols)] for n in conc])
 
 
 def columns(spec, systems):
