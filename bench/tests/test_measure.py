@@ -155,6 +155,19 @@ class Peers(unittest.TestCase):
         args = calls[0].args[2]
         self.assertEqual(args[args.index("--concurrency") + 1], "40")
 
+    def test_peers_get_dbpool_s_load(self):
+        ctx = {"cli": "dbpool", "targets": {"C": "c:1", "D": "d:1", "E": "e:1"}, "pids": {}}
+        st = {"sql": "SELECT 1", "warmup_s": 2, "duration_s": 10}
+        with mock.patch.object(compare, "measure") as measure:
+            for sysname in "CDE":
+                compare.run_one(ctx, st, 1, 64, sysname, seq=1)
+        argvs = [c.args[1] for c in measure.call_args_list]
+        self.assertEqual([a[a.index("--target") + 1] for a in argvs], ["c:1", "d:1", "e:1"])
+        for a in argvs:
+            a[a.index("--target") + 1] = "X"
+        self.assertEqual(argvs[1], argvs[0])
+        self.assertEqual(argvs[2], argvs[0])
+
     def test_fill_pool_gives_up_at_its_deadline(self):
         with self.assertRaisesRegex(stack.HarnessError, "holds 12 of 20"):
             self.fill([12], timeout=0)
