@@ -179,6 +179,14 @@ class SmallReports(unittest.TestCase):
         self.assertIn("| 64 | 6,874 | 13,644 |", md)
         self.assertNotIn("PgBouncer", md)
 
+    def test_floor_beside_a_compare_run_without_pgbouncer(self):
+        doc = load("floor-2026-11-30-0552.json")
+        doc["git"] = "d421995"
+        compare = load("compare-2026-11-30-0355.json")
+        for e in compare["summary"].values():
+            del e["B"]
+        self.assertEqual(floor.render(doc, "x.json", compare), floor.render(doc))
+
     def test_rate(self):
         doc = load("rate-2026-11-30-0411.json")
         doc["git"] = "fe72020"
