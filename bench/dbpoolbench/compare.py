@@ -1,8 +1,10 @@
-"""bench/compare: the same point select three ways, interleaved.
+"""bench/compare: the same point select five ways, interleaved.
 
   A  pgbench -M prepared directly against PostgreSQL
   B  pgbench -M simple   through PgBouncer 1.18 (transaction pooling, pool 20)
   C  dbpool bench        through dbpool-server (Release build, pool 20)
+  D  dbpool bench        through the Go peer gateway (bench/peers/go, pool 20)
+  E  dbpool bench        through the Node.js peer gateway (bench/peers/node, pool 20)
 
 The orchestration (main), one measured run (measure) and the wait for
 a quiet machine between runs (settle); compare_report makes the report.
@@ -15,8 +17,8 @@ import threading
 import time
 
 from . import pgbench, proc, sampling, stack, text
-from .compare_report import render, summarize
-from .settings import Env
+from .compare_report import INVOLVED, LOAD, SYSTEMS, gateway, render, summarize
+from .settings import Env, SettingsError
 from .stats import fmean_or_none, percentile
 from .text import fixed
 
@@ -42,13 +44,25 @@ def settings_from(env):
         "quiet_max_s": env.number("BENCH_QUIET_MAX", 10),
         "concurrency": env.whole_list("BENCH_CONCURRENCY",
                                       "1 8 64" if quick else "1 8 32 64 128"),
+        "systems": systems_from(env.text("BENCH_SYSTEMS", " ".join(SYSTEMS))),
         "pool_size": stack.POOL_SIZE,
         "sql": stack.POINT_SELECT,
     }
-    st["postgres_max_connections"] = max(200, max(st["concurrency"]) + 2 * stack.POOL_SIZE + 30)
+    pools = sum(1 for s in st["systems"] if gateway(s))
+    st["postgres_max_connections"] = max(200, max(st["concurrency"]) + pools * stack.POOL_SIZE + 30)
     report = env.text("BENCH_REPORT", "bench/results/BENCHMARKS-quick.md" if quick
                       else "docs/BENCHMARKS.md")
     return st, report
+
+
+def systems_from(text):
+    """"A C D" (spaces, commas or none) -> ["A", "C", "D"], in the order of
+    SYSTEMS, which the run order rotates."""
+    chosen = set(text.replace(",", " ").replace(" ", "").upper())
+    unknown = chosen - set(SYSTEMS)
+    if unknown or not chosen:
+        raise SettingsError(f"BENCH_SYSTEMS: want some of {' '.join(SYSTEMS)}, got \"{text}\"")
+    return [s for s in SYSTEMS if s in chosen]
 
 
 # ---------------------------------------------------------------------------
@@ -58,8 +72,10 @@ def settings_from(env):
 def measure(run, argv, warmup, duration, pids, log_prefix=None):
     """Runs one load generator (argv) and measures it: pgbench when
     log_prefix is given (its per-transaction log), else dbpool bench
-    --json. pids: postmaster, pgbouncer and dbpool_server. Returns the run
-    record, `run` (system, concurrency, repeat, seq) completed."""
+    --json. pids: the postmaster and the gateways that run (pgbouncer,
+    dbpool_server, peer_go, peer_node), each measured in every run.
+    Returns the run record, `run` (system, concurrency, repeat, seq)
+    completed."""
     load = run_load(argv, warmup, duration, pids, waits_for_progress=log_prefix is not None,
                     connect_s=120 + run["concurrency"])
     s1, s2 = load["s1"], load["s2"]
@@ -97,8 +113,7 @@ def measure(run, argv, warmup, duration, pids, log_prefix=None):
             rec.update(requests=0, ok=0, errors=0, throughput=0, latency_ms={})
             cpu_queries = 0
     if s1 and s2 and cpu_queries > 0:
-        rec["cpu"] = sampling.window_figures(s1, s2, cpu_queries,
-                                             ("pgbouncer", "dbpool_server", "client"))
+        rec["cpu"] = sampling.window_figures(s1, s2, cpu_queries, list(s1["procs"]))
     rec["valid"] = load["valid"] and load["rc"] == 0
     if load["stderr"] and (load["rc"] != 0 or rec["errors"] or not rec["valid"]):
         rec["stderr_tail"] = load["stderr"][-10:]
@@ -138,8 +153,7 @@ def run_load(argv, warmup, duration, pids, waits_for_progress, connect_s):
                 p.kill()
             go = progress_at.get("t", launch + 1) - 1.0
         margin = min(0.25, duration / 10)
-        named = {"pgbouncer": pids.get("pgbouncer"), "dbpool_server": pids.get("dbpool_server"),
-                 "client": p.pid}
+        named = {**{k: pid for k, pid in pids.items() if k != "postmaster"}, "client": p.pid}
         valid = p.poll() is None
         if valid:
             sampling.sleep_until(go + warmup + margin)
@@ -169,9 +183,9 @@ def progress_line(rec):
         return fixed(cpu.get(k), 0, "-")
     return (f"{rec['system']} c={rec['concurrency']:<3} rep {rec['repeat']}: "
             f"{rec['throughput']:9.0f}/s  p50 {lm.get('p50') or 0:.3f} ms  "
-            f"p99 {lm.get('p99') or 0:.3f} ms  errors {rec['errors']}  CPU us/q pg "
-            f"{us('postgres')} bouncer {us('pgbouncer')} dbpool {us('dbpool_server')} "
-            f"client {us('client')}  others {rec.get('cpu', {}).get('others_pct', 0) or 0:.0f}%"
+            f"p99 {lm.get('p99') or 0:.3f} ms  errors {rec['errors']}  CPU us/q "
+            f"{' '.join(f'{k} {us(k)}' for k in INVOLVED[rec['system']])}  "
+            f"others {rec.get('cpu', {}).get('others_pct', 0) or 0:.0f}%"
             f"{'' if rec['valid'] else '  INVALID'}")
 
 
@@ -194,9 +208,8 @@ def settle(pids, quiet_pct, quiet_max):
         time.sleep(0.2)
 
     def ours():
-        mine = [postmaster, *proc.children(postmaster), pids.get("pgbouncer"),
-                pids.get("dbpool_server")]
-        return sum(proc.cpu_ticks(p) or 0 for p in mine if p)
+        mine = [*pids.values(), *proc.children(postmaster)]
+        return sum(proc.cpu_ticks(p) or 0 for p in mine)
     t_quiet = time.time()
     while True:
         m1, o1 = proc.machine_ticks(), ours()
@@ -295,18 +308,59 @@ def pgbouncer_bin():
     return shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 
 
-def run_order(repeats, concurrency):
+def run_order(repeats, concurrency, systems):
     """(repeat, concurrency, system) of every run: per repetition, for each
-    concurrency in turn, A, B and C back to back, the order rotated by one
+    concurrency in turn, the systems back to back, the order rotated by one
     per repetition (ABC, BCA, CAB, ...) so that per-repetition ratios
     compare runs seconds apart."""
-    return [(rep, n, "ABC"[(k + rep - 1) % 3])
-            for rep in range(1, repeats + 1) for n in concurrency for k in range(3)]
+    k = len(systems)
+    return [(rep, n, systems[(i + rep - 1) % k])
+            for rep in range(1, repeats + 1) for n in concurrency for i in range(k)]
 
 
-def start_systems(s, st, server_bin, cli, log):
-    """PostgreSQL with pgbench's tables, PgBouncer and dbpool-server in
-    front of it, all in the stack s. Returns what the runs need."""
+# The application_name the peers' connections carry, by which fill_pool
+# counts them.
+PEERS = {"D": "dbpool-peer-go", "E": "dbpool-peer-node"}
+
+
+def peer_argv(sysname, go_bin):
+    return [str(go_bin)] if sysname == "D" else [
+        "node", str(stack.harness.PEERS_DIR / "node" / "server.js")]
+
+
+def probe(cli, target, sql):
+    """One query through a gateway before any run, so that a broken one
+    stops the benchmark at its start."""
+    p = subprocess.run([str(cli), "--target", target, "--json", "query", sql, "--param", "int:1"],
+                       capture_output=True, text=True, timeout=30)
+    if p.returncode != 0:
+        raise stack.HarnessError(f"a query through {target} failed: {p.stdout}{p.stderr}")
+
+
+def fill_pool(ctx, st, sysname, timeout=60):
+    """Fills a peer's pool (both open connections on demand, and pg.Pool
+    closes them after 30 s idle) with bursts of 2 x pool size callers until
+    PostgreSQL shows all of them; returns that count."""
+    app = PEERS[sysname]
+    deadline = time.monotonic() + timeout
+    while True:
+        stack.dbpool_bench(ctx["cli"], ctx["targets"][sysname],
+                           ["--sql", st["sql"], "--param", "rand:1:1000000", "--concurrency",
+                            str(2 * st["pool_size"]), "--duration", "1s"], timeout=30)
+        n = int(ctx["cluster"].psql(f"SELECT count(*) FROM pg_stat_activity "
+                                    f"WHERE application_name = '{app}'", database="pgbench"))
+        if n >= st["pool_size"] or time.monotonic() >= deadline:
+            break
+    if n < st["pool_size"]:
+        raise stack.HarnessError(f"the {app} pool holds {n} of {st['pool_size']} "
+                                 f"connections after {timeout} s of load")
+    return n
+
+
+def start_systems(s, st, server_bin, cli, go_bin, log):
+    """PostgreSQL with pgbench's tables and, in front of it, the gateways
+    of the systems chosen (PgBouncer, dbpool-server, the peers), all in the
+    stack s. Returns what the runs need."""
     cluster = s.postgres(PG_SETTINGS + (f"max_connections={st['postgres_max_connections']}",))
     log(f"PostgreSQL on 127.0.0.1:{cluster.port} (postmaster {cluster.postmaster_pid}, "
         f"max_connections {st['postgres_max_connections']})")
@@ -316,43 +370,61 @@ def start_systems(s, st, server_bin, cli, log):
     cluster.psql("VACUUM ANALYZE; CHECKPOINT;", database="pgbench", timeout=600)
     st["database_size"] = cluster.psql(
         "SELECT pg_size_pretty(pg_database_size('pgbench'))", database="pgbench").strip()
-    bport, bpid = start_pgbouncer(st, cluster, s.tmp)
-    s.callback(stop_pid, bpid)
-    log(f"PgBouncer on 127.0.0.1:{bport} (pid {bpid})")
-    server = s.server(server_bin, f"postgresql://postgres@127.0.0.1:{cluster.port}/pgbench",
-                      [*stack.POOL_ARGS, "--log-level=warn", "--shutdown-grace-ms=2000"])
-    probe = subprocess.run([str(cli), "--target", server.address, "--json", "query",
-                            st["sql"], "--param", "int:1"],
-                           capture_output=True, text=True, timeout=30)
-    if probe.returncode != 0:
-        raise stack.HarnessError(f"dbpool query failed: {probe.stdout}{probe.stderr}")
-    log(f"dbpool-server on {server.address} (pid {server.proc.pid})")
     script = s.tmp / "select.sql"
     script.write_text(PGBENCH_SCRIPT)
     logs = s.tmp / "logs"
     logs.mkdir()
-    return {"cli": cli, "target": server.address, "script": script, "logs": logs,
-            "pgbench": os.path.join(stack.pg_bindir(), "pgbench"),
-            "ports": {"A": cluster.port, "B": bport},
-            "pids": {"postmaster": cluster.postmaster_pid, "pgbouncer": bpid,
-                     "dbpool_server": server.proc.pid}}
+    ctx = {"cli": cli, "cluster": cluster, "script": script, "logs": logs,
+           "pgbench": os.path.join(stack.pg_bindir(), "pgbench"),
+           "ports": {"A": cluster.port}, "targets": {},
+           "pids": {"postmaster": cluster.postmaster_pid}}
+    url = f"postgresql://postgres@127.0.0.1:{cluster.port}/pgbench"
+    if "B" in st["systems"]:
+        bport, bpid = start_pgbouncer(st, cluster, s.tmp)
+        s.callback(stop_pid, bpid)
+        log(f"PgBouncer on 127.0.0.1:{bport} (pid {bpid})")
+        ctx["ports"]["B"], ctx["pids"]["pgbouncer"] = bport, bpid
+    if "C" in st["systems"]:
+        server = s.server(server_bin, url,
+                          [*stack.POOL_ARGS, "--log-level=warn", "--shutdown-grace-ms=2000"])
+        probe(cli, server.address, st["sql"])
+        log(f"dbpool-server on {server.address} (pid {server.proc.pid})")
+        ctx["targets"]["C"], ctx["pids"]["dbpool_server"] = server.address, server.proc.pid
+    for sysname, app in PEERS.items():
+        if sysname in st["systems"]:
+            peer = s.peer(app, peer_argv(sysname, go_bin), f"{url}?application_name={app}",
+                          st["pool_size"])
+            probe(cli, peer.address, st["sql"])
+            log(f"{app} on {peer.address} (pid {peer.proc.pid})")
+            ctx["targets"][sysname], ctx["pids"][gateway(sysname)] = peer.address, peer.proc.pid
+    return ctx
 
 
-def versions():
+def versions(systems):
     pgbin = stack.pg_bindir()
     pg_version = stack.command_version([os.path.join(pgbin, "postgres"), "--version"])
-    return {"postgres": pg_version, "postgres_short": pg_version.split()[2],
-            "pgbench": stack.command_version([os.path.join(pgbin, "pgbench"), "--version"]),
-            "pgbouncer": stack.command_version([pgbouncer_bin(), "--version"]),
-            "dbpool": stack.dbpool_version()}
+    v = {"postgres": pg_version, "postgres_short": pg_version.split()[2],
+         "pgbench": stack.command_version([os.path.join(pgbin, "pgbench"), "--version"]),
+         "pgbouncer": stack.command_version([pgbouncer_bin(), "--version"]),
+         "dbpool": stack.dbpool_version()}
+    if "D" in systems:
+        v["peer_go"] = (f"{stack.command_version(['go', 'version'])}; grpc-go "
+                        f"{stack.debian_version('golang-google-grpc-dev')}, pgx "
+                        f"{stack.debian_version('golang-github-jackc-pgx-v4-dev')} "
+                        "(Debian packages)")
+    if "E" in systems:
+        v["peer_node"] = (f"Node.js {stack.command_version(['node', '--version'])}; "
+                          f"@grpc/grpc-js {stack.npm_version('@grpc/grpc-js')}, "
+                          f"pg {stack.npm_version('pg')}")
+    return v
 
 
 def run_one(ctx, st, rep, n, system, seq):
     """One measured run of a system at concurrency n."""
     warmup, duration = st["warmup_s"], st["duration_s"]
     run = {"system": system, "concurrency": n, "repeat": rep, "seq": seq}
-    if system == "C":
-        argv = [str(ctx["cli"]), "bench", "--target", ctx["target"], "--sql", st["sql"],
+    if LOAD[system] == "dbpool bench":
+        argv = [str(ctx["cli"]), "bench", "--target", ctx["targets"][system], "--sql", st["sql"],
                 "--param", "rand:1:1000000", "--concurrency", str(n),
                 "--duration", f"{duration}s", "--warmup", f"{warmup}s", "--json"]
         return measure(run, argv, warmup, duration, ctx["pids"])
@@ -377,19 +449,26 @@ def main(env=None):
     results_json = f"bench/results/compare-{text.stamp()}{'-quick' if st['quick'] else ''}.json"
     stack.install_deps(log)
     server_bin, cli = stack.build_release("build-release", log)
+    go_bin = stack.build_peer_go("build-release", log) if "D" in st["systems"] else None
     with stack.Stack("compare", keep_tmp=env.flag("BENCH_KEEP_TMP")) as s:
         meta = {"started_utc": text.utc_text(), "loadavg_start": proc.load_average()}
-        ctx = start_systems(s, st, server_bin, cli, log)
-        meta["versions"] = versions()
-        order = run_order(st["repeats"], st["concurrency"])
-        log(f"{len(order)} runs: concurrency {' '.join(map(str, st['concurrency']))}, "
-            f"{st['repeats']} repetition(s), {st['warmup_s']}s warm-up + {st['duration_s']}s each")
+        ctx = start_systems(s, st, server_bin, cli, go_bin, log)
+        meta["versions"] = versions(st["systems"])
+        order = run_order(st["repeats"], st["concurrency"], st["systems"])
+        log(f"{len(order)} runs: systems {' '.join(st['systems'])}, concurrency "
+            f"{' '.join(map(str, st['concurrency']))}, {st['repeats']} repetition(s), "
+            f"{st['warmup_s']}s warm-up + {st['duration_s']}s each")
         runs = []
         for rep, n, system in order:
             before = settle(ctx["pids"], st["quiet_pct"], st["quiet_max_s"])
+            # After settling, so that the pool is still full when the
+            # measured window ends (pg.Pool's 30 s idle timeout).
+            filled = fill_pool(ctx, st, system) if system in PEERS else None
             time.sleep(st["pause_s"])
             rec = run_one(ctx, st, rep, n, system, seq=len(runs) + 1)
             rec["before"] = before
+            if filled is not None:
+                rec["peer_pool_connections"] = filled
             runs.append(rec)
             print(progress_line(rec), file=sys.stderr, flush=True)
             for name, pid in ctx["pids"].items():

@@ -1,5 +1,7 @@
 """bench/compare's report: the summary over repetitions (summarize) and
-the Markdown report (render) of a result document."""
+the Markdown report (render) of a result document. A document holds the
+systems its run chose; the report shows those, so that results from
+before the peers (A, B and C only) render as they did."""
 import os
 
 from .stats import median, ratio
@@ -9,17 +11,62 @@ SYSTEMS = {
     "A": "A: PostgreSQL direct (pgbench -M prepared)",
     "B": "B: PgBouncer 1.18 (pgbench -M simple)",
     "C": "C: dbpool (dbpool bench)",
+    "D": "D: Go gateway (grpc-go + pgxpool, dbpool bench)",
+    "E": "E: Node.js gateway (grpc-js + pg.Pool, dbpool bench)",
 }
+# The processes whose CPU counts for a system: PostgreSQL, its gateway if
+# any (always the middle one), the load generator.
 INVOLVED = {"A": ("postgres", "client"),
             "B": ("postgres", "pgbouncer", "client"),
-            "C": ("postgres", "dbpool_server", "client")}
+            "C": ("postgres", "dbpool_server", "client"),
+            "D": ("postgres", "peer_go", "client"),
+            "E": ("postgres", "peer_node", "client")}
+LOAD = {"A": "pgbench", "B": "pgbench", "C": "dbpool bench", "D": "dbpool bench",
+        "E": "dbpool bench"}
+# Process names in the order of the report's columns.
+PROCESSES = {"postgres": "PostgreSQL", "pgbouncer": "PgBouncer", "dbpool_server": "dbpool-server",
+             "peer_go": "Go gateway", "peer_node": "Node.js gateway", "client": "client"}
+TITLES = {"A": "PostgreSQL direct", "B": "PgBouncer", "C": "dbpool", "D": "a Go gateway",
+          "E": "a Node.js gateway"}
+# Throughput ratios (numerator, denominator), in the order the report
+# names them.
+RATIOS = (("C", "A"), ("C", "B"), ("B", "A"), ("C", "D"), ("C", "E"))
+# The issue's goal against the peers: dbpool at least this many times the
+# peer's throughput at PEER_GOAL_CALLERS.
+PEER_GOALS = {"D": 2.0, "E": 4.0}
+PEER_GOAL_CALLERS = 64
+
+
+def gateway(sysname):
+    """The process between the load generator and PostgreSQL, or None."""
+    involved = INVOLVED[sysname]
+    return involved[1] if len(involved) == 3 else None
+
+
+def present(runs):
+    """The systems that ran, in the order of SYSTEMS."""
+    ran = {r["system"] for r in runs}
+    return [s for s in SYSTEMS if s in ran]
+
+
+def processes(systems):
+    """The processes involved in any of the systems, in column order."""
+    return [k for k in PROCESSES if any(k in INVOLVED[s] for s in systems)]
+
+
+def and_list(items):
+    """"A, B and C"."""
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def summarize(runs, concurrency):
+    systems = present(runs)
+    procs = processes(systems)
     summary = {}
     for n in concurrency:
         s = {}
-        for sysname in "ABC":
+        for sysname in systems:
             rs = [r for r in runs if r["concurrency"] == n and r["system"] == sysname]
             good = [r for r in rs if r["valid"]]
             tp = [r["throughput"] for r in good]
@@ -37,7 +84,7 @@ def summarize(runs, concurrency):
                                       default=None),
             }
             entry["ctx_switches_per_query_median"] = {}
-            for k in ("postgres", "pgbouncer", "dbpool_server", "client"):
+            for k in procs:
                 mine = k in INVOLVED[sysname]
                 for field, key in (("cpu_us_per_query_median", "us_per_query"),
                                    ("ctx_switches_per_query_median", "ctx_switches_per_query")):
@@ -49,24 +96,33 @@ def summarize(runs, concurrency):
             entry["cpu_us_per_query_median"]["total"] = median(
                 involved_sums(good, sysname, "us_per_query"))
             s[sysname] = entry
-        for num, den in (("C", "A"), ("C", "B"), ("B", "A")):
-            per_rep = []
-            for rep in sorted({r["repeat"] for r in runs}):
-                x, y = ([r["throughput"] for r in runs if r["concurrency"] == n and
-                         r["system"] == name and r["repeat"] == rep and r["valid"]]
-                        for name in (num, den))
-                if x and y and y[0] > 0:
-                    per_rep.append(x[0] / y[0])
-            s[f"{num}/{den}"] = {
-                "ratio_of_medians": ratio(s[num]["throughput_median"], s[den]["throughput_median"]),
-                "per_repeat": per_rep,
-                "min": min(per_rep) if per_rep else None,
-                "max": max(per_rep) if per_rep else None,
-            }
-        s["dbpool_vs_pgbouncer_cpu"] = ratio(s["C"]["cpu_us_per_query_median"]["dbpool_server"],
-                                             s["B"]["cpu_us_per_query_median"]["pgbouncer"])
+        for num, den in RATIOS:
+            if num in s and den in s:
+                s[f"{num}/{den}"] = throughput_ratio(runs, n, num, den, s)
+        if "B" in s and "C" in s:
+            s["dbpool_vs_pgbouncer_cpu"] = ratio(
+                s["C"]["cpu_us_per_query_median"]["dbpool_server"],
+                s["B"]["cpu_us_per_query_median"]["pgbouncer"])
         summary[str(n)] = s
     return summary
+
+
+def throughput_ratio(runs, n, num, den, s):
+    """num's throughput over den's at n callers: of the medians, and per
+    repetition (the runs seconds apart)."""
+    per_rep = []
+    for rep in sorted({r["repeat"] for r in runs}):
+        x, y = ([r["throughput"] for r in runs if r["concurrency"] == n and
+                 r["system"] == name and r["repeat"] == rep and r["valid"]]
+                for name in (num, den))
+        if x and y and y[0] > 0:
+            per_rep.append(x[0] / y[0])
+    return {
+        "ratio_of_medians": ratio(s[num]["throughput_median"], s[den]["throughput_median"]),
+        "per_repeat": per_rep,
+        "min": min(per_rep) if per_rep else None,
+        "max": max(per_rep) if per_rep else None,
+    }
 
 
 def involved_sums(runs, sysname, key):
@@ -87,9 +143,11 @@ def render(doc, json_path, md_path):
     v = meta["versions"]
     m = meta["machine"]
     conc = st["concurrency"]
+    systems = present(runs)
+    procs = processes(systems)
     L = []
     w = L.append
-    w("# Benchmarks: dbpool vs PostgreSQL direct vs PgBouncer\n")
+    w(f"# Benchmarks: {' vs '.join(TITLES[s] for s in sorted(systems, key=lambda s: s != 'C'))}\n")
     link = os.path.relpath(json_path, os.path.dirname(os.path.abspath(md_path)) or ".")
     w(f"Generated by `bench/compare` (run {meta['started_utc']} – {meta['finished_utc']}); "
       f"every number below is computed from the raw results in "
@@ -107,6 +165,9 @@ def render(doc, json_path, md_path):
     w(f"| PgBouncer | {v['pgbouncer']} |")
     w(f"| pgbench | {v['pgbench']} |")
     w(f"| dbpool | {v['dbpool']} |")
+    for key, name in (("peer_go", "Go gateway"), ("peer_node", "Node.js gateway")):
+        if key in v:
+            w(f"| {name} | {v[key]} |")
     w(f"| date (UTC) | {meta['started_utc']} – {meta['finished_utc']} |")
     w(f"| load average before the runs | {meta['loadavg_start']} |")
     w("")
@@ -115,98 +176,171 @@ def render(doc, json_path, md_path):
       f"`aid` drawn uniformly from 1..1,000,000 (pgbench scale 10, database "
       f"{st['database_size']}, `shared_buffers` 256MB), issued by a closed loop of N "
       "concurrent callers:\n")
-    w("* **A — PostgreSQL direct**: `pgbench -M prepared -c N -j J` with a script file "
-      "(`\\set aid random(1, 1000000)` and the SELECT with `:aid`), N server connections.")
-    w(f"* **B — PgBouncer**: `pgbench -M simple` (PgBouncer 1.18 cannot keep protocol-level "
-      f"prepared statements in transaction mode) through PgBouncer, `pool_mode=transaction`, "
-      f"`default_pool_size={st['pool_size']}`, `max_client_conn=1000`, `auth_type=trust`.")
-    w(f"* **C — dbpool**: `dbpool bench --concurrency N --param rand:1:1000000` through "
-      f"`dbpool-server` (Release build, `--db-pool-max-connections={st['pool_size']}`, "
-      f"`--db-pool-min-connections={st['pool_size']}`). dbpool binds the parameter with "
-      "the extended protocol; each pooled connection runs a statement unnamed the first "
-      "time and prepared (bind + execute) from its second use on.")
+    for sysname in systems:
+        w(method_item(sysname, st))
+    if "D" in systems or "E" in systems:
+        w(f"\nThe peer gateways open their connections on demand (and `pg.Pool` closes them "
+          f"after 30 s idle): before each of their runs, `dbpool bench` with "
+          f"{2 * st['pool_size']} callers fills the pool until `pg_stat_activity` shows "
+          f"all {st['pool_size']} connections.")
     w("")
-    w(f"J = 2 pgbench threads when N is even, else 1 (`-j` must divide `-c`). Concurrency "
+    threads = ("J = 2 pgbench threads when N is even, else 1 (`-j` must divide `-c`). "
+               if "A" in systems or "B" in systems else "")
+    order = "".join(systems)
+    rotations = ", ".join(order[k:] + order[:k] for k in range(min(3, len(order))))
+    parts = [f"PostgreSQL {v['postgres_short']}",
+             *(PROCESSES[gateway(s)] for s in systems if gateway(s)), "the load generator"]
+    w(f"{threads}Concurrency "
       f"{', '.join(map(str, conc))}; {st['repeats']} repetition(s). Each repetition runs, "
-      f"for each N in turn, A, B and C back to back, the order rotated by one per "
-      f"repetition (ABC, BCA, CAB, …), so that per-repetition ratios compare runs "
+      f"for each N in turn, {and_list(systems)} back to back, the order rotated by one per "
+      f"repetition ({rotations}, …), so that per-repetition ratios compare runs "
       f"seconds apart. Every run loads {st['warmup_s']} s of warm-up and then "
       f"{st['duration_s']} s measured. Before each run the script waits until the "
       f"cluster's process count is stable (direct backends have exited), then up to "
       f"{st['quiet_max_s']:g} s for a second in which other processes use at most "
-      f"{st['quiet_pct']:g} % of the machine, then {st['pause_s']:g} s. Everything (PostgreSQL {v['postgres_short']}, PgBouncer, "
-      "dbpool-server, the load generator) runs on this machine, over 127.0.0.1 TCP.\n")
+      f"{st['quiet_pct']:g} % of the machine, then {st['pause_s']:g} s. Everything ("
+      f"{', '.join(parts)}) runs on this machine, over 127.0.0.1 TCP.\n")
     w("* **Throughput**: successful queries per second in the measured window (pgbench: "
       "counted from its per-transaction log `-l`; dbpool bench: `ok / duration`). "
       "**Latency** p50/p99: pgbench from the same log, dbpool bench from its histogram.")
+    counted = ["PostgreSQL = postmaster plus all its children (backends and background "
+               "processes)"]
+    counted += [PROCESSES[gateway(s)] + ("" if s == "B" else " (all threads)")
+                for s in systems if gateway(s)]
+    counted.append(f"client = {' or '.join(dict.fromkeys(LOAD[s] for s in systems))}")
     w("* **CPU µs/query**: `utime + stime` deltas from `/proc/PID/stat` over the measured "
       f"window (less {min(0.25, st['duration_s'] / 10):.2f} s at each end), divided by the "
-      "queries completed in that window. PostgreSQL = postmaster plus all its children "
-      "(backends and background processes); PgBouncer; dbpool-server (all threads); "
-      "client = pgbench or dbpool bench. Resolution is one clock tick (10 ms) per process "
-      "and window. *total* = the processes involved in that system.")
-    w("* Tables show the **median over repetitions**, with [min–max] for throughput. "
-      "Ratios C/A and C/B are ratios of the median throughputs; the spread is the "
-      "min–max of the per-repetition ratios.")
+      f"queries completed in that window. {'; '.join(counted)}. Resolution is one clock "
+      "tick (10 ms) per process and window. *total* = the processes involved in that system.")
+    dbpool_ratios = [f"{num}/{den}" for num, den in RATIOS
+                     if num == "C" and f"{num}/{den}" in summary[str(conc[0])]]
+    w("* Tables show the **median over repetitions**, with [min–max] for throughput." +
+      (f" Ratios {and_list(dbpool_ratios)} are ratios of the median throughputs; the spread "
+       "is the min–max of the per-repetition ratios." if dbpool_ratios else ""))
     w("* **others' CPU** = task time of the whole machine (`/proc/stat` user + nice + "
       "system) minus the processes above, in % of all cores: work of other tenants "
       "during the run (noise).\n")
 
     w("## Summary\n")
-    w("| clients | A direct /s | B PgBouncer /s | C dbpool /s | **C/A** [spread] | **C/B** [spread] "
-      "| dbpool-server CPU µs/q | PgBouncer CPU µs/q | dbpool ÷ PgBouncer CPU |")
-    w("|---:|---:|---:|---:|---|---|---:|---:|---:|")
-    for n in conc:
-        s = summary[str(n)]
-        w(f"| {n} | {thousands(s['A']['throughput_median'])} | {thousands(s['B']['throughput_median'])} "
-          f"| {thousands(s['C']['throughput_median'])} "
-          f"| {ratio_text(s['C/A'], bold=True)} | {ratio_text(s['C/B'], bold=True)} "
-          f"| {fixed(s['C']['cpu_us_per_query_median']['dbpool_server'], 0)} "
-          f"| {fixed(s['B']['cpu_us_per_query_median']['pgbouncer'], 0)} "
-          f"| {fixed(s['dbpool_vs_pgbouncer_cpu'])} |")
+    L += summary_table(columns(SUMMARY_COLUMNS, systems), summary, conc)
     w("")
+    if "D" in systems or "E" in systems:
+        w("### Against the gateways a team would write instead\n")
+        L += summary_table(columns(PEER_COLUMNS, systems), summary, conc)
+        w("")
 
     w("## Per concurrency\n")
     for n in conc:
         s = summary[str(n)]
         w(f"### {n} concurrent caller{'s' if n != 1 else ''}\n")
-        w("| system | throughput /s median [min–max] | p50 ms | p99 ms | PostgreSQL µs/q "
-          "| PgBouncer µs/q | dbpool-server µs/q | client µs/q | total CPU µs/q | errors | others' CPU % |")
-        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for sysname in "ABC":
+        rows = []
+        for sysname in systems:
             e = s[sysname]
             c = e["cpu_us_per_query_median"]
             runs_note = "" if e["valid_runs"] == e["runs"] else f" ({e['runs'] - e['valid_runs']} invalid run(s))"
-            w(f"| {SYSTEMS[sysname]}{runs_note} | {thousands(e['throughput_median'])} "
-              f"[{thousands(e['throughput_min'])}–{thousands(e['throughput_max'])}] "
-              f"| {fixed(e['p50_ms_median'], 3)} | {fixed(e['p99_ms_median'], 3)} "
-              f"| {fixed(c['postgres'], 0)} | {fixed(c['pgbouncer'], 0)} | {fixed(c['dbpool_server'], 0)} "
-              f"| {fixed(c['client'], 0)} | {fixed(c['total'], 0)} | {e['errors']} "
-              f"| {fixed(e['others_pct_median'], 0)} |")
-        w(f"\nC/A = {ratio_text(s['C/A'], bold=True)}, C/B = {ratio_text(s['C/B'], bold=True)}, "
-          f"B/A = {ratio_text(s['B/A'])}.\n")
+            rows.append([f"{SYSTEMS[sysname]}{runs_note}",
+                         f"{thousands(e['throughput_median'])} "
+                         f"[{thousands(e['throughput_min'])}–{thousands(e['throughput_max'])}]",
+                         fixed(e['p50_ms_median'], 3), fixed(e['p99_ms_median'], 3),
+                         *(fixed(c[k], 0) for k in procs), fixed(c['total'], 0),
+                         str(e['errors']), fixed(e['others_pct_median'], 0)])
+        L += table(["system", "throughput /s median [min–max]", "p50 ms", "p99 ms",
+                    *(f"{PROCESSES[k]} µs/q" for k in procs), "total CPU µs/q", "errors",
+                    "others' CPU %"],
+                   ["---", *["---:"] * (len(procs) + 6)], rows)
+        ratios = [f"{num}/{den} = {ratio_text(s[f'{num}/{den}'], bold=num == 'C')}"
+                  for num, den in RATIOS if f"{num}/{den}" in s]
+        w(f"\n{', '.join(ratios)}.\n" if ratios else "")
 
     w("## Context switches per query\n")
     w("Voluntary + involuntary context switches of every thread, from "
       "`/proc/PID/task/*/status`, over the same window, divided by the queries (median "
       "over repetitions). On this paravirtualised VM a context switch is expensive "
       "(the perf baseline measured 15 µs per pipe round trip between two processes).\n")
-    w("| clients | A: PostgreSQL | A: pgbench | B: PostgreSQL | B: PgBouncer | B: pgbench "
-      "| C: PostgreSQL | C: dbpool-server | C: dbpool bench |")
-    w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for n in conc:
-        s = summary[str(n)]
+    cells = [(sysname, k) for sysname in systems for k in INVOLVED[sysname]]
 
-        def x(sysname, k):
-            return fixed(s[sysname]["ctx_switches_per_query_median"][k], 1)
-        w(f"| {n} | {x('A', 'postgres')} | {x('A', 'client')} | {x('B', 'postgres')} "
-          f"| {x('B', 'pgbouncer')} | {x('B', 'client')} | {x('C', 'postgres')} "
-          f"| **{x('C', 'dbpool_server')}** | {x('C', 'client')} |")
+    def switches(s, sysname, k):
+        x = fixed(s[sysname]["ctx_switches_per_query_median"][k], 1)
+        return f"**{x}**" if (sysname, k) == ("C", "dbpool_server") else x
+    L += table(["clients", *(f"{sysname}: {LOAD[sysname] if k == 'client' else PROCESSES[k]}"
+                             for sysname, k in cells)],
+               ["---:"] * (len(cells) + 1),
+               [[str(n), *(switches(summary[str(n)], *cell) for cell in cells)] for n in conc])
     w("")
     w("## Reading the numbers\n")
     w(reading(summary, conc, runs, st, m["nproc"]))
     w("")
     return "\n".join(L) + "\n"
+
+
+def method_item(sysname, st):
+    """The Method section's line on one system."""
+    pool = st["pool_size"]
+    return {
+        "A": "* **A — PostgreSQL direct**: `pgbench -M prepared -c N -j J` with a script file "
+             "(`\\set aid random(1, 1000000)` and the SELECT with `:aid`), N server connections.",
+        "B": f"* **B — PgBouncer**: `pgbench -M simple` (PgBouncer 1.18 cannot keep "
+             f"protocol-level prepared statements in transaction mode) through PgBouncer, "
+             f"`pool_mode=transaction`, `default_pool_size={pool}`, `max_client_conn=1000`, "
+             f"`auth_type=trust`.",
+        "C": f"* **C — dbpool**: `dbpool bench --concurrency N --param rand:1:1000000` through "
+             f"`dbpool-server` (Release build, `--db-pool-max-connections={pool}`, "
+             f"`--db-pool-min-connections={pool}`). dbpool binds the parameter with the "
+             "extended protocol; each pooled connection runs a statement unnamed the first "
+             "time and prepared (bind + execute) from its second use on.",
+        "D": f"* **D — Go gateway**: the same `dbpool bench` through `bench/peers/go` "
+             f"(grpc-go + pgx v4 `pgxpool`, `--pool-size={pool}`), the gateway a team would "
+             "write instead; pgx prepares the statement once per connection.",
+        "E": f"* **E — Node.js gateway**: the same `dbpool bench` through `bench/peers/node` "
+             f"(`@grpc/grpc-js` + `pg.Pool`, `--pool-size={pool}`), the stack dbpool grew out "
+             "of; pg parses the statement again on every call.",
+    }[sysname]
+
+
+def table(header, align, rows):
+    """A Markdown table."""
+    return ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|",
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def summary_table(cols, summary, conc):
+    """One row per concurrency."""
+    return table(["clients", *(c[0] for c in cols)], ["---:", *(c[2] for c in cols)],
+                 [[str(n), *(c[3](summary[str(n)]) for c in cols)] for n in conc])
+
+
+def columns(spec, systems):
+    """The columns of a summary table whose systems all ran."""
+    return [c for c in spec if all(x in systems for x in c[1])]
+
+
+def throughput_column(sysname, header):
+    return (header, sysname, "---:", lambda s: thousands(s[sysname]["throughput_median"]))
+
+
+def ratio_column(num, den):
+    key = f"{num}/{den}"
+    return (f"**{key}** [spread]", num + den, "---", lambda s: ratio_text(s[key], bold=True))
+
+
+def gateway_cpu_column(sysname):
+    g = gateway(sysname)
+    return (f"{PROCESSES[g]} CPU µs/q", sysname, "---:",
+            lambda s: fixed(s[sysname]["cpu_us_per_query_median"][g], 0))
+
+
+# (header, systems it needs, alignment, cell of a concurrency's summary)
+SUMMARY_COLUMNS = (
+    throughput_column("A", "A direct /s"), throughput_column("B", "B PgBouncer /s"),
+    throughput_column("C", "C dbpool /s"), ratio_column("C", "A"), ratio_column("C", "B"),
+    gateway_cpu_column("C"), gateway_cpu_column("B"),
+    ("dbpool ÷ PgBouncer CPU", "BC", "---:", lambda s: fixed(s["dbpool_vs_pgbouncer_cpu"])),
+)
+PEER_COLUMNS = (
+    throughput_column("C", "C dbpool /s"), throughput_column("D", "D Go /s"),
+    throughput_column("E", "E Node.js /s"), ratio_column("C", "D"), ratio_column("C", "E"),
+    gateway_cpu_column("C"), gateway_cpu_column("D"), gateway_cpu_column("E"),
+)
 
 
 def ratio_text(r, bold=False):
@@ -216,10 +350,10 @@ def ratio_text(r, bold=False):
     return f"{f'**{head}**' if bold else head} [{fixed(r['min'])}–{fixed(r['max'])}]"
 
 
-def cores_used(runs, n):
+def cores_used(runs, n, systems):
     """'A 1.9, B 1.8, C 1.9': median cores used by the processes involved."""
     parts = []
-    for sysname in "ABC":
+    for sysname in systems:
         mine = [r for r in runs if r["concurrency"] == n and r["system"] == sysname
                 and r["valid"] and r.get("cpu")]
         parts.append(f"{sysname} {fixed(median(involved_sums(mine, sysname, 'cores_used')), 1)}")
@@ -227,6 +361,24 @@ def cores_used(runs, n):
 
 
 def reading(summary, conc, runs, st, nproc):
+    systems = present(runs)
+    out = []
+    if "B" in systems and "C" in systems:
+        out += pgbouncer_goals(summary, conc)
+    if "A" in systems and "C" in systems:
+        ca = [(n, summary[str(n)]["C/A"]["ratio_of_medians"]) for n in conc]
+        out.append("Against PostgreSQL direct (prepared) dbpool reaches C/A = " +
+                   ", ".join(f"{fixed(r)} at {n}" for n, r in ca) + ".")
+    if all(x in systems for x in "ABC"):
+        out += cost_reading(summary, conc, runs, nproc)
+    if "C" in systems and ("D" in systems or "E" in systems):
+        out += peers_reading(summary, conc, runs, systems, nproc)
+    out.append(noise_note(runs, st))
+    return "\n\n".join(out)
+
+
+def pgbouncer_goals(summary, conc):
+    """Goals 1 and 2: dbpool against PgBouncer."""
     out = []
     # Goal 1: C/B >= 1.0 at 64 and 128.
     parts, met1, missing = [], True, []
@@ -262,10 +414,13 @@ def reading(summary, conc, runs, st, nproc):
     verdict = "**MET**" if met2 else "**NOT MET**"
     out.append(f"*Goal 2 — dbpool-server CPU per query ≤ 1.5× PgBouncer's, at every "
                f"concurrency:* {verdict} (dbpool-server vs PgBouncer: {'; '.join(rows)}).")
+    return out
 
-    ca = [(n, summary[str(n)]["C/A"]["ratio_of_medians"]) for n in conc]
-    out.append("Against PostgreSQL direct (prepared) dbpool reaches C/A = " +
-               ", ".join(f"{fixed(r)} at {n}" for n, r in ca) + ".")
+
+def cost_reading(summary, conc, runs, nproc):
+    """Where the CPU of a query goes, direct, through PgBouncer and
+    through dbpool, and how often dbpool-server switches."""
+    out = []
     hi = max(conc)
     s = summary[str(hi)]
 
@@ -279,7 +434,7 @@ def reading(summary, conc, runs, st, nproc):
             f"PgBouncer {fixed(c('B', 'pgbouncer'), 0)}, pgbench {fixed(c('B', 'client'), 0)}) and "
             f"{fixed(c('C', 'total'), 0)} µs through dbpool (PostgreSQL {fixed(c('C', 'postgres'), 0)}, "
             f"dbpool-server {fixed(c('C', 'dbpool_server'), 0)}, dbpool bench {fixed(c('C', 'client'), 0)}). "
-            f"The processes of each system together kept {cores_used(runs, hi)} of the "
+            f"The processes of each system together kept {cores_used(runs, hi, 'ABC')} of the "
             f"{nproc} cores busy, so throughput is bounded by cores ÷ total CPU per "
             f"query, and the load generator's own cost counts too: dbpool bench (gRPC "
             f"client) needs "
@@ -301,6 +456,45 @@ def reading(summary, conc, runs, st, nproc):
                     "in `poll` → gRPC completion), where PgBouncer forwards bytes from "
                     "one single-threaded event loop.")
         out.append(txt)
+    return out
+
+
+def peers_reading(summary, conc, runs, systems, nproc):
+    """The goal against the peer gateways, the ratios at every
+    concurrency and what a query costs each gateway."""
+    peers = [p for p in "DE" if p in systems]
+    n = PEER_GOAL_CALLERS
+    want = and_list([f"≥ {PEER_GOALS[p]:g}× the {PROCESSES[gateway(p)]} (C/{p})"
+                     for p in peers])
+    txt = f"*Goal — ahead of every peer, dbpool {want} at {n} clients:* "
+    if str(n) in summary:
+        got = [(p, summary[str(n)][f"C/{p}"]) for p in peers]
+        met = all(r["ratio_of_medians"] is not None and r["ratio_of_medians"] >= PEER_GOALS[p]
+                  for p, r in got)
+        txt += ("**MET**. " if met else "**NOT MET**. ") + " and ".join(
+            f"C/{p} is {fixed(r['ratio_of_medians'])} (per repetition "
+            f"{fixed(r['min'])}–{fixed(r['max'])})" for p, r in got) + f" at {n} clients."
+    else:
+        txt += f"**NOT MET**. Not measured at {n} clients in this run."
+    out = [txt, "At every concurrency: " + "; ".join(
+        f"C/{p} = " + ", ".join(f"{fixed(summary[str(c)][f'C/{p}']['ratio_of_medians'])} at {c}"
+                                for c in conc) for p in peers) + "."]
+    hi = max(conc)
+    s = summary[str(hi)]
+    costs = []
+    for sysname in ("C", *peers):
+        g = gateway(sysname)
+        e = s[sysname]
+        costs.append(f"{PROCESSES[g]} {fixed(e['cpu_us_per_query_median'][g], 0)} µs and "
+                     f"{fixed(e['ctx_switches_per_query_median'][g], 1)} context switches "
+                     f"(all processes {fixed(e['cpu_us_per_query_median']['total'], 0)} µs)")
+    out.append(f"At {hi} clients a query costs the gateway process, with the same dbpool "
+               f"bench in front: {'; '.join(costs)}. The processes of each system together "
+               f"kept {cores_used(runs, hi, ['C', *peers])} of the {nproc} cores busy.")
+    return out
+
+
+def noise_note(runs, st):
     measured = [r["cpu"] for r in runs if r.get("cpu")]
     others = [x["others_pct"] for x in measured if x.get("others_pct") is not None]
     bad = [r for r in runs if not r["valid"]]
@@ -323,5 +517,4 @@ def reading(summary, conc, runs, st, nproc):
              "differences smaller than that as noise.")
     if st["repeats"] < 3:
         note += f" Only {st['repeats']} repetition(s): spreads are not meaningful."
-    out.append(note)
-    return "\n\n".join(out)
+    return note

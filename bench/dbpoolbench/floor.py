@@ -85,8 +85,9 @@ def render(doc, compare_path=None, compare_doc=None):
     bouncer = {}
     if compare_doc:
         for c, e in compare_doc["summary"].items():
-            bouncer[c] = (e["B"]["throughput_median"],
-                          e["B"]["cpu_us_per_query_median"]["pgbouncer"])
+            if "B" in e:  # BENCH_SYSTEMS may have left PgBouncer out
+                bouncer[c] = (e["B"]["throughput_median"],
+                              e["B"]["cpu_us_per_query_median"]["pgbouncer"])
     if bouncer:
         lines += ["", f"Beside PgBouncer in the latest `bench/compare` run "
                   f"(`{compare_path}`, B: pgbench through PgBouncer on the same machine):", "",

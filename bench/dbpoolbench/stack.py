@@ -1,8 +1,9 @@
 """What every benchmark needs around its measurement: packages, the
-Release build, a throwaway PostgreSQL and dbpool-server (through the e2e
-harness, tests/e2e/harness.py), versions, and stopping all of it on exit,
-also on failure or a signal."""
+Release build, a throwaway PostgreSQL, dbpool-server and the peer
+gateways (through the e2e harness, tests/e2e/harness.py), versions, and
+stopping all of it on exit, also on failure or a signal."""
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -77,6 +78,21 @@ def build_release(build_dir, log):
     return binaries(build_dir)
 
 
+def build_peer_go(build_dir, log, timeout=900):
+    """bench/peers/go/build.sh into build_dir/dbpool-peer-go; its path."""
+    out = REPO_ROOT / build_dir / "dbpool-peer-go"
+    log(f"building the Go peer gateway into {build_dir}/")
+    try:
+        p = subprocess.run(["nice", "-n", "10", str(harness.PEERS_DIR / "go" / "build.sh"),
+                            str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise HarnessError(f"bench/peers/go/build.sh took more than {timeout} s") from None
+    if p.returncode != 0:
+        raise HarnessError("bench/peers/go/build.sh failed:\n" + harness.tail(p.stdout))
+    return out
+
+
 def binaries(build_dir):
     """(dbpool-server, dbpool) of a build directory; an error naming it
     when they are not there."""
@@ -128,6 +144,21 @@ def command_version(argv):
     return (p.stdout or p.stderr).strip().splitlines()[0]
 
 
+def debian_version(package):
+    p = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", package],
+                       capture_output=True, text=True)
+    return p.stdout.strip() or "?"
+
+
+def npm_version(package):
+    """The version of a package in the checkout's node_modules."""
+    try:
+        return json.loads((REPO_ROOT / "node_modules" / package / "package.json")
+                          .read_text())["version"]
+    except (OSError, ValueError, KeyError):
+        return "?"
+
+
 class Stack(contextlib.ExitStack):
     """An exit stack for one benchmark run with its scratch directory:
     whatever is started through it stops when the `with` block ends."""
@@ -162,6 +193,13 @@ class Stack(contextlib.ExitStack):
         self.callback(server.cleanup)
         self.callback(server.stop)
         return server
+
+    def peer(self, name, argv, database_url, pool_size):
+        """A peer gateway of bench/peers; its stderr goes to the scratch
+        directory."""
+        peer = harness.Peer(name, argv, database_url, self.tmp, pool_size)
+        self.callback(peer.stop)
+        return peer
 
     def point_select_server(self, binary, args=()):
         """PostgreSQL with pgbench's tables (scale 10, database postgres)

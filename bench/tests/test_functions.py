@@ -155,18 +155,38 @@ class SoakPlan(unittest.TestCase):
 
 class CompareOrder(unittest.TestCase):
     def test_systems_rotate_by_one_per_repetition(self):
-        order = compare.run_order(3, [1, 8])
+        order = compare.run_order(3, [1, 8], ["A", "B", "C"])
         self.assertEqual(len(order), 18)
         self.assertEqual("".join(s for rep, n, s in order if n == 8), "ABCBCACAB")
         self.assertEqual([n for rep, n, s in order[:6]], [1, 1, 1, 8, 8, 8])
+
+    def test_the_peers_rotate_with_the_others(self):
+        order = compare.run_order(3, [64], ["A", "B", "C", "D", "E"])
+        self.assertEqual("".join(s for rep, n, s in order), "ABCDE" "BCDEA" "CDEAB")
+        order = compare.run_order(2, [64], ["C", "D"])
+        self.assertEqual([(rep, s) for rep, n, s in order], [(1, "C"), (1, "D"), (2, "D"), (2, "C")])
 
     def test_quick_defaults_and_max_connections(self):
         st, report = compare.settings_from(Env({"BENCH_QUICK": "1", "BENCH_CONCURRENCY": "500"}))
         self.assertEqual((st["repeats"], st["duration_s"]), (1, 3))
         self.assertEqual(report, "bench/results/BENCHMARKS-quick.md")
-        self.assertEqual(st["postgres_max_connections"], 500 + 2 * 20 + 30)
+        self.assertEqual(st["systems"], ["A", "B", "C", "D", "E"])
+        # A's 500 backends and the pools of B, C, D and E.
+        self.assertEqual(st["postgres_max_connections"], 500 + 4 * 20 + 30)
         with self.assertRaises(SettingsError):
             compare.settings_from(Env({"BENCH_WARMUP": "1s"}))
+
+    def test_a_run_chooses_its_systems(self):
+        def systems(text):
+            return compare.settings_from(Env({"BENCH_SYSTEMS": text}))[0]["systems"]
+        self.assertEqual(systems("e,c a"), ["A", "C", "E"])
+        self.assertEqual(systems("CD"), ["C", "D"])
+        self.assertEqual(compare.settings_from(Env({"BENCH_SYSTEMS": "A",
+                                                    "BENCH_CONCURRENCY": "300"}))[0]
+                         ["postgres_max_connections"], 330)
+        for bad in ("C F", "dbpool", " , "):
+            with self.subTest(bad=bad), self.assertRaises(SettingsError):
+                systems(bad)
 
 
 class SmallFunctions(unittest.TestCase):

@@ -1,6 +1,7 @@
-"""compare.measure against stand-ins for pgbench and dbpool bench (small
-Python programs that print what those do), so that the timing, parsing
-and CPU accounting run without a database."""
+"""compare.measure against stand-ins for pgbench, dbpool bench and a peer
+gateway (small Python programs that print what those do), so that the
+timing, parsing, CPU accounting and the peers' start and warm-up run
+without a database."""
 import json
 import os
 import sys
@@ -8,14 +9,30 @@ import tempfile
 import textwrap
 import time
 import unittest
+from unittest import mock
 
-from dbpoolbench import compare
+from dbpoolbench import compare, stack
 
 RUN = {"system": "X", "concurrency": 2, "repeat": 1, "seq": 1}
 
 
 def program(source):
     return [sys.executable, "-c", textwrap.dedent(source)]
+
+
+def dbpool_bench(busy):
+    """dbpool bench --json after 1.5 s, busy (so that it uses CPU) or not."""
+    report = {"requests": 110, "ok": 100, "errors": 10, "duration_s": 0.5,
+              "errors_by_code": {"UNAVAILABLE": 10},
+              "latency_ms": {"p50": 1.5, "p99": 4.0}}
+    return program(f"""
+        import json, time
+        deadline = time.time() + 1.5
+        while time.time() < deadline:
+            {'pass' if busy else 'time.sleep(0.1)'}
+        print("starting")
+        print(json.dumps({report!r}))
+        """)
 
 
 class Measure(unittest.TestCase):
@@ -25,24 +42,15 @@ class Measure(unittest.TestCase):
         return {"postmaster": os.getpid()}
 
     def test_dbpool_bench_report(self):
-        report = {"requests": 110, "ok": 100, "errors": 10, "duration_s": 0.5,
-                  "errors_by_code": {"UNAVAILABLE": 10},
-                  "latency_ms": {"p50": 1.5, "p99": 4.0}}
-        argv = program(f"""
-            import json, time
-            deadline = time.time() + 1.5
-            while time.time() < deadline:  # busy, so that it uses CPU
-                pass
-            print("starting")
-            print(json.dumps({report!r}))
-            """)
-        rec = compare.measure(RUN, argv, warmup=0.5, duration=0.5, pids=self.pids())
+        rec = compare.measure(RUN, dbpool_bench(busy=True), warmup=0.5, duration=0.5,
+                              pids=self.pids())
         self.assertTrue(rec["valid"], rec)
         self.assertEqual((rec["requests"], rec["ok"], rec["errors"]), (110, 100, 10))
         self.assertEqual(rec["throughput"], 200)
         self.assertEqual(rec["latency_ms"]["p99"], 4.0)
         self.assertGreater(rec["cpu"]["us_per_query"]["client"], 0)
-        self.assertIsNone(rec["cpu"]["us_per_query"]["dbpool_server"])
+        # Only the processes named in pids, and the load generator.
+        self.assertEqual(set(rec["cpu"]["us_per_query"]), {"postgres", "client"})
         self.assertEqual(rec["exit_code"], 0)
 
     def test_a_load_that_ends_early_is_invalid(self):
@@ -81,12 +89,88 @@ class Measure(unittest.TestCase):
         self.assertEqual(rec["pgbench_tps_reported"], 2.0)
         self.assertLess(abs(rec["connect_s"] + 1.0), 0.5)
 
+    def test_a_gateway_is_measured_beside_the_load(self):
+        with stack.Stack("test") as s:
+            peer = s.peer("busy", PEER, "postgresql://x", pool_size=20)
+            rec = compare.measure(RUN, dbpool_bench(busy=False), warmup=0.5, duration=0.5,
+                                  pids={**self.pids(), "peer_go": peer.proc.pid})
+        cpu = rec["cpu"]["us_per_query"]
+        self.assertEqual(set(cpu), {"postgres", "peer_go", "client"})
+        self.assertGreater(cpu["peer_go"], cpu["client"])
+
     def test_settle_reports_what_it_saw(self):
         t = time.time()
         seen = compare.settle(self.pids(), quiet_pct=100, quiet_max=5)
         self.assertTrue(seen["quiet"])
         self.assertLess(time.time() - t, 10)
         json.dumps(seen)
+
+
+# A peer gateway as bench/peers' programs behave: --port and --pool-size,
+# DATABASE_URL required (exit 2), the ready line, exit 0 on SIGTERM. It
+# listens on 1000 + pool size, so that the test sees the flag arrive, and
+# keeps a core busy.
+PEER = program("""
+    import os, signal, sys
+    flags = dict(a[2:].split("=", 1) for a in sys.argv[1:])
+    if not os.environ.get("DATABASE_URL") or flags["port"] != "0":
+        sys.exit(2)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"dbpool-peer listening grpc=127.0.0.1:{1000 + int(flags['pool-size'])}", flush=True)
+    while True:
+        pass
+    """)
+
+
+class Peers(unittest.TestCase):
+    def test_a_peer_starts_and_stops_with_the_stack(self):
+        with stack.Stack("test") as s:
+            peer = s.peer("stand-in", PEER, "postgresql://x", pool_size=20)
+            self.assertEqual(peer.address, "127.0.0.1:1020")
+            self.assertIsNone(peer.proc.poll())
+        self.assertEqual(peer.proc.returncode, 0)
+
+    def test_a_peer_that_fails_to_start_says_so(self):
+        with stack.Stack("test") as s:
+            with self.assertRaisesRegex(stack.HarnessError, "no ready line.*exit code 2"):
+                s.peer("stand-in", PEER, "", pool_size=20)
+
+    def fill(self, counts, timeout=60):
+        """fill_pool with PostgreSQL counting `counts` connections in turn;
+        the dbpool bench calls it made."""
+        cluster = mock.Mock()
+        cluster.psql.side_effect = [f"{n}\n" for n in counts]
+        ctx = {"cli": "dbpool", "targets": {"E": "127.0.0.1:1"}, "cluster": cluster}
+        st = {"sql": "SELECT 1", "pool_size": 20}
+        with mock.patch.object(stack, "dbpool_bench") as bench:
+            try:
+                return compare.fill_pool(ctx, st, "E", timeout), bench.call_args_list
+            finally:
+                self.assertIn("application_name = 'dbpool-peer-node'",
+                              cluster.psql.call_args.args[0])
+
+    def test_fill_pool_loads_until_the_pool_is_full(self):
+        n, calls = self.fill([3, 17, 20])
+        self.assertEqual((n, len(calls)), (20, 3))
+        args = calls[0].args[2]
+        self.assertEqual(args[args.index("--concurrency") + 1], "40")
+
+    def test_peers_get_dbpool_s_load(self):
+        ctx = {"cli": "dbpool", "targets": {"C": "c:1", "D": "d:1", "E": "e:1"}, "pids": {}}
+        st = {"sql": "SELECT 1", "warmup_s": 2, "duration_s": 10}
+        with mock.patch.object(compare, "measure") as measure:
+            for sysname in "CDE":
+                compare.run_one(ctx, st, 1, 64, sysname, seq=1)
+        argvs = [c.args[1] for c in measure.call_args_list]
+        self.assertEqual([a[a.index("--target") + 1] for a in argvs], ["c:1", "d:1", "e:1"])
+        for a in argvs:
+            a[a.index("--target") + 1] = "X"
+        self.assertEqual(argvs[1], argvs[0])
+        self.assertEqual(argvs[2], argvs[0])
+
+    def test_fill_pool_gives_up_at_its_deadline(self):
+        with self.assertRaisesRegex(stack.HarnessError, "holds 12 of 20"):
+            self.fill([12], timeout=0)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,110 @@ class CompareReport(unittest.TestCase):
         self.assertGreater(entry["throughput_min"], slowest["throughput"])
 
 
+def as_peer(run, sysname, process, factor):
+    """A C run of the stored result as peer sysname's, `factor` times
+    slower, its dbpool-server figures as the gateway's."""
+    r = json.loads(json.dumps(run))
+    r["system"], r["throughput"] = sysname, run["throughput"] / factor
+    for key in ("us_per_query", "ctx_switches_per_query", "cores_used"):
+        figures = r.get("cpu", {}).get(key)
+        if figures:
+            figures[process] = figures.pop("dbpool_server")
+    return r
+
+
+def rows_of(md, header_start):
+    """The rows of the table whose header starts so, as lists of cells."""
+    lines = md.splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[i:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+class CompareReportWithPeers(unittest.TestCase):
+    """The stored result with peers D and E added: C's runs 2.5 and 4
+    times slower."""
+
+    def setUp(self):
+        doc = load(os.path.basename(CompareReport.NAME))
+        cs = [r for r in doc["runs"] if r["system"] == "C"]
+        doc["runs"] += [as_peer(r, "D", "peer_go", 2.5) for r in cs]
+        doc["runs"] += [as_peer(r, "E", "peer_node", 4.0) for r in cs]
+        doc["meta"]["versions"].update(peer_go="go1.19", peer_node="Node.js v18")
+        doc["summary"] = compare_report.summarize(doc["runs"], [1, 8, 32, 64, 128])
+        self.doc = doc
+        self.md = compare_report.render(doc, CompareReport.NAME, "docs/BENCHMARKS.md")
+
+    def test_ratios_against_the_peers(self):
+        s = self.doc["summary"]["64"]
+        self.assertAlmostEqual(s["C/D"]["ratio_of_medians"], 2.5)
+        self.assertAlmostEqual(s["C/E"]["ratio_of_medians"], 4.0)
+        self.assertEqual(len(s["C/D"]["per_repeat"]), 3)
+        self.assertEqual(s["D"]["cpu_us_per_query_median"]["peer_go"],
+                         s["C"]["cpu_us_per_query_median"]["dbpool_server"])
+        self.assertIsNone(s["C"]["cpu_us_per_query_median"]["peer_go"])
+        stored = load(os.path.basename(CompareReport.NAME))["summary"]["64"]
+        self.assertEqual(s["C/B"], stored["C/B"])
+
+    def test_peer_table_and_goal(self):
+        rows = rows_of(self.md, "| clients | C dbpool /s | D Go /s")
+        self.assertEqual(rows[0], ["clients", "C dbpool /s", "D Go /s", "E Node.js /s",
+                                   "**C/D** [spread]", "**C/E** [spread]",
+                                   "dbpool-server CPU µs/q", "Go gateway CPU µs/q",
+                                   "Node.js gateway CPU µs/q"])
+        self.assertEqual(rows[5], ["64", "6,909", "2,764", "1,727", "**2.50** [2.50–2.50]",
+                                   "**4.00** [4.00–4.00]", "136", "136", "136"])
+        self.assertIn("*Goal — ahead of every peer, dbpool ≥ 2× the Go gateway (C/D) and "
+                      "≥ 4× the Node.js gateway (C/E) at 64 clients:* **MET**. C/D is 2.50",
+                      self.md)
+        self.assertIn("| Go gateway | go1.19 |", self.md)
+
+    def test_the_peers_join_every_table(self):
+        per = rows_of(self.md, "| system | throughput")
+        self.assertEqual(per[0][4:10], ["PostgreSQL µs/q", "PgBouncer µs/q",
+                                        "dbpool-server µs/q", "Go gateway µs/q",
+                                        "Node.js gateway µs/q", "client µs/q"])
+        self.assertEqual([r[0][:2] for r in per[2:]], ["A:", "B:", "C:", "D:", "E:"])
+        switches = rows_of(self.md, "| clients | A: PostgreSQL")[0]
+        self.assertEqual(switches[-6:], ["D: PostgreSQL", "D: Go gateway", "D: dbpool bench",
+                                         "E: PostgreSQL", "E: Node.js gateway",
+                                         "E: dbpool bench"])
+        self.assertIn("C/D = **2.50** [2.50–2.50], C/E = **4.00** [4.00–4.00].", self.md)
+        self.assertIn("A, B, C, D and E back to back, the order rotated by one per "
+                      "repetition (ABCDE, BCDEA, CDEAB, …)", self.md)
+
+    def test_every_row_has_its_header_s_cells(self):
+        lines = self.md.splitlines()
+        for i, line in enumerate(lines):
+            if line.startswith("|") and not lines[i - 1].startswith("|"):
+                for row in rows_of("\n".join(lines[i:]), line):
+                    self.assertEqual(len(row), line.count("|") - 1, row)
+
+    def test_a_run_of_some_systems_renders_only_those(self):
+        doc = dict(self.doc, runs=[r for r in self.doc["runs"] if r["system"] in "CD"])
+        doc["summary"] = compare_report.summarize(doc["runs"], [1, 8, 32, 64, 128])
+        self.assertEqual(set(doc["summary"]["64"]), {"C", "D", "C/D"})
+        md = compare_report.render(doc, CompareReport.NAME, "docs/BENCHMARKS.md")
+        self.assertTrue(md.startswith("# Benchmarks: dbpool vs a Go gateway\n"))
+        self.assertNotIn("PgBouncer µs/q", md)
+        self.assertNotIn("pgbench threads", md)
+        self.assertIn("dbpool ≥ 2× the Go gateway (C/D) at 64 clients:* **MET**", md)
+        self.assertEqual(rows_of(md, "| clients | C dbpool /s")[0],
+                         ["clients", "C dbpool /s", "dbpool-server CPU µs/q"])
+
+    def test_a_peer_behind_its_goal(self):
+        cs = [r for r in self.doc["runs"] if r["system"] == "C"]
+        runs = cs + [as_peer(r, "E", "peer_node", 0.3) for r in cs]
+        doc = dict(self.doc, runs=runs, summary=compare_report.summarize(runs, [64]))
+        doc["meta"] = dict(doc["meta"], settings=dict(doc["meta"]["settings"], concurrency=[64]))
+        md = compare_report.render(doc, CompareReport.NAME, "docs/BENCHMARKS.md")
+        self.assertIn("(C/E) at 64 clients:* **NOT MET**. C/E is 0.30", md)
+
+
 class SoakReport(unittest.TestCase):
     def test_report_is_the_committed_one(self):
         name = "soak-2026-11-30-0555"
@@ -74,6 +178,14 @@ class SmallReports(unittest.TestCase):
         md = floor.render(doc)
         self.assertIn("| 64 | 6,874 | 13,644 |", md)
         self.assertNotIn("PgBouncer", md)
+
+    def test_floor_beside_a_compare_run_without_pgbouncer(self):
+        doc = load("floor-2026-11-30-0552.json")
+        doc["git"] = "d421995"
+        compare = load("compare-2026-11-30-0355.json")
+        for e in compare["summary"].values():
+            del e["B"]
+        self.assertEqual(floor.render(doc, "x.json", compare), floor.render(doc))
 
     def test_rate(self):
         doc = load("rate-2026-11-30-0411.json")

@@ -24,6 +24,7 @@ easy to diagnose from the test log.
 """
 
 import os
+import queue
 import re
 import shutil
 import signal
@@ -516,3 +517,60 @@ def decode_json_stream(text):
         except ValueError:
             return values, text[i:]
         values.append(value)
+
+
+# ---------------------------------------------------------------------------
+# Peer gateways (bench/peers)
+
+PEERS_DIR = REPO_ROOT / "bench" / "peers"
+PEER_READY_RE = re.compile(r"dbpool-peer listening grpc=(\S+)")
+
+
+class Peer:
+    """A peer gateway of bench/peers (they share one command line),
+    started on a free port (--port=0) with a pool of pool_size."""
+
+    def __init__(self, name, argv, database_url, log_dir, pool_size):
+        self.name = name
+        self.stderr_path = log_dir / (name + ".stderr")
+        with open(self.stderr_path, "wb") as stderr:
+            self.proc = subprocess.Popen(
+                [*argv, "--port=0", f"--pool-size={pool_size}"], stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=stderr, text=True,
+                env=dict(os.environ, DATABASE_URL=database_url))
+        lines = queue.Queue()
+        threading.Thread(target=self._read_stdout, args=(lines,), daemon=True).start()
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                ready = PEER_READY_RE.search(lines.get(timeout=0.2))
+            except queue.Empty:
+                continue
+            if ready:
+                self.address = ready.group(1)
+                return
+        exited = self.proc.poll()
+        self.stop()
+        raise HarnessError(
+            "%s peer printed no ready line (%s)\n%s"
+            % (name, "exit code %d" % exited if exited is not None
+               else "waited %.0f s" % READY_TIMEOUT_S, self.stderr()))
+
+    def _read_stdout(self, lines):
+        with self.proc.stdout:
+            for line in self.proc.stdout:
+                lines.put(line)
+
+    def stderr(self):
+        return tail(self.stderr_path.read_text("utf-8", "replace"))
+
+    def stop(self):
+        """SIGTERM, then SIGKILL after the harness's stop timeout; the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode

@@ -12,14 +12,9 @@ the Go peer makes it the slowest to start.
 """
 
 import os
-import queue
-import re
 import shutil
-import signal
 import subprocess
 import sys
-import threading
-import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -27,65 +22,14 @@ import harness  # noqa: E402
 
 import grpc  # noqa: E402
 
-PEERS_DIR = harness.REPO_ROOT / "bench" / "peers"
 RPC_TIMEOUT_S = 10.0
 BUILD_TIMEOUT_S = 600.0
-READY_RE = re.compile(r"dbpool-peer listening grpc=(\S+)")
 # The statement `dbpool bench` drives in bench/compare.
 BENCH_SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
 ACCOUNTS = 10
 
 pb = None
 pb_grpc = None
-
-
-class Peer:
-    """A peer gateway process, started on a free port (--port=0)."""
-
-    def __init__(self, name, argv, database_url, log_dir):
-        self.name = name
-        self.stderr_path = log_dir / (name + ".stderr")
-        with open(self.stderr_path, "wb") as stderr:
-            self.proc = subprocess.Popen(
-                [*argv, "--port=0", "--pool-size=4"], stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=stderr, text=True,
-                env=dict(os.environ, DATABASE_URL=database_url))
-        lines = queue.Queue()
-        threading.Thread(target=self._read_stdout, args=(lines,), daemon=True).start()
-        deadline = time.monotonic() + harness.READY_TIMEOUT_S
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                ready = READY_RE.search(lines.get(timeout=0.2))
-            except queue.Empty:
-                continue
-            if ready:
-                self.address = ready.group(1)
-                return
-        exited = self.proc.poll()
-        self.stop()
-        raise harness.HarnessError(
-            "%s peer printed no ready line (%s)\n%s"
-            % (name, "exit code %d" % exited if exited is not None
-               else "waited %.0f s" % harness.READY_TIMEOUT_S, self.stderr()))
-
-    def _read_stdout(self, lines):
-        with self.proc.stdout:
-            for line in self.proc.stdout:
-                lines.put(line)
-
-    def stderr(self):
-        return harness.tail(self.stderr_path.read_text("utf-8", "replace"))
-
-    def stop(self):
-        """SIGTERM, then SIGKILL after the harness's stop timeout; the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(harness.STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
 
 
 class PeersTest(unittest.TestCase):
@@ -101,7 +45,7 @@ class PeersTest(unittest.TestCase):
         pb, pb_grpc = _pb, _pb_grpc
 
         go_bin = work / "dbpool-peer-go"
-        build = subprocess.run([str(PEERS_DIR / "go" / "build.sh"), str(go_bin)],
+        build = subprocess.run([str(harness.PEERS_DIR / "go" / "build.sh"), str(go_bin)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, timeout=BUILD_TIMEOUT_S)
         if build.returncode != 0:
@@ -116,8 +60,8 @@ class PeersTest(unittest.TestCase):
 
         cls.targets = {"dbpool": cls.server.address}
         for name, argv in (("go", [str(go_bin)]),
-                           ("node", ["node", str(PEERS_DIR / "node" / "server.js")])):
-            peer = Peer(name, argv, cls.pg.database_url, work)
+                           ("node", ["node", str(harness.PEERS_DIR / "node" / "server.js")])):
+            peer = harness.Peer(name, argv, cls.pg.database_url, work, pool_size=4)
             cls.addClassCleanup(peer.stop)
             cls.targets[name] = peer.address
         cls.stubs = {}
