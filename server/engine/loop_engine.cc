@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <limits>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -43,6 +44,9 @@ class LoopEngine::Call final : public QueryHandle,
   std::unique_ptr<db::AsyncQuery> query_;
   v1::QueryResponse response_;
   absl::Time started_;
+  // Start() already ran, on the thread that got the connection.
+  bool started_elsewhere_ = false;
+  bool done_early_ = false;
   int registered_fd_ = -1;
   bool watching_writes_ = false;
 };
@@ -52,8 +56,14 @@ class LoopEngine::Loop {
   Loop(LoopEngine& engine, int index);
   ~Loop();
 
-  // Both from any thread.
+  // On this loop's thread: runs `call` from the next turn of the loop.
   void Post(std::shared_ptr<Call> call);
+  // From any other thread: sends `call`'s statement at once, there, and
+  // leaves the rest to the loop, which is woken only if it would otherwise
+  // sleep past the statement's deadline. A statement then costs the loop
+  // no wake-up of its own: the reply is what wakes it.
+  void StartHere(std::shared_ptr<Call> call);
+  // From any thread.
   void PostCancel(std::shared_ptr<Call> call);
   // The loop ends once nothing is running or posted.
   void Stop();
@@ -64,7 +74,13 @@ class LoopEngine::Loop {
 
  private:
   void Run();
+  // Takes what other threads handed over; runs on the loop's thread.
+  void TakePosted(absl::Time now);
+  // Makes the AsyncQuery of a call that has its connection; Start() is then
+  // the caller's to run.
+  void Prepare(Call& call, absl::Time now);
   void Start(std::shared_ptr<Call> call, absl::Time now);
+  void Adopt(std::shared_ptr<Call> call);
   void Watch(Call& call);
   void Complete(Call& call);
   void Wake();
@@ -76,6 +92,9 @@ class LoopEngine::Loop {
   // Set while the loop may be in epoll_wait, so that only then posting
   // costs a write to wake_fd_.
   std::atomic<bool> sleeping_{false};
+  // While sleeping_: when the loop wakes by itself (absl::ToUnixNanos),
+  // INT64_MAX for never.
+  std::atomic<int64_t> wakes_at_{0};
 
   // std::mutex, not absl::Mutex, so that ThreadSanitizer sees the locking:
   // Debian's abseil is not instrumented (scripts/sanitize).
@@ -110,7 +129,11 @@ void LoopEngine::Call::OnLease(absl::StatusOr<pool::Lease> lease) {
   lease_ = *std::move(lease);
   Loop& loop = engine_.PickLoop();
   loop_.store(&loop);
-  loop.Post(shared_from_this());
+  if (Loop::Current() == &loop) {
+    loop.Post(shared_from_this());
+  } else {
+    loop.StartHere(shared_from_this());
+  }
 }
 
 LoopEngine::Loop::Loop(LoopEngine& engine, int index)
@@ -132,11 +155,38 @@ LoopEngine::Loop::~Loop() {
 }
 
 void LoopEngine::Loop::Post(std::shared_ptr<Call> call) {
+  std::lock_guard<std::mutex> lock(mu_);
+  posted_.push_back(std::move(call));
+}
+
+void LoopEngine::Loop::StartHere(std::shared_ptr<Call> call) {
+  Call& c = *call;
+  const absl::Time now = absl::Now();
+  Prepare(c, now);
+  c.started_elsewhere_ = true;
+  c.done_early_ = c.query_->Start(now);
+  const int fd = c.done_early_ ? -1 : c.query_->socket();
+  const bool writes = fd >= 0 && c.query_->WantsWrite();
+  if (fd >= 0) {
+    c.registered_fd_ = fd;
+    c.watching_writes_ = writes;
+  }
+  const absl::Time timer = c.done_early_ ? absl::InfinitePast() : c.query_->Timer();
   {
     std::lock_guard<std::mutex> lock(mu_);
     posted_.push_back(std::move(call));
   }
-  if (Current() != this) Wake();
+  // Registered only once posted: the loop, woken by the reply, takes what
+  // was posted before it handles the event. From here on the call is the
+  // loop's. Should the registration fail, the statement's deadline still
+  // ends it.
+  if (fd >= 0) {
+    epoll_event ev{};
+    ev.events = EPOLLIN | (writes ? static_cast<uint32_t>(EPOLLOUT) : 0u);
+    ev.data.ptr = &c;
+    epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
+  }
+  if (sleeping_.load() && absl::ToUnixNanos(timer) < wakes_at_.load()) Wake();
 }
 
 void LoopEngine::Loop::PostCancel(std::shared_ptr<Call> call) {
@@ -165,28 +215,18 @@ void LoopEngine::Loop::Wake() {
 void LoopEngine::Loop::Run() {
   current_ = this;
   pthread_setname_np(pthread_self(), absl::StrCat("dbpool-io-", index_).c_str());
-  std::vector<std::shared_ptr<Call>> posted;
-  std::vector<std::shared_ptr<Call>> cancels;
   epoll_event events[64];
   for (;;) {
+    absl::Time now = absl::Now();
+    TakePosted(now);
     bool stopping = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      posted.swap(posted_);
-      cancels.swap(cancels_);
       stopping = stopping_;
     }
-    absl::Time now = absl::Now();
-    for (auto& call : posted) Start(std::move(call), now);
-    posted.clear();
-    for (auto& call : cancels) {
-      // A call that finished meanwhile is no longer running.
-      if (call->query_ != nullptr && call->query_->Cancel(now)) Complete(*call);
-    }
-    cancels.clear();
     if (stopping && running_.empty()) {
       std::lock_guard<std::mutex> lock(mu_);
-      if (posted_.empty()) return;
+      if (posted_.empty() && cancels_.empty()) return;
       continue;
     }
     // Deadlines: a loop runs at most as many statements as it has
@@ -208,6 +248,8 @@ void LoopEngine::Loop::Run() {
           absl::ToInt64Milliseconds(absl::Ceil(next - now, absl::Milliseconds(1))),
           1, 1000));
     }
+    wakes_at_.store(timeout_ms < 0 ? std::numeric_limits<int64_t>::max()
+                                   : absl::ToUnixNanos(now + absl::Milliseconds(timeout_ms)));
     sleeping_.store(true);
     {
       // Whatever was posted before sleeping_ was set did not wake us.
@@ -217,6 +259,8 @@ void LoopEngine::Loop::Run() {
     const int n = epoll_wait(epoll_fd_, events, 64, timeout_ms);
     sleeping_.store(false);
     now = absl::Now();
+    // A reply may belong to a statement started on another thread since.
+    if (n > 0) TakePosted(now);
     for (int i = 0; i < n; ++i) {
       auto* call = static_cast<Call*>(events[i].data.ptr);
       if (call == nullptr) {
@@ -233,8 +277,28 @@ void LoopEngine::Loop::Run() {
   }
 }
 
-void LoopEngine::Loop::Start(std::shared_ptr<Call> call, absl::Time now) {
-  Call& c = *call;
+void LoopEngine::Loop::TakePosted(absl::Time now) {
+  std::vector<std::shared_ptr<Call>> posted;
+  std::vector<std::shared_ptr<Call>> cancels;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    posted.swap(posted_);
+    cancels.swap(cancels_);
+  }
+  for (auto& call : posted) {
+    if (call->started_elsewhere_) {
+      Adopt(std::move(call));
+    } else {
+      Start(std::move(call), now);
+    }
+  }
+  for (auto& call : cancels) {
+    // A call that finished meanwhile is no longer running.
+    if (call->query_ != nullptr && call->query_->Cancel(now)) Complete(*call);
+  }
+}
+
+void LoopEngine::Loop::Prepare(Call& c, absl::Time now) {
   c.started_ = now;
   absl::Time deadline = c.job_.deadline;
   if (c.job_.timeout != absl::InfiniteDuration()) {
@@ -244,11 +308,27 @@ void LoopEngine::Loop::Start(std::shared_ptr<Call> call, absl::Time now) {
       static_cast<db::PgConnection&>(c.lease_.connection()), c.job_.request,
       c.job_.params, c.job_.read_only, deadline, engine_.options_.limits,
       &c.response_);
+}
+
+void LoopEngine::Loop::Start(std::shared_ptr<Call> call, absl::Time now) {
+  Call& c = *call;
+  Prepare(c, now);
   running_.push_back(std::move(call));
   if (c.query_->Start(now) || (c.cancelled_.load() && c.query_->Cancel(now))) {
     Complete(c);
     return;
   }
+  Watch(c);
+}
+
+void LoopEngine::Loop::Adopt(std::shared_ptr<Call> call) {
+  Call& c = *call;
+  running_.push_back(std::move(call));
+  if (c.done_early_ || (c.cancelled_.load() && c.query_->Cancel(absl::Now()))) {
+    Complete(c);
+    return;
+  }
+  // Output that did not fit the socket at once, or a failed registration.
   Watch(c);
 }
 
