@@ -22,6 +22,7 @@
 #include "server/db/pg_connection.h"
 #include "server/db/query_runner.h"
 #include "server/engine/worker_engine.h"
+#include "server/security/forwarded_client.h"
 #include "server/security/tls.h"
 #include "server/security/tokens.h"
 #include "spdlog/spdlog.h"
@@ -147,6 +148,8 @@ absl::StatusOr<std::unique_ptr<Server>> BuildServer(const config::Config& cfg) {
   limits.cancel_grace = cfg.cancel_grace;
   server->engine_ = std::make_unique<engine::WorkerEngine>(*server->pool_, limits);
 
+  // Lets the service trust the client names the REST gateway forwards.
+  const std::string forwarding_secret = security::NewForwardingSecret();
   rpc::ServiceOptions service_options;
   service_options.request.max_sql_bytes = cfg.max_sql_bytes;
   service_options.request.max_params = cfg.max_params;
@@ -154,6 +157,7 @@ absl::StatusOr<std::unique_ptr<Server>> BuildServer(const config::Config& cfg) {
   service_options.max_stats_streams = cfg.max_stats_streams;
   service_options.tokens = secured->tokens;
   service_options.max_calls_per_caller = cfg.max_calls_per_caller;
+  service_options.forwarding_secret = forwarding_secret;
   spdlog::info("tls={} mutual_tls={} bearer_tokens={} reflection={}",
                secured->tls.has_value(), secured->tls && secured->tls->mutual(),
                secured->tokens.size(), cfg.reflection);
@@ -192,6 +196,7 @@ absl::StatusOr<std::unique_ptr<Server>> BuildServer(const config::Config& cfg) {
   gateway_options.address = HostPort(cfg.listen_host, cfg.http_port);
   gateway_options.max_body_bytes = cfg.max_request_bytes;
   gateway_options.tls = secured->tls;
+  gateway_options.forwarding_secret = forwarding_secret;
   gateway_options.call_timeout = cfg.acquire_timeout + cfg.statement_timeout;
   // Each HTTP request holds a worker while its query waits and runs; twice
   // the pool leaves workers for /healthz and /readyz while the pool is busy.
