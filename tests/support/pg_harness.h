@@ -117,9 +117,10 @@ class TestServer {
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;
 };
 
-// One Query in flight on the callback API. The deadline bounds Wait(). A
-// call still running when the object is destroyed is cancelled and waited
-// for, so a test that ends early leaves nothing behind.
+// One Query in flight on the callback API. The deadline bounds Wait() (a
+// call not over 10 s past it fails the test). A call still running when the
+// object is destroyed is cancelled and waited for, so a test that ends early
+// leaves nothing behind.
 class AsyncQuery {
  public:
   AsyncQuery(v1::DatabaseService::Stub& stub, const std::string& sql,
@@ -144,6 +145,7 @@ class AsyncQuery {
   v1::QueryRequest request_;
   v1::QueryResponse response_;
   absl::Time started_;
+  absl::Time deadline_;
   absl::Mutex mu_;
   bool done_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time finished_ ABSL_GUARDED_BY(mu_);
