@@ -77,7 +77,8 @@ class PgCluster {
 // A TestServer's settings: dbpool-server environment variables (see
 // .env.example), laid over the harness's own, which are the only ones that
 // differ from the defaults: loopback, free ports, the shared cluster, and a
-// pool of 4 (1 kept open) named dbpool-test.
+// pool of 4 (1 kept open) named dbpool-test. A single setting is written
+// ServerEnv{{NAME, VALUE}}: bare braces would also read as an iterator pair.
 using ServerEnv = std::map<std::string, std::string>;
 
 // A duration as the value of a *_MS setting.
@@ -92,7 +93,6 @@ class TestServer {
 
   v1::DatabaseService::Stub& stub() { return *stub_; }
   grpc::health::v1::Health::Stub& health() { return *health_; }
-  app::Server& server() { return *server_; }
   pool::ConnectionPool& pool() { return server_->pool(); }
   // What /metrics would serve: the pool collector and query metrics.
   metrics::Metrics& metrics() { return server_->metrics(); }
