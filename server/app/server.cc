@@ -20,8 +20,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "server/db/pg_connection.h"
-#include "server/db/query_runner.h"
 #include "server/engine/loop_engine.h"
+#include "server/security/forwarded_client.h"
 #include "server/security/tls.h"
 #include "server/security/tokens.h"
 #include "spdlog/spdlog.h"
@@ -153,6 +153,8 @@ absl::StatusOr<std::unique_ptr<Server>> BuildServer(const config::Config& cfg) {
   engine_options.limits = limits;
   server->engine_ = std::make_unique<engine::LoopEngine>(*server->pool_, engine_options);
 
+  // Lets the service trust the client names the REST gateway forwards.
+  const std::string forwarding_secret = security::NewForwardingSecret();
   rpc::ServiceOptions service_options;
   service_options.request.max_sql_bytes = cfg.max_sql_bytes;
   service_options.request.max_params = cfg.max_params;
@@ -160,6 +162,7 @@ absl::StatusOr<std::unique_ptr<Server>> BuildServer(const config::Config& cfg) {
   service_options.max_stats_streams = cfg.max_stats_streams;
   service_options.tokens = secured->tokens;
   service_options.max_calls_per_caller = cfg.max_calls_per_caller;
+  service_options.forwarding_secret = forwarding_secret;
   spdlog::info("tls={} mutual_tls={} bearer_tokens={} reflection={}",
                secured->tls.has_value(), secured->tls && secured->tls->mutual(),
                secured->tokens.size(), cfg.reflection);
@@ -198,6 +201,7 @@ absl::StatusOr<std::unique_ptr<Server>> BuildServer(const config::Config& cfg) {
   gateway_options.address = HostPort(cfg.listen_host, cfg.http_port);
   gateway_options.max_body_bytes = cfg.max_request_bytes;
   gateway_options.tls = secured->tls;
+  gateway_options.forwarding_secret = forwarding_secret;
   gateway_options.call_timeout = cfg.acquire_timeout + cfg.statement_timeout;
   // Each HTTP request holds a worker while its query waits and runs; twice
   // the pool leaves workers for /healthz and /readyz while the pool is busy.

@@ -4,8 +4,9 @@
 // services on a grpc::Server, and the REST gateway.
 //
 // BuildServer returns a server that is listening on every port. Shutdown
-// is what SIGTERM does. Owned by its builder (main, a test). Thread-safe
-// accessors; BuildServer and Shutdown block (binding ports, draining), and
+// is what SIGTERM does. Owned by its builder (main, a test), whose thread
+// alone calls Shutdown; the accessors may be used from any thread while the
+// server runs. BuildServer and Shutdown block (binding ports, draining), and
 // so does the destructor, which shuts down without grace when Shutdown was
 // not called.
 #ifndef DBPOOL_SERVER_APP_SERVER_H_

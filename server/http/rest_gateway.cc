@@ -251,7 +251,9 @@ class RestGateway::Handler final : public CivetHandler {
       context.AddMetadata("authorization", authorization);
     }
     context.AddMetadata(security::kForwardedClientKey,
-                        ClientIdentity(mg_get_request_info(conn)));
+                        security::ForwardedClientValue(
+                            options_.forwarding_secret,
+                            ClientIdentity(mg_get_request_info(conn))));
     grpc::Status status;
     absl::Notification done;
     stub_.UnaryCall(&context, route.grpc_method, grpc::StubOptions(), &request_buffer,

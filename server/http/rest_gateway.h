@@ -42,6 +42,9 @@ struct GatewayOptions {
   int threads = 0;
   // Serves HTTPS only, with these settings, when set.
   std::optional<security::TlsSettings> tls;
+  // Sent with each HTTP client's name, so that DatabaseService trusts it
+  // (security/forwarded_client.h).
+  std::string forwarding_secret;
 };
 
 // One route: an HTTP verb and path bound to a gRPC method.

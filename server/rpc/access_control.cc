@@ -21,15 +21,12 @@ std::optional<absl::string_view> Metadata(const grpc::ServerContextBase& context
   return absl::string_view(it->second.data(), it->second.size());
 }
 
-bool InProcess(const grpc::ServerContextBase& context) {
-  return context.peer() == "inproc";
-}
-
 // Who is calling when no token says so.
-std::string AnonymousName(const grpc::ServerContextBase& context) {
-  if (InProcess(context)) {
-    if (auto forwarded = Metadata(context, security::kForwardedClientKey)) {
-      return std::string(*forwarded);
+std::string AnonymousName(const grpc::ServerContextBase& context,
+                          absl::string_view forwarding_secret) {
+  if (auto value = Metadata(context, security::kForwardedClientKey)) {
+    if (auto client = security::ForwardedClient(*value, forwarding_secret)) {
+      return *std::move(client);
     }
   }
   if (auto auth = context.auth_context(); auth != nullptr) {
@@ -52,8 +49,11 @@ std::string PeerHost(absl::string_view peer) {
   return std::string(peer);
 }
 
-AccessControl::AccessControl(security::TokenTable tokens, int max_calls_per_caller)
-    : tokens_(std::move(tokens)), max_calls_per_caller_(max_calls_per_caller) {}
+AccessControl::AccessControl(security::TokenTable tokens, int max_calls_per_caller,
+                             std::string forwarding_secret)
+    : tokens_(std::move(tokens)),
+      max_calls_per_caller_(max_calls_per_caller),
+      forwarding_secret_(std::move(forwarding_secret)) {}
 
 absl::StatusOr<security::Caller> AccessControl::Check(
     const grpc::ServerContextBase& context, Need need) const {
@@ -61,7 +61,8 @@ absl::StatusOr<security::Caller> AccessControl::Check(
     // Only the per-caller limit needs the name; working it out on every
     // call (the peer string, an auth context) would cost for nothing.
     return security::Caller{
-        max_calls_per_caller_ > 0 ? AnonymousName(context) : std::string(),
+        max_calls_per_caller_ > 0 ? AnonymousName(context, forwarding_secret_)
+                                  : std::string(),
         security::Role::kReadWrite};
   }
   absl::StatusOr<security::Caller> caller =

@@ -6,8 +6,8 @@
 // query in a READ ONLY transaction), read_write may do anything. Without
 // one, everyone is read_write and a caller is known by its client
 // certificate's name under mutual TLS, else by its address. Calls that the
-// HTTP gateway makes through the in-process channel carry the HTTP
-// client's identity in metadata, trusted only on that channel.
+// HTTP gateway makes carry the HTTP client's identity in metadata, trusted
+// only with the gateway's secret (security/forwarded_client.h).
 //
 // Owned by the service; thread-safe. Nothing blocks: the in-flight count
 // is a short critical section.
@@ -37,8 +37,10 @@ std::string PeerHost(absl::string_view peer);
 class AccessControl {
  public:
   // An empty table turns authentication off; max_calls_per_caller 0 turns
-  // the in-flight limit off.
-  AccessControl(security::TokenTable tokens, int max_calls_per_caller);
+  // the in-flight limit off. `forwarding_secret` is the HTTP gateway's
+  // (empty: forwarded names are never trusted).
+  AccessControl(security::TokenTable tokens, int max_calls_per_caller,
+                std::string forwarding_secret);
 
   // UNAUTHENTICATED without a valid token (when tokens are configured),
   // PERMISSION_DENIED when the caller's role does not cover `need`. Without
@@ -69,6 +71,7 @@ class AccessControl {
 
   const security::TokenTable tokens_;
   const int max_calls_per_caller_;
+  const std::string forwarding_secret_;
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, int> in_flight_ ABSL_GUARDED_BY(mu_);
 };

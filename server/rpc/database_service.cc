@@ -153,7 +153,8 @@ DatabaseService::DatabaseService(engine::QueryEngine& engine, ServiceOptions opt
     : engine_(engine),
       options_(std::move(options)),
       metrics_(metrics),
-      access_(options_.tokens, options_.max_calls_per_caller),
+      access_(options_.tokens, options_.max_calls_per_caller,
+              options_.forwarding_secret),
       streams_(options_.max_stats_streams) {}
 
 grpc::ServerUnaryReactor* DatabaseService::Query(

@@ -33,6 +33,9 @@ struct ServiceOptions {
   security::TokenTable tokens;
   // 0: no per-caller limit.
   int max_calls_per_caller = 0;
+  // The HTTP gateway's, for the client names it forwards (see
+  // security/forwarded_client.h); empty: they are never trusted.
+  std::string forwarding_secret;
 };
 
 // Query is registered raw (ByteBuffer in and out) so that a request that

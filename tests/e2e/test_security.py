@@ -268,6 +268,23 @@ class MutualTls(unittest.TestCase):
             slow.result(timeout=RPC_TIMEOUT_S)
             self.assertEqual(_query(a, "SELECT 4").rows[0].values[0].int64_value, 4)
 
+    def test_an_https_client_is_counted_by_its_certificate_name(self):
+        url = "https://%s/v1/query" % self.server.http_address
+
+        def post(client, sql):
+            return _http(url, {"sql": sql}, context=_https_context(client))
+
+        with _secure_channel(self.server, "client-b") as b, \
+                concurrent.futures.ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(post, "client-a", "SELECT pg_sleep(1.5)")
+            _wait_for_busy(b, 1)
+            status, _, body = post("client-a", "SELECT 2")
+            self.assertEqual(status, 429, body)
+            self.assertIn("cn:client-a", body["message"])
+            status, _, body = post("client-b", "SELECT 3")
+            self.assertEqual(status, 200, body)
+            self.assertEqual(slow.result(timeout=RPC_TIMEOUT_S)[0], 200)
+
 
 class BearerTokens(unittest.TestCase):
     """Tokens mapped to roles; health and metrics stay open."""

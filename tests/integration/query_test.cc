@@ -288,6 +288,7 @@ TEST_F(QueryTest, UnparsableRequestIsInvalidArgument) {
 
 TEST_F(QueryTest, TimingsAndTrailingMetadataTellTheWait) {
   grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
   v1::QueryRequest req;
   req.set_sql("SELECT 1");
   v1::QueryResponse resp;
@@ -311,6 +312,7 @@ TEST_F(QueryTest, HealthAndStatsAgreeWithTheDatabase) {
     absl::SleepFor(absl::Milliseconds(10));
   }
   grpc::ClientContext hctx;
+  hctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
   grpc::health::v1::HealthCheckRequest hreq;
   grpc::health::v1::HealthCheckResponse hresp;
   ASSERT_TRUE(server_.health().Check(&hctx, hreq, &hresp).ok());
@@ -319,6 +321,7 @@ TEST_F(QueryTest, HealthAndStatsAgreeWithTheDatabase) {
   const absl::Time end = absl::Now() + absl::Seconds(5);
   do {
     grpc::ClientContext sctx;
+    sctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
     ASSERT_TRUE(server_.stub().GetPoolStats(&sctx, v1::GetPoolStatsRequest(), &stats).ok());
   } while (stats.connecting_connections() > 0 && absl::Now() < end);
   EXPECT_EQ(stats.max_connections(), 4);

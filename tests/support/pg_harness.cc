@@ -233,8 +233,8 @@ AsyncQuery::AsyncQuery(v1::DatabaseService::Stub& stub, const std::string& sql,
 
 AsyncQuery::AsyncQuery(v1::DatabaseService::Stub& stub, v1::QueryRequest request,
                        absl::Duration deadline)
-    : request_(std::move(request)), started_(absl::Now()) {
-  context_.set_deadline(absl::ToChronoTime(started_ + deadline));
+    : request_(std::move(request)), started_(absl::Now()), deadline_(started_ + deadline) {
+  context_.set_deadline(absl::ToChronoTime(deadline_));
   stub.async()->Query(&context_, &request_, &response_, [this](grpc::Status s) {
     absl::MutexLock lock(&mu_);
     status_ = std::move(s);
@@ -250,7 +250,13 @@ AsyncQuery::~AsyncQuery() {
 
 grpc::Status AsyncQuery::Wait() {
   absl::MutexLock lock(&mu_);
-  mu_.Await(absl::Condition(&done_));
+  // The call's deadline ends it; the margin only catches a client library
+  // that never reports.
+  if (!mu_.AwaitWithTimeout(absl::Condition(&done_),
+                            deadline_ + absl::Seconds(10) - absl::Now())) {
+    ADD_FAILURE() << "the call did not end within 10 s of its deadline";
+    return grpc::Status(grpc::StatusCode::UNKNOWN, "the call never ended");
+  }
   return status_;
 }
 

@@ -77,7 +77,8 @@ class PgCluster {
 // A TestServer's settings: dbpool-server environment variables (see
 // .env.example), laid over the harness's own, which are the only ones that
 // differ from the defaults: loopback, free ports, the shared cluster, and a
-// pool of 4 (1 kept open) named dbpool-test.
+// pool of 4 (1 kept open) named dbpool-test. A single setting is written
+// ServerEnv{{NAME, VALUE}}: bare braces would also read as an iterator pair.
 using ServerEnv = std::map<std::string, std::string>;
 
 // A duration as the value of a *_MS setting.
@@ -92,7 +93,6 @@ class TestServer {
 
   v1::DatabaseService::Stub& stub() { return *stub_; }
   grpc::health::v1::Health::Stub& health() { return *health_; }
-  app::Server& server() { return *server_; }
   pool::ConnectionPool& pool() { return server_->pool(); }
   // What /metrics would serve: the pool collector and query metrics.
   metrics::Metrics& metrics() { return server_->metrics(); }
@@ -117,9 +117,10 @@ class TestServer {
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;
 };
 
-// One Query in flight on the callback API. The deadline bounds Wait(). A
-// call still running when the object is destroyed is cancelled and waited
-// for, so a test that ends early leaves nothing behind.
+// One Query in flight on the callback API. The deadline bounds Wait() (a
+// call not over 10 s past it fails the test). A call still running when the
+// object is destroyed is cancelled and waited for, so a test that ends early
+// leaves nothing behind.
 class AsyncQuery {
  public:
   AsyncQuery(v1::DatabaseService::Stub& stub, const std::string& sql,
@@ -144,6 +145,7 @@ class AsyncQuery {
   v1::QueryRequest request_;
   v1::QueryResponse response_;
   absl::Time started_;
+  absl::Time deadline_;
   absl::Mutex mu_;
   bool done_ ABSL_GUARDED_BY(mu_) = false;
   absl::Time finished_ ABSL_GUARDED_BY(mu_);

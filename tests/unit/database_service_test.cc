@@ -40,6 +40,7 @@ constexpr char kMonitor[] = "mon-aaaaaaaaaaaaaaaa";
 constexpr char kReader[] = "ro-bbbbbbbbbbbbbbbbb";
 constexpr char kAlice[] = "rw-ccccccccccccccccc";
 constexpr char kBob[] = "rw-ddddddddddddddddd";
+constexpr char kGatewaySecret[] = "0123456789abcdef0123456789abcdef";
 
 v1::QueryRequest Sql(const std::string& sql) {
   v1::QueryRequest r;
@@ -102,6 +103,10 @@ class Call {
 };
 
 Call::Metadata As(const std::string& token) { return {token, ""}; }
+// A call as the HTTP gateway makes it for `http_client`.
+Call::Metadata From(const std::string& http_client) {
+  return {"", security::ForwardedClientValue(kGatewaySecret, http_client)};
+}
 
 std::string Trailer(const Call& call, const std::string& key) {
   auto it = call.trailers().find(key);
@@ -144,6 +149,7 @@ class DatabaseServiceTest : public ::testing::Test {
     options.statement_timeout = absl::Seconds(30);
     options.max_stats_streams = 4;
     options.max_calls_per_caller = max_calls_per_caller;
+    options.forwarding_secret = kGatewaySecret;
     if (tokens) {
       auto table = security::TokenTable::Parse(kTokens);
       ASSERT_TRUE(table.ok()) << table.status();
@@ -388,13 +394,26 @@ TEST_F(DatabaseServiceTest, PoolStateErrorsCarryTheSnapshot) {
 TEST_F(DatabaseServiceTest, AnonymousCallersAreCountedByName) {
   Start(/*tokens=*/false, /*max_calls_per_caller=*/1);
   // Without tokens a caller is known by its address, which an in-process
-  // call lacks: gRPC 1.51 gives it the peer "unknown".
+  // call lacks ("unknown"), unless it is the HTTP gateway naming its own
+  // client; a name sent without the gateway's secret counts for nothing.
   Call first(stub(), Sql("SELECT 1"));
   ASSERT_TRUE(engine_.WaitForSubmitted(1));
   Call second(stub(), Sql("SELECT 1"));
   const grpc::Status st = second.Wait();
   EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_THAT(st.error_message(), HasSubstr("\"unknown\""));
+  Call forged(stub(), Sql("SELECT 1"),
+              {"", security::ForwardedClientValue("not-the-secret", "ipv4:10.0.0.9")});
+  EXPECT_EQ(forged.Wait().error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << "counted as the address it came from";
+  Call web_a(stub(), Sql("SELECT 1"), From("ipv4:10.0.0.1"));
+  ASSERT_TRUE(engine_.WaitForSubmitted(2));
+  Call web_b(stub(), Sql("SELECT 1"), From("ipv4:10.0.0.2"));
+  ASSERT_TRUE(engine_.WaitForSubmitted(3)) << "each HTTP client is a caller of its own";
+  Call web_a_again(stub(), Sql("SELECT 1"), From("ipv4:10.0.0.1"));
+  const grpc::Status again = web_a_again.Wait();
+  EXPECT_EQ(again.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(again.error_message(), HasSubstr("\"ipv4:10.0.0.1\""));
 }
 
 TEST_F(DatabaseServiceTest, HealthFollowsTheEngine) {

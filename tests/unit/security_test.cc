@@ -3,6 +3,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "server/security/forwarded_client.h"
+
 namespace dbpool::security {
 namespace {
 
@@ -75,6 +77,17 @@ TEST(TokenTable, AFileWithoutTokensIsAnError) {
   EXPECT_FALSE(TokenTable::Parse("# nothing yet\n\n").ok());
   EXPECT_EQ(TokenTable::Load("/nonexistent/tokens").status().code(),
             absl::StatusCode::kNotFound);
+}
+
+TEST(ForwardedClient, TrustsOnlyNamesThatCarryTheSecret) {
+  const std::string secret = NewForwardingSecret();
+  EXPECT_EQ(secret.size(), 32u);
+  EXPECT_NE(secret, NewForwardingSecret());
+  EXPECT_EQ(ForwardedClient(ForwardedClientValue(secret, "cn:web"), secret), "cn:web");
+  EXPECT_EQ(ForwardedClient(ForwardedClientValue("guess", "cn:web"), secret), std::nullopt);
+  EXPECT_EQ(ForwardedClient(secret, secret), std::nullopt) << "no name";
+  EXPECT_EQ(ForwardedClient(secret + "xcn:web", secret), std::nullopt);
+  EXPECT_EQ(ForwardedClient(" cn:web", ""), std::nullopt) << "no secret, no trust";
 }
 
 }  // namespace
