@@ -13,7 +13,6 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 
 namespace dbpool::db {
@@ -47,10 +46,6 @@ std::atomic<int> cancels_in_flight{0};
 // until it does; past this many, connections are given up without a cancel.
 constexpr int kMaxCancelsInFlight = 16;
 
-struct CancelRequest {
-  absl::Mutex mu;
-  bool settled ABSL_GUARDED_BY(mu) = false;
-};
 
 }  // namespace
 
@@ -132,38 +127,6 @@ bool PgConnection::IsUsable() {
          PQisBusy(conn_) == 0;
 }
 
-bool PgConnection::CancelRunningQuery(absl::Time deadline) {
-  if (cancels_in_flight.fetch_add(1) >= kMaxCancelsInFlight) {
-    cancels_in_flight.fetch_sub(1);
-    return false;
-  }
-  // The thread may outlive this connection, so it gets a PGcancel of its own.
-  PGcancel* cancel = PQgetCancel(conn_);
-  if (cancel == nullptr) {
-    cancels_in_flight.fetch_sub(1);
-    return false;
-  }
-  auto request = std::make_shared<CancelRequest>();
-  try {
-    std::thread([cancel, request] {
-      char error[256];
-      PQcancel(cancel, error, sizeof error);
-      PQfreeCancel(cancel);
-      {
-        absl::MutexLock lock(&request->mu);
-        request->settled = true;
-      }
-      cancels_in_flight.fetch_sub(1);
-    }).detach();
-  } catch (const std::system_error&) {
-    PQfreeCancel(cancel);
-    cancels_in_flight.fetch_sub(1);
-    return false;
-  }
-  absl::MutexLock lock(&request->mu);
-  return request->mu.AwaitWithDeadline(absl::Condition(&request->settled),
-                                       deadline);
-}
 
 std::shared_ptr<const std::atomic<bool>> PgConnection::StartCancel() {
   if (cancels_in_flight.fetch_add(1) >= kMaxCancelsInFlight) {

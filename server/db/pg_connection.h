@@ -7,9 +7,10 @@
 // non-blocking liveness check and a connect deadline, and no silent
 // reconnect (a connection that failed is replaced, never revived).
 //
-// A PgConnection is used by one thread at a time (whoever holds its lease).
-// PgConnector is thread-safe. Connect and the query functions block on the
-// network; IsUsable does not.
+// A PgConnection is used by one thread at a time (whoever holds its lease:
+// the thread that sends a statement, then the event loop that reads its
+// reply). PgConnector is thread-safe; Connect blocks on the network (it runs
+// on the pool's opener threads). Nothing else here blocks.
 #ifndef DBPOOL_SERVER_DB_PG_CONNECTION_H_
 #define DBPOOL_SERVER_DB_PG_CONNECTION_H_
 
@@ -66,22 +67,17 @@ class PgConnection final : public pool::Connection {
   // that calls set_config.
   bool ReportedParametersChanged() const;
 
-  // Asks the server to cancel whatever this connection is running and waits
-  // until the postmaster has dealt with the request (sent the signal, or
-  // refused) or `deadline` passes; returns whether it did in time.
-  // PQcancel has no timeout of its own: a postmaster that accepts the
-  // connection and never answers (a stopped or overloaded host) would hold
-  // the caller for good. So the request runs on a thread of its own, which
-  // ends by itself when the postmaster answers. When this returns false the
-  // connection must not be reused: the request may still arrive and cancel
-  // the next statement.
-  bool CancelRunningQuery(absl::Time deadline);
 
-  // The same request without waiting: returns at once with a flag that
-  // turns true once the postmaster has dealt with the request, or null
-  // when no request could be sent (too many already wait for a postmaster
-  // that does not answer). Until the flag is true the connection must not
-  // run another caller's statement.
+  // Asks the server to cancel whatever this connection is running, and
+  // returns at once with a flag that turns true once the postmaster has
+  // dealt with the request (sent the signal, or refused); null when no
+  // request could be sent. PQcancel has no timeout of its own: a postmaster
+  // that accepts the connection and never answers (a stopped or overloaded
+  // host) would hold its caller for good. So the request runs on a thread
+  // of its own, which ends by itself when the postmaster answers, and at
+  // most 16 such threads wait at once. Until the flag is true the
+  // connection must not run another caller's statement: a request that
+  // arrived late would cancel it.
   std::shared_ptr<const std::atomic<bool>> StartCancel();
 
   // Puts the connection in non-blocking pipeline mode, for good: every

@@ -1,12 +1,9 @@
-// Test harness for the integration and fault tests: throwaway PostgreSQL
-// clusters (started through tests/support/pg_cluster.sh) and an in-process
-// dbpool server built by app::BuildServer, as dbpool-server builds it.
+// Test harness for the integration and fault tests: an in-process dbpool
+// server built by app::BuildServer, as dbpool-server builds it, against a
+// throwaway PostgreSQL (pg_cluster.h).
 //
-// PgCluster::Get() is the process-wide cluster, started on first use and
-// removed when the process's tests end; a test that needs a cluster of its
-// own (one that does not exist yet when the server starts) makes one.
-// TestServer is owned by a test. Neither is meant for concurrent setup; the
-// gRPC stubs they hand out are thread-safe.
+// TestServer is owned by a test and not meant for concurrent setup; the
+// gRPC stubs it hands out are thread-safe.
 #ifndef DBPOOL_TESTS_SUPPORT_PG_HARNESS_H_
 #define DBPOOL_TESTS_SUPPORT_PG_HARNESS_H_
 
@@ -27,52 +24,9 @@
 #include "server/app/server.h"
 #include "server/metrics/metrics.h"
 #include "server/pool/connection_pool.h"
+#include "tests/support/pg_cluster.h"
 
 namespace dbpool::testing {
-
-class PgCluster {
- public:
-  PgCluster() = default;
-  // Stops the cluster and deletes its files.
-  ~PgCluster();
-  PgCluster(const PgCluster&) = delete;
-  PgCluster& operator=(const PgCluster&) = delete;
-
-  // The cluster this process's tests share, started on first use.
-  static PgCluster& Get();
-
-  // Creates the cluster and picks its port without starting it, so that a
-  // server can be configured with conninfo() before the database exists.
-  // Start() then uses that port, and fails the test if it was taken.
-  void Init();
-  void Start();
-  void Stop();
-  // pg_ctl restart -m fast: backends are terminated, the port is kept.
-  void Restart();
-  // Stops the cluster and deletes its files.
-  void Remove();
-
-  std::string conninfo() const;
-  int port() const { return port_; }
-  // The postmaster's process id, from postmaster.pid; 0 when not running.
-  pid_t postmaster_pid() const;
-
-  // Runs `sql` on a fresh connection of its own; returns the first value of
-  // the first row ("" when none). Fails the test on error.
-  std::string Scalar(const std::string& sql) const;
-  // Scalar() read as an integer; -1 (and a test failure) when it is not one.
-  int64_t Int(const std::string& sql) const;
-  // Whether a fresh connection is accepted now (connect_timeout 2 s).
-  bool Accepts() const;
-
- private:
-  void MakeDir();
-
-  std::string dir_;
-  int port_ = 0;
-  // Init() chose the port: Start() must get exactly that one.
-  bool pinned_ = false;
-};
 
 // A TestServer's settings: dbpool-server environment variables (see
 // .env.example), laid over the harness's own, which are the only ones that
