@@ -171,8 +171,13 @@ ConnectionPool::WaitId ConnectionPool::Acquire(absl::Time deadline,
         id = next_wait_id_++;
         waiters_.push_back(Waiter{id, now, deadline, depth, std::move(done)});
         waiter_index_[id] = std::prev(waiters_.end());
-        ++waiter_epoch_;
-        maintenance_wake_.notify_one();
+        // The maintenance thread expires waiters; it needs waking only for
+        // one whose deadline comes before it would wake anyway. Waking it
+        // for every waiter cost a thread switch per queued call.
+        if (deadline < maintenance_wakes_at_) {
+          ++waiter_epoch_;
+          maintenance_wake_.notify_one();
+        }
         WakeOpenersLocked();
       }
     }
@@ -463,12 +468,14 @@ void ConnectionPool::MaintenanceLoop() {
     absl::Time wake = clock_.Now() + kTick;
     for (const auto& w : waiters_) wake = std::min(wake, w.deadline);
     const uint64_t epoch = waiter_epoch_;
+    maintenance_wakes_at_ = wake;
     // A new waiter may have an earlier deadline than the one slept for.
     maintenance_wake_.wait_for(
         lock,
         absl::ToChronoNanoseconds(
             std::max(wake - clock_.Now(), absl::ZeroDuration())),
         [&] { return stopping_ || waiter_epoch_ != epoch; });
+    maintenance_wakes_at_ = absl::InfinitePast();
     if (stopping_) return;
     lock.unlock();
     RunMaintenance();

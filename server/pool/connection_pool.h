@@ -206,6 +206,9 @@ class ConnectionPool {
       ABSL_GUARDED_BY(mu_);
   WaitId next_wait_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t waiter_epoch_ ABSL_GUARDED_BY(mu_) = 0;
+  // When the maintenance thread wakes next; the infinite past while it is
+  // awake, since it looks at every waiter before it sleeps again.
+  absl::Time maintenance_wakes_at_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   int active_ ABSL_GUARDED_BY(mu_) = 0;
   int connecting_ ABSL_GUARDED_BY(mu_) = 0;
   // Closed but not yet destroyed: they still hold a server connection, so
