@@ -5,6 +5,7 @@
   C  dbpool bench        through dbpool-server (Release build, pool 20)
   D  dbpool bench        through the Go peer gateway (bench/peers/go, pool 20)
   E  dbpool bench        through the Node.js peer gateway (bench/peers/node, pool 20)
+  F  dbpool bench --rpc stats against C's dbpool-server: its gRPC floor
 
 The orchestration (main), one measured run (measure) and the wait for
 a quiet machine between runs (settle); compare_report makes the report.
@@ -48,7 +49,7 @@ def settings_from(env):
         "pool_size": stack.POOL_SIZE,
         "sql": stack.POINT_SELECT,
     }
-    pools = sum(1 for s in st["systems"] if gateway(s))
+    pools = len({gateway(s) for s in st["systems"]} - {None})
     st["postgres_max_connections"] = max(200, max(st["concurrency"]) + pools * stack.POOL_SIZE + 30)
     report = env.text("BENCH_REPORT", "bench/results/BENCHMARKS-quick.md" if quick
                       else "docs/BENCHMARKS.md")
@@ -384,12 +385,13 @@ def start_systems(s, st, server_bin, cli, go_bin, log):
         s.callback(stop_pid, bpid)
         log(f"PgBouncer on 127.0.0.1:{bport} (pid {bpid})")
         ctx["ports"]["B"], ctx["pids"]["pgbouncer"] = bport, bpid
-    if "C" in st["systems"]:
+    if {"C", "F"} & set(st["systems"]):
         server = s.server(server_bin, url,
                           [*stack.POOL_ARGS, "--log-level=warn", "--shutdown-grace-ms=2000"])
         probe(cli, server.address, st["sql"])
         log(f"dbpool-server on {server.address} (pid {server.proc.pid})")
-        ctx["targets"]["C"], ctx["pids"]["dbpool_server"] = server.address, server.proc.pid
+        ctx["targets"]["C"] = ctx["targets"]["F"] = server.address
+        ctx["pids"]["dbpool_server"] = server.proc.pid
     for sysname, app in PEERS.items():
         if sysname in st["systems"]:
             peer = s.peer(app, peer_argv(sysname, go_bin), f"{url}?application_name={app}",
@@ -424,9 +426,8 @@ def run_one(ctx, st, rep, n, system, seq):
     warmup, duration = st["warmup_s"], st["duration_s"]
     run = {"system": system, "concurrency": n, "repeat": rep, "seq": seq}
     if LOAD[system] == "dbpool bench":
-        argv = [str(ctx["cli"]), "bench", "--target", ctx["targets"][system], "--sql", st["sql"],
-                "--param", "rand:1:1000000", "--concurrency", str(n),
-                "--duration", f"{duration}s", "--warmup", f"{warmup}s", "--json"]
+        calls = stack.FLOOR_LOAD if system == "F" else stack.QUERY_LOAD
+        argv = stack.bench_argv(ctx["cli"], ctx["targets"][system], calls, n, duration, warmup)
         return measure(run, argv, warmup, duration, ctx["pids"])
     tag = f"{system}-c{n}-r{rep}"
     prefix = str(ctx["logs"] / f"{tag}.pgb")

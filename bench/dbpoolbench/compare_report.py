@@ -13,21 +13,23 @@ SYSTEMS = {
     "C": "C: dbpool (dbpool bench)",
     "D": "D: Go gateway (grpc-go + pgxpool, dbpool bench)",
     "E": "E: Node.js gateway (grpc-js + pg.Pool, dbpool bench)",
+    "F": "F: dbpool's gRPC floor (dbpool bench --rpc stats)",
 }
-# The processes whose CPU counts for a system: PostgreSQL, its gateway if
-# any (always the middle one), the load generator.
+# The processes whose CPU counts for a system: PostgreSQL unless the
+# system leaves the database out, its gateway if any, the load generator.
 INVOLVED = {"A": ("postgres", "client"),
             "B": ("postgres", "pgbouncer", "client"),
             "C": ("postgres", "dbpool_server", "client"),
             "D": ("postgres", "peer_go", "client"),
-            "E": ("postgres", "peer_node", "client")}
+            "E": ("postgres", "peer_node", "client"),
+            "F": ("dbpool_server", "client")}
 LOAD = {"A": "pgbench", "B": "pgbench", "C": "dbpool bench", "D": "dbpool bench",
-        "E": "dbpool bench"}
+        "E": "dbpool bench", "F": "dbpool bench"}
 # Process names in the order of the report's columns.
 PROCESSES = {"postgres": "PostgreSQL", "pgbouncer": "PgBouncer", "dbpool_server": "dbpool-server",
              "peer_go": "Go gateway", "peer_node": "Node.js gateway", "client": "client"}
 TITLES = {"A": "PostgreSQL direct", "B": "PgBouncer", "C": "dbpool", "D": "a Go gateway",
-          "E": "a Node.js gateway"}
+          "E": "a Node.js gateway", "F": "its gRPC floor"}
 # Throughput ratios (numerator, denominator), in the order the report
 # names them.
 RATIOS = (("C", "A"), ("C", "B"), ("B", "A"), ("C", "D"), ("C", "E"))
@@ -39,8 +41,13 @@ PEER_GOAL_CALLERS = 64
 
 def gateway(sysname):
     """The process between the load generator and PostgreSQL, or None."""
-    involved = INVOLVED[sysname]
-    return involved[1] if len(involved) == 3 else None
+    return next((k for k in INVOLVED[sysname] if k not in ("postgres", "client")), None)
+
+
+def gateways(systems):
+    """The gateway processes of the systems, each once (C and F share
+    dbpool-server)."""
+    return list(dict.fromkeys(g for g in map(gateway, systems) if g))
 
 
 def present(runs):
@@ -189,7 +196,7 @@ def render(doc, json_path, md_path):
     order = "".join(systems)
     rotations = ", ".join(order[k:] + order[:k] for k in range(min(3, len(order))))
     parts = [f"PostgreSQL {v['postgres_short']}",
-             *(PROCESSES[gateway(s)] for s in systems if gateway(s)), "the load generator"]
+             *(PROCESSES[g] for g in gateways(systems)), "the load generator"]
     w(f"{threads}Concurrency "
       f"{', '.join(map(str, conc))}; {st['repeats']} repetition(s). Each repetition runs, "
       f"for each N in turn, {and_list(systems)} back to back, the order rotated by one per "
@@ -205,8 +212,8 @@ def render(doc, json_path, md_path):
       "**Latency** p50/p99: pgbench from the same log, dbpool bench from its histogram.")
     counted = ["PostgreSQL = postmaster plus all its children (backends and background "
                "processes)"]
-    counted += [PROCESSES[gateway(s)] + ("" if s == "B" else " (all threads)")
-                for s in systems if gateway(s)]
+    counted += [PROCESSES[g] + ("" if g == "pgbouncer" else " (all threads)")
+                for g in gateways(systems)]
     counted.append(f"client = {' or '.join(dict.fromkeys(LOAD[s] for s in systems))}")
     w("* **CPU µs/query**: `utime + stime` deltas from `/proc/PID/stat` over the measured "
       f"window (less {min(0.25, st['duration_s'] / 10):.2f} s at each end), divided by the "
@@ -294,6 +301,10 @@ def method_item(sysname, st):
         "E": f"* **E — Node.js gateway**: the same `dbpool bench` through `bench/peers/node` "
              f"(`@grpc/grpc-js` + `pg.Pool`, `--pool-size={pool}`), the stack dbpool grew out "
              "of; pg parses the statement again on every call.",
+        "F": "* **F — dbpool's gRPC floor**: `dbpool bench --rpc stats --concurrency N` "
+             "against C's `dbpool-server` process: GetPoolStats, answered from memory (no "
+             "database, no pool wait), the least a call can cost the server. Its "
+             "\"queries\" are those calls; PostgreSQL does no work for them.",
     }[sysname]
 
 

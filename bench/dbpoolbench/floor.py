@@ -15,8 +15,7 @@ from .settings import Env
 from .stats import median
 
 WARMUP_S = 2
-RPCS = {"Q": ["--sql", stack.POINT_SELECT, "--param", "rand:1:1000000"],
-        "S": ["--rpc", "stats"]}
+RPCS = {"Q": stack.QUERY_LOAD, "S": stack.FLOOR_LOAD}
 
 
 def server_sample(pid):
@@ -25,8 +24,7 @@ def server_sample(pid):
 
 
 def measure(cli, target, pid, rpc, concurrency, repeat, seconds):
-    argv = [str(cli), "bench", "--target", target, "--concurrency", str(concurrency),
-            "--duration", f"{seconds}s", "--warmup", f"{WARMUP_S}s", "--json", *RPCS[rpc]]
+    argv = stack.bench_argv(cli, target, RPCS[rpc], concurrency, seconds, WARMUP_S)
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     try:
         time.sleep(WARMUP_S)

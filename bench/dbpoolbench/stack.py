@@ -24,6 +24,10 @@ import harness  # noqa: E402  (lives with the e2e tests; path set just above)
 HarnessError = harness.HarnessError
 
 POINT_SELECT = "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
+# What `dbpool bench` calls: the point select (Query), or GetPoolStats,
+# which the server answers from memory: its gRPC floor.
+QUERY_LOAD = ("--sql", POINT_SELECT, "--param", "rand:1:1000000")
+FLOOR_LOAD = ("--rpc", "stats")
 # The pool of every side-by-side figure: PgBouncer's default_pool_size and
 # dbpool's, all connections open from the start.
 POOL_SIZE = 20
@@ -241,6 +245,13 @@ def pgbench_init(cluster, scale, database, log_path):
                             database], stdout=out, stderr=subprocess.STDOUT, timeout=1800)
     if p.returncode != 0:
         raise HarnessError("pgbench -i failed:\n" + harness.tail(Path(log_path).read_text()))
+
+
+def bench_argv(cli, target, load, concurrency, seconds, warmup):
+    """A timed `dbpool bench --json` closed loop of `concurrency` callers
+    making the calls of `load` (QUERY_LOAD or FLOOR_LOAD)."""
+    return [str(cli), "bench", "--target", target, *load, "--concurrency", str(concurrency),
+            "--duration", f"{seconds}s", "--warmup", f"{warmup}s", "--json"]
 
 
 def dbpool_bench(cli, target, args, timeout, stdout=subprocess.PIPE):

@@ -166,12 +166,17 @@ class CompareOrder(unittest.TestCase):
         order = compare.run_order(2, [64], ["C", "D"])
         self.assertEqual([(rep, s) for rep, n, s in order], [(1, "C"), (1, "D"), (2, "D"), (2, "C")])
 
+    def test_the_floor_rotates_with_the_others(self):
+        order = compare.run_order(2, [64, 128], ["A", "B", "C", "D", "E", "F"])
+        self.assertEqual("".join(s for rep, n, s in order if n == 128), "ABCDEF" "BCDEFA")
+        self.assertEqual(compare.systems_from("f c"), ["C", "F"])
+
     def test_quick_defaults_and_max_connections(self):
         st, report = compare.settings_from(Env({"BENCH_QUICK": "1", "BENCH_CONCURRENCY": "500"}))
         self.assertEqual((st["repeats"], st["duration_s"]), (1, 3))
         self.assertEqual(report, "bench/results/BENCHMARKS-quick.md")
-        self.assertEqual(st["systems"], ["A", "B", "C", "D", "E"])
-        # A's 500 backends and the pools of B, C, D and E.
+        self.assertEqual(st["systems"], ["A", "B", "C", "D", "E", "F"])
+        # A's 500 backends and the pools of B, C (F's too), D and E.
         self.assertEqual(st["postgres_max_connections"], 500 + 4 * 20 + 30)
         with self.assertRaises(SettingsError):
             compare.settings_from(Env({"BENCH_WARMUP": "1s"}))
@@ -184,7 +189,10 @@ class CompareOrder(unittest.TestCase):
         self.assertEqual(compare.settings_from(Env({"BENCH_SYSTEMS": "A",
                                                     "BENCH_CONCURRENCY": "300"}))[0]
                          ["postgres_max_connections"], 330)
-        for bad in ("C F", "dbpool", " , "):
+        self.assertEqual(compare.settings_from(Env({"BENCH_SYSTEMS": "F",
+                                                    "BENCH_CONCURRENCY": "300"}))[0]
+                         ["postgres_max_connections"], 300 + 20 + 30)
+        for bad in ("C G", "dbpool", " , "):
             with self.subTest(bad=bad), self.assertRaises(SettingsError):
                 systems(bad)
 

@@ -168,6 +168,20 @@ class Peers(unittest.TestCase):
         self.assertEqual(argvs[1], argvs[0])
         self.assertEqual(argvs[2], argvs[0])
 
+    def test_the_floor_calls_getpoolstats_on_c_s_server(self):
+        ctx = {"cli": "dbpool", "targets": {"C": "c:1", "F": "c:1"}, "pids": {}}
+        st = {"sql": "SELECT 1", "warmup_s": 2, "duration_s": 10}
+        with mock.patch.object(compare, "measure") as measure:
+            for sysname in "CF":
+                compare.run_one(ctx, st, 1, 64, sysname, seq=1)
+        (c_run, c_argv, *_), (f_run, f_argv, *_) = (c.args for c in measure.call_args_list)
+        self.assertEqual(f_run["system"], "F")
+        self.assertEqual(f_argv, ["dbpool", "bench", "--target", "c:1", "--rpc", "stats",
+                                  "--concurrency", "64", "--duration", "10s", "--warmup", "2s",
+                                  "--json"])
+        self.assertEqual(c_argv[4:8], ["--sql", stack.POINT_SELECT, "--param", "rand:1:1000000"])
+        self.assertEqual(c_argv[8:], f_argv[6:])
+
     def test_fill_pool_gives_up_at_its_deadline(self):
         with self.assertRaisesRegex(stack.HarnessError, "holds 12 of 20"):
             self.fill([12], timeout=0)
