@@ -1,4 +1,5 @@
-"""bench/compare: the same point select five ways, interleaved.
+"""bench/compare: the same point select five ways, and dbpool's gRPC floor,
+interleaved.
 
   A  pgbench -M prepared directly against PostgreSQL
   B  pgbench -M simple   through PgBouncer 1.18 (transaction pooling, pool 20)

@@ -1,8 +1,10 @@
 """bench/compare's report: the summary over repetitions (summarize) and
 the Markdown report (render) of a result document. A document holds the
 systems its run chose; the report shows those, so that results from
-before the peers (A, B and C only) render as they did."""
+before the peers (A, B and C only) still render, and judges issue 9's
+goals, those whose systems did not run as not measured."""
 import os
+from typing import Callable, NamedTuple
 
 from .stats import median, ratio
 from .text import fixed, thousands
@@ -33,10 +35,6 @@ TITLES = {"A": "PostgreSQL direct", "B": "PgBouncer", "C": "dbpool", "D": "a Go 
 # Throughput ratios (numerator, denominator), in the order the report
 # names them.
 RATIOS = (("C", "A"), ("C", "B"), ("B", "A"), ("C", "D"), ("C", "E"))
-# The issue's goal against the peers: dbpool at least this many times the
-# peer's throughput at PEER_GOAL_CALLERS.
-PEER_GOALS = {"D": 2.0, "E": 4.0}
-PEER_GOAL_CALLERS = 64
 
 
 def gateway(sysname):
@@ -228,6 +226,11 @@ def render(doc, json_path, md_path):
       "system) minus the processes above, in % of all cores: work of other tenants "
       "during the run (noise).\n")
 
+    w("## Goals\n")
+    w("Issue 9's goals, judged on this run's medians; a goal whose systems or "
+      "concurrency were not in the run is not measured.\n")
+    L += goals_section(summary)
+    w("")
     w("## Summary\n")
     L += summary_table(columns(SUMMARY_COLUMNS, systems), summary, conc)
     w("")
@@ -361,6 +364,92 @@ def ratio_text(r, bold=False):
     return f"{f'**{head}**' if bold else head} [{fixed(r['min'])}–{fixed(r['max'])}]"
 
 
+class Goal(NamedTuple):
+    """A target for a figure of one concurrency's summary, which needs
+    `systems` to have run, at each of `callers`."""
+    what: str
+    systems: str
+    callers: tuple
+    limit: float
+    at_most: bool
+    unit: str
+    figure: Callable  # a concurrency's summary -> (value or None, its text)
+
+
+def cpu_over(num, den, k):
+    """Process k's CPU per query in system num over in system den."""
+    def figure(s):
+        x, y = (s[sysname]["cpu_us_per_query_median"][k] for sysname in (num, den))
+        return ratio(x, y), f"{fixed(x, 0)} vs {fixed(y, 0)} µs ({fixed(ratio(x, y))}×)"
+    return figure
+
+
+def throughput_over(num, den):
+    def figure(s):
+        r = s[f"{num}/{den}"]
+        return r["ratio_of_medians"], ratio_text(r)
+    return figure
+
+
+def server_switches(s):
+    x = s["C"]["ctx_switches_per_query_median"]["dbpool_server"]
+    return x, fixed(x, 1)
+
+
+# Issue 9's goals, in its order.
+GOALS = {
+    "floor": Goal("dbpool-server CPU per Query ÷ per call of its gRPC floor (C vs F)", "CF",
+                  (64, 128), 1.5, True, "×", cpu_over("C", "F", "dbpool_server")),
+    "switches": Goal("dbpool-server context switches per query (C)", "C", (64,), 1.0, True,
+                     "", server_switches),
+    "postgres": Goal("PostgreSQL CPU per query behind dbpool ÷ behind direct pgbench "
+                     "-M prepared (C vs A)", "AC", (64,), 1.0, True, "×",
+                     cpu_over("C", "A", "postgres")),
+    "pgbouncer": Goal("Throughput C/B (PgBouncer)", "BC", (64, 128), 0.8, False, "", throughput_over("C", "B")),
+    "go": Goal("Throughput C/D (the Go gateway)", "CD", (64,), 2.0, False, "",
+               throughput_over("C", "D")),
+    "node": Goal("Throughput C/E (the Node.js gateway)", "CE", (64,), 4.0, False, "",
+                 throughput_over("C", "E")),
+}
+MET, NOT_MET, NOT_MEASURED = "met", "not met", "not measured"
+
+
+def judge(goal, summary):
+    """(verdict, the figure at each of the goal's callers). A point whose
+    systems or concurrency were not in the run is not measured; one that
+    ran without a figure (every run invalid) misses the target."""
+    verdicts, figures = set(), []
+    for n in goal.callers:
+        s = summary.get(str(n), {})
+        if not all(x in s for x in goal.systems):
+            verdicts.add(NOT_MEASURED)
+            figures.append(f"not measured at {n}")
+            continue
+        value, txt = goal.figure(s)
+        ok = value is not None and (value <= goal.limit if goal.at_most else value >= goal.limit)
+        verdicts.add(MET if ok else NOT_MET)
+        figures.append(f"{txt} at {n}")
+    return next(v for v in (NOT_MET, NOT_MEASURED, MET) if v in verdicts), figures
+
+
+def goals_section(summary):
+    """The goals table, and C/A, which the issue asks to be reported."""
+    rows = []
+    for goal in GOALS.values():
+        verdict, figures = judge(goal, summary)
+        target = (f"{'≤' if goal.at_most else '≥'} {goal.limit:g}{goal.unit} at "
+                  f"{and_list(map(str, goal.callers))} callers")
+        rows.append([goal.what, target, "; ".join(figures),
+                     f"**{verdict.upper()}**" if verdict != NOT_MEASURED else verdict])
+    out = table(["goal", "target", "measured (median [spread])", "verdict"],
+                ["---", "---", "---", "---"], rows)
+    ca = [f"{ratio_text(summary[str(n)]['C/A'])} at {n}"
+          for n in (64, 128) if "C/A" in summary.get(str(n), {})]
+    if ca:
+        out += ["", f"Reported beside them, throughput C/A: {'; '.join(ca)}."]
+    return out
+
+
 def cores_used(runs, n, systems):
     """'A 1.9, B 1.8, C 1.9': median cores used by the processes involved."""
     parts = []
@@ -374,8 +463,6 @@ def cores_used(runs, n, systems):
 def reading(summary, conc, runs, st, nproc):
     systems = present(runs)
     out = []
-    if "B" in systems and "C" in systems:
-        out += pgbouncer_goals(summary, conc)
     if "A" in systems and "C" in systems:
         ca = [(n, summary[str(n)]["C/A"]["ratio_of_medians"]) for n in conc]
         out.append("Against PostgreSQL direct (prepared) dbpool reaches C/A = " +
@@ -386,46 +473,6 @@ def reading(summary, conc, runs, st, nproc):
         out += peers_reading(summary, conc, runs, systems, nproc)
     out.append(noise_note(runs, st))
     return "\n\n".join(out)
-
-
-def pgbouncer_goals(summary, conc):
-    """Goals 1 and 2: dbpool against PgBouncer."""
-    out = []
-    # Goal 1: C/B >= 1.0 at 64 and 128.
-    parts, met1, missing = [], True, []
-    for n in (64, 128):
-        if str(n) not in summary:
-            missing.append(n)
-            met1 = False
-            continue
-        r = summary[str(n)]["C/B"]
-        ok = r["ratio_of_medians"] is not None and r["ratio_of_medians"] >= 1.0
-        met1 &= ok
-        parts.append(f"{fixed(r['ratio_of_medians'])} at {n} clients "
-                     f"(per repetition {fixed(r['min'])}–{fixed(r['max'])})")
-    verdict = "**MET**" if met1 else "**NOT MET**"
-    txt = f"*Goal 1 — dbpool at least as fast as PgBouncer at 64 and 128 clients (C/B ≥ 1.0):* {verdict}. "
-    txt += ("C/B is " + " and ".join(parts) + "." if parts else "")
-    if missing:
-        txt += f" Not measured at {' and '.join(map(str, missing))} clients in this run."
-    out.append(txt)
-
-    # Goal 2: dbpool CPU/query <= 1.5x PgBouncer's.
-    rows, met2 = [], True
-    for n in conc:
-        s = summary[str(n)]
-        x = s["dbpool_vs_pgbouncer_cpu"]
-        if x is None:
-            met2 = False
-            continue
-        met2 &= x <= 1.5
-        rows.append(f"{fixed(s['C']['cpu_us_per_query_median']['dbpool_server'], 0)} vs "
-                    f"{fixed(s['B']['cpu_us_per_query_median']['pgbouncer'], 0)} µs "
-                    f"({fixed(x)}×) at {n}")
-    verdict = "**MET**" if met2 else "**NOT MET**"
-    out.append(f"*Goal 2 — dbpool-server CPU per query ≤ 1.5× PgBouncer's, at every "
-               f"concurrency:* {verdict} (dbpool-server vs PgBouncer: {'; '.join(rows)}).")
-    return out
 
 
 def cost_reading(summary, conc, runs, nproc):
@@ -471,23 +518,10 @@ def cost_reading(summary, conc, runs, nproc):
 
 
 def peers_reading(summary, conc, runs, systems, nproc):
-    """The goal against the peer gateways, the ratios at every
-    concurrency and what a query costs each gateway."""
+    """The ratios against the peer gateways at every concurrency and what
+    a query costs each gateway."""
     peers = [p for p in "DE" if p in systems]
-    n = PEER_GOAL_CALLERS
-    want = and_list([f"≥ {PEER_GOALS[p]:g}× the {PROCESSES[gateway(p)]} (C/{p})"
-                     for p in peers])
-    txt = f"*Goal — ahead of every peer, dbpool {want} at {n} clients:* "
-    if str(n) in summary:
-        got = [(p, summary[str(n)][f"C/{p}"]) for p in peers]
-        met = all(r["ratio_of_medians"] is not None and r["ratio_of_medians"] >= PEER_GOALS[p]
-                  for p, r in got)
-        txt += ("**MET**. " if met else "**NOT MET**. ") + " and ".join(
-            f"C/{p} is {fixed(r['ratio_of_medians'])} (per repetition "
-            f"{fixed(r['min'])}–{fixed(r['max'])})" for p, r in got) + f" at {n} clients."
-    else:
-        txt += f"**NOT MET**. Not measured at {n} clients in this run."
-    out = [txt, "At every concurrency: " + "; ".join(
+    out = ["Against the peers at every concurrency: " + "; ".join(
         f"C/{p} = " + ", ".join(f"{fixed(summary[str(c)][f'C/{p}']['ratio_of_medians'])} at {c}"
                                 for c in conc) for p in peers) + "."]
     hi = max(conc)
