@@ -31,7 +31,7 @@ LOAD = {"A": "pgbench", "B": "pgbench", "C": "dbpool bench", "D": "dbpool bench"
 PROCESSES = {"postgres": "PostgreSQL", "pgbouncer": "PgBouncer", "dbpool_server": "dbpool-server",
              "peer_go": "Go gateway", "peer_node": "Node.js gateway", "client": "client"}
 TITLES = {"A": "PostgreSQL direct", "B": "PgBouncer", "C": "dbpool", "D": "a Go gateway",
-          "E": "a Node.js gateway", "F": "its gRPC floor"}
+          "E": "a Node.js gateway", "F": "dbpool's gRPC floor"}
 # Throughput ratios (numerator, denominator), in the order the report
 # names them.
 RATIOS = (("C", "A"), ("C", "B"), ("B", "A"), ("C", "D"), ("C", "E"))

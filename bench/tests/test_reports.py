@@ -179,6 +179,8 @@ class CompareReportWithTheFloor(unittest.TestCase):
                           "**NOT MET**"])
 
     def test_the_floor_joins_the_tables_without_postgresql(self):
+        self.assertTrue(self.md.startswith("# Benchmarks: dbpool vs PostgreSQL direct vs "
+                                           "PgBouncer vs dbpool's gRPC floor\n"))
         per = rows_of(self.md, "| system | throughput")
         self.assertEqual(per[-1][0], "F: dbpool's gRPC floor (dbpool bench --rpc stats)")
         self.assertEqual(per[-1][4], "—")  # PostgreSQL does no work for GetPoolStats
