@@ -510,9 +510,10 @@ def cost_reading(summary, conc, runs, nproc):
         txt = "Context switches per query, dbpool-server vs PgBouncer: " + "; ".join(cs_rows) + "."
         if cs_high:
             txt += (" dbpool-server switches far more often: a query crosses threads in "
-                    "it (gRPC poller → pool → executor worker that runs libpq and waits "
-                    "in `poll` → gRPC completion), where PgBouncer forwards bytes from "
-                    "one single-threaded event loop.")
+                    "it (a gRPC thread takes the call and sends the statement, an event "
+                    "loop wakes for the reply and answers, gRPC's threads wake to write "
+                    "it), where PgBouncer forwards bytes from one single-threaded event "
+                    "loop.")
         out.append(txt)
     return out
 
