@@ -266,11 +266,11 @@ absl::Status ConnectionPool::AdmissionLocked(absl::Time now, absl::Time deadline
 
 void ConnectionPool::PlaceLocked(std::unique_ptr<Slot> slot,
                                  Deferred& deferred) {
-  drain_rate_.Record(clock_.Now());
   if (waiters_.empty()) {
     idle_.push_back(std::move(slot));
     return;
   }
+  drain_rate_.Record(clock_.Now());
   Waiter w = std::move(waiters_.front());
   waiters_.pop_front();
   waiter_index_.erase(w.id);

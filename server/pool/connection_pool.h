@@ -114,7 +114,7 @@ class ConnectionPool {
 
   // Asks for a connection by `deadline` (capped at now + acquire_timeout).
   // A caller that would have to wait while the deadline comes sooner than
-  // its turn, at the rate connections were freed over the last second, is
+  // its turn, at the rate connections went to waiters over the last second, is
   // refused at once with DEADLINE_EXCEEDED (deadline-aware admission): it
   // could only have waited to fail, holding a place in the queue.
   // `done` runs exactly once: with a Lease, or with DEADLINE_EXCEEDED,

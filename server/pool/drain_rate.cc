@@ -4,38 +4,24 @@
 
 namespace dbpool::pool {
 
-void DrainRate::Roll(absl::Time now) {
-  const int64_t index = Index(now);
-  if (current_ < 0 || index - current_ >= kBuckets) {
-    counts_.fill(0);
-  } else {
-    for (int64_t i = current_ + 1; i <= index; ++i) counts_[i % kBuckets] = 0;
-  }
-  current_ = std::max(current_, index);
-}
-
 void DrainRate::Record(absl::Time now) {
-  Roll(now);
-  ++counts_[Index(now) % kBuckets];
+  times_[recorded_ % kKept] = now;
+  ++recorded_;
 }
 
 std::optional<double> DrainRate::PerSecond(absl::Time now) const {
-  const int64_t index = Index(now);
-  if (current_ < 0 || index - current_ >= kBuckets) return std::nullopt;
-  int64_t events = 0;
-  int64_t oldest = -1;
-  // The buckets still inside the window that ends at `now`.
-  for (int64_t i = std::max<int64_t>(0, index - kBuckets + 1); i <= current_; ++i) {
-    const int64_t n = counts_[i % kBuckets];
-    if (n > 0 && oldest < 0) oldest = i;
-    events += n;
+  if (recorded_ == 0) return std::nullopt;
+  const absl::Time newest = times_[(recorded_ - 1) % kKept];
+  absl::Time oldest = newest;
+  int events = 0;
+  for (int64_t i = recorded_ - 1; i >= std::max<int64_t>(0, recorded_ - kKept); --i) {
+    const absl::Time t = times_[i % kKept];
+    if (t <= now - kWindow) break;
+    oldest = t;
+    ++events;
   }
-  if (events < kMinEvents) return std::nullopt;
-  // Over the time since the oldest event in the window, not the whole
-  // window: a pool that has been busy for 200 ms drains at 200 ms' rate.
-  const absl::Duration span =
-      std::max(kBucket, now - (absl::UnixEpoch() + oldest * kBucket));
-  return static_cast<double>(events) / absl::ToDoubleSeconds(span);
+  if (events < kMinEvents || newest <= oldest) return std::nullopt;
+  return (events - 1) / absl::ToDoubleSeconds(newest - oldest);
 }
 
 }  // namespace dbpool::pool

@@ -158,6 +158,8 @@ TEST_F(LoopEngineTest, ManyCallersOnFewConnections) {
   Make(4, 2, kCalls);
   std::atomic<int> ok{0};
   std::atomic<int> finished{0};
+  std::mutex mu;
+  std::string first_error;
   Flag all;
   for (int i = 0; i < kCalls; ++i) {
     QueryJob job = Job("SELECT $1::int8 * 2");
@@ -167,12 +169,18 @@ TEST_F(LoopEngineTest, ManyCallersOnFewConnections) {
     ASSERT_TRUE(db::EncodeParam(v, &p).ok());
     job.params.push_back(p);
     engine_->Submit(std::move(job), [&, i](QueryResult r) {
-      if (r.status.ok() && r.response.rows(0).values(0).int64_value() == 2 * i) ++ok;
+      if (r.status.ok() && r.response.rows(0).values(0).int64_value() == 2 * i) {
+        ++ok;
+      } else {
+        std::lock_guard<std::mutex> lock(mu);
+        if (first_error.empty()) first_error = r.status.ToString();
+      }
       if (++finished == kCalls) all.Set();
     });
   }
   ASSERT_TRUE(all.WaitFor(absl::Seconds(60)));
-  EXPECT_EQ(ok.load(), kCalls);
+  std::lock_guard<std::mutex> lock(mu);
+  EXPECT_EQ(ok.load(), kCalls) << "first error: " << first_error;
   const pool::PoolStats s = pool_->Snapshot();
   EXPECT_EQ(s.active, 0);
   EXPECT_LE(s.total, 4);

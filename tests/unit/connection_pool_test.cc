@@ -250,26 +250,26 @@ TEST_F(PoolTest, DeadlineShorterThanTheQueueIsRefusedAtOnce) {
   o.maintenance_thread = false;
   auto pool = MakePool(o, clock);
   ASSERT_TRUE(Eventually([&] { return pool->Snapshot().idle == 1; }));
-  // One connection, used and given back 20 times in 200 ms: it frees up at
-  // about 100/s (the first hand-out, the opening, counts as one more).
-  for (int i = 0; i < 20; ++i) {
-    Pending p;
-    pool->Acquire(absl::InfiniteFuture(), p.Callback());
-    auto lease = p.Take();
-    ASSERT_TRUE(lease.ok());
-    clock.Advance(absl::Milliseconds(10));
-    *lease = Lease();
-  }
-  Pending holder;
-  pool->Acquire(absl::InfiniteFuture(), holder.Callback());
-  auto held = holder.Take();
+  // One connection handed from one waiting caller to the next every 10 ms:
+  // the pool drains its queue at 100/s.
+  Pending first;
+  pool->Acquire(absl::InfiniteFuture(), first.Callback());
+  auto held = first.Take();
   ASSERT_TRUE(held.ok());
+  for (int i = 0; i < 20; ++i) {
+    Pending next;
+    pool->Acquire(absl::InfiniteFuture(), next.Callback());
+    clock.Advance(absl::Milliseconds(10));
+    *held = Lease();
+    held = next.Take();
+    ASSERT_TRUE(held.ok());
+  }
   std::vector<std::unique_ptr<Pending>> queued;
   for (int i = 0; i < 4; ++i) {
     queued.push_back(std::make_unique<Pending>());
     pool->Acquire(absl::InfiniteFuture(), queued.back()->Callback());
   }
-  // Five frees away at ~100/s is ~50 ms: 20 ms cannot make it, 200 ms can.
+  // Five hand-offs away at 100/s is 50 ms: 20 ms cannot make it, 200 ms can.
   Pending doomed, hopeful;
   pool->Acquire(clock.Now() + absl::Milliseconds(20), doomed.Callback());
   ASSERT_TRUE(doomed.done()) << "refused without waiting";
