@@ -16,6 +16,14 @@ def parse_seconds(text):
     return int(m.group(1)) * _UNITS[m.group(2)] if m else None
 
 
+def parse_millis(text):
+    """"50", "50ms", "2s" -> whole milliseconds; None when malformed."""
+    m = re.fullmatch(r"(\d+)(ms|s)?", text.strip())
+    if not m:
+        return None
+    return int(m.group(1)) * (1000 if m.group(2) == "s" else 1)
+
+
 class Env:
     def __init__(self, environ=None):
         self.environ = os.environ if environ is None else environ
@@ -38,6 +46,16 @@ class Env:
             raise SettingsError(f"{name}: want a duration such as 90s, 30m or 1h, got \"{raw}\"")
         if v < minimum:
             raise SettingsError(f"{name}: at least {minimum}s, got \"{raw}\"")
+        return v
+
+    def millis(self, name, default, minimum=1):
+        """A short duration such as 50ms or 2s, in whole milliseconds."""
+        raw = self._raw(name, default)
+        v = parse_millis(raw)
+        if v is None:
+            raise SettingsError(f"{name}: want a duration such as 50ms or 2s, got \"{raw}\"")
+        if v < minimum:
+            raise SettingsError(f"{name}: at least {minimum}ms, got \"{raw}\"")
         return v
 
     def whole(self, name, default, minimum=0, maximum=None):
