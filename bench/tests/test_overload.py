@@ -4,7 +4,7 @@ import io
 import unittest
 
 from dbpoolbench import overload
-from dbpoolbench.settings import Env, SettingsError, parse_millis
+from dbpoolbench.settings import Env, SettingsError
 
 
 def doc(capacity=10000, goodput=9500, longest_ms=120, over_limit=0, samples=1000,
@@ -30,13 +30,6 @@ def doc(capacity=10000, goodput=9500, longest_ms=120, over_limit=0, samples=1000
 
 
 class Settings(unittest.TestCase):
-    def test_millis(self):
-        self.assertEqual(parse_millis("50"), 50)
-        self.assertEqual(parse_millis("50ms"), 50)
-        self.assertEqual(parse_millis("2s"), 2000)
-        self.assertIsNone(parse_millis("0.5s"))
-        self.assertIsNone(parse_millis("50us"))
-
     def test_defaults(self):
         st = overload.settings_from(Env({}))
         self.assertEqual((st["factor"], st["deadline_ms"], st["duration_s"]), (3, 50, 20))
