@@ -34,6 +34,8 @@ ACTIVITY_SQL = (
 def settings_from(env):
     return {
         "factor": env.number("OVERLOAD_FACTOR", 3, minimum=1),
+        # The p99 bound bench/max-rate holds good: a few times the point
+        # select's p99 at capacity, so a call served in turn makes it.
         "deadline_ms": env.millis("OVERLOAD_DEADLINE", "50ms"),
         "duration_s": env.seconds("OVERLOAD_DURATION", "20s"),
         "capacity_callers": env.whole("OVERLOAD_CAPACITY_CALLERS", 64, minimum=1),
