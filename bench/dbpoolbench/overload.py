@@ -182,12 +182,11 @@ def render(doc):
 
 Written by `bench/overload` (dbpool git {doc['git']}, Release build, pool 20;
 client, server and PostgreSQL on the same two cores). The point select of
-`bench/compare`. Capacity is a closed loop of {st['capacity_callers']} callers for
-{st['capacity_duration_s']} s; the overload is an open loop at {st['factor']:g}× that
-rate for {doc['duration_s']:.0f} s, every call with a {st['deadline_ms']} ms deadline.
-pg_stat_activity is sampled every {SAMPLE_INTERVAL_S * 1000:.0f} ms (statements of
-application_name `{APPLICATION_NAME}` in state `active`) during the load and
-{TAIL_S} s after it.
+`bench/compare`. Capacity: a closed loop of {st['capacity_callers']} callers for {st['capacity_duration_s']} s.
+Overload: an open loop at {st['factor']:g}× that rate for {doc['duration_s']:.0f} s, every call with a
+{st['deadline_ms']} ms deadline, while pg_stat_activity is sampled every {SAMPLE_INTERVAL_S * 1000:.0f} ms
+(statements of application_name `{APPLICATION_NAME}` in state `active`), and
+for {TAIL_S} s after it.
 
 | measure | value |
 | --- | --- |
@@ -215,8 +214,10 @@ An OK answer came within its deadline, since the call carried it. The load
 generator counts errors by code only: DEADLINE_EXCEEDED holds both the
 calls admission refused at once and those whose deadline passed while they
 waited or ran. A statement's age is clock_timestamp() − query_start when
-sampled; one that ran past the limit by less than the
-{SAMPLE_INTERVAL_S * 1000:.0f} ms between samples can slip between two of them.
+sampled. It counts from when the statement began, after its call waited
+for a connection, so it understates how long after the call's deadline the
+statement still ran by that wait; and one that ran past the limit by less
+than the {SAMPLE_INTERVAL_S * 1000:.0f} ms between samples can slip between two of them.
 """
 
 

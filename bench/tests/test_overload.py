@@ -127,7 +127,7 @@ class Report(unittest.TestCase):
                     "| limit: deadline + 100 ms | 150 |",
                     "| samples over the limit | 0 |"]:
             self.assertIn(row, md)
-        self.assertIn("every call with a 50 ms deadline", md)
+        self.assertIn("every call with a\n50 ms deadline", md)
         self.assertIn("Issue 9's item 5: **met**.", md)
 
     def test_not_met(self):
