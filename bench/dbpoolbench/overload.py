@@ -45,7 +45,7 @@ def settings_from(env):
     }
 
 
-def capacity(report):
+def ok_rate(report):
     """OK calls per second of a `dbpool bench --json` report."""
     return report["ok"] / report["duration_s"]
 
@@ -134,8 +134,8 @@ def measure(st):
         cap = run_bench(cli, server, ["--concurrency", str(st["capacity_callers"]),
                                       "--duration", f"{st['capacity_duration_s']}s",
                                       "--warmup", "2s"], st["capacity_duration_s"] + 2, "capacity")
-        rate = offered_rate(capacity(cap), st["factor"])
-        s.log(f"capacity {capacity(cap):,.0f}/s; offering {rate:,}/s "
+        rate = offered_rate(ok_rate(cap), st["factor"])
+        s.log(f"capacity {ok_rate(cap):,.0f}/s; offering {rate:,}/s "
               f"with a {st['deadline_ms']} ms deadline")
         load_s = st["duration_s"] + 2
         sampler = ActivitySampler(psql_session(s, cluster), limit_s=load_s + TAIL_S + 120)
@@ -154,13 +154,13 @@ def result(st, cap, over, samples):
     return {
         "git": stack.git_head(),
         "settings": {k: v for k, v in st.items() if k != "report"},
-        "capacity_rps": capacity(cap),
+        "capacity_rps": ok_rate(cap),
         "capacity_latency_ms": cap["latency_ms"],
         "offered_rps": over["rate"],
         "duration_s": over["duration_s"],
         "requests": over["requests"],
         "ok": over["ok"],
-        "goodput_rps": capacity(over),
+        "goodput_rps": ok_rate(over),
         "errors_by_code": over["errors_by_code"],
         "latency_ms": over["latency_ms"],
         "activity": reduce_samples(samples, st["deadline_ms"] + MAX_OVERRUN_MS),

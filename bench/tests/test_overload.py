@@ -53,7 +53,7 @@ class Settings(unittest.TestCase):
 
 class Rate(unittest.TestCase):
     def test_capacity_counts_ok_calls(self):
-        self.assertEqual(overload.capacity({"ok": 50000, "requests": 50010,
+        self.assertEqual(overload.ok_rate({"ok": 50000, "requests": 50010,
                                             "duration_s": 5.0}), 10000)
 
     def test_offered_rate(self):
