@@ -1,4 +1,4 @@
-"""python3 -m dbpoolbench compare|soak|floor|max-rate|waiters
+"""python3 -m dbpoolbench compare|soak|floor|max-rate|waiters|overload
 python3 -m dbpoolbench render KIND RESULT.json [--md PATH]
 
 Runs from the repository root (results and reports use paths relative to
@@ -11,11 +11,12 @@ import os
 import subprocess
 import sys
 
-from . import compare, compare_report, floor, rate, soak, soak_report, stack, text, waiters
+from . import (compare, compare_report, floor, overload, rate, soak, soak_report, stack, text,
+               waiters)
 from .settings import SettingsError
 
 COMMANDS = {"compare": compare.main, "soak": soak.main, "floor": floor.main,
-            "max-rate": rate.main, "waiters": waiters.main}
+            "max-rate": rate.main, "waiters": waiters.main, "overload": overload.main}
 
 
 def render(kind, path, md_path):
@@ -30,6 +31,8 @@ def render(kind, path, md_path):
         return floor.render(doc, *floor.latest_compare())
     if kind == "max-rate":
         return rate.render(doc)
+    if kind == "overload":
+        return overload.render(doc)
     return waiters.render(doc)
 
 

@@ -16,6 +16,14 @@ def parse_seconds(text):
     return int(m.group(1)) * _UNITS[m.group(2)] if m else None
 
 
+def parse_millis(text):
+    """"50", "50ms", "2s" -> whole milliseconds; None when malformed."""
+    m = re.fullmatch(r"(\d+)(ms|s)?", text.strip())
+    if not m:
+        return None
+    return int(m.group(1)) * (1000 if m.group(2) == "s" else 1)
+
+
 class Env:
     def __init__(self, environ=None):
         self.environ = os.environ if environ is None else environ
@@ -30,15 +38,22 @@ class Env:
     def flag(self, name):
         return self._raw(name, "0") == "1"
 
+    def _duration(self, name, default, minimum, parse, unit, examples):
+        raw = self._raw(name, default)
+        v = parse(raw)
+        if v is None:
+            raise SettingsError(f"{name}: want a duration such as {examples}, got \"{raw}\"")
+        if v < minimum:
+            raise SettingsError(f"{name}: at least {minimum}{unit}, got \"{raw}\"")
+        return v
+
     def seconds(self, name, default, minimum=1):
         """A duration such as 90, 90s, 30m or 1h, in whole seconds."""
-        raw = self._raw(name, default)
-        v = parse_seconds(raw)
-        if v is None:
-            raise SettingsError(f"{name}: want a duration such as 90s, 30m or 1h, got \"{raw}\"")
-        if v < minimum:
-            raise SettingsError(f"{name}: at least {minimum}s, got \"{raw}\"")
-        return v
+        return self._duration(name, default, minimum, parse_seconds, "s", "90s, 30m or 1h")
+
+    def millis(self, name, default, minimum=1):
+        """A short duration such as 50ms or 2s, in whole milliseconds."""
+        return self._duration(name, default, minimum, parse_millis, "ms", "50ms or 2s")
 
     def whole(self, name, default, minimum=0, maximum=None):
         raw = self._raw(name, default)

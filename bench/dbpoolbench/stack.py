@@ -205,11 +205,16 @@ class Stack(contextlib.ExitStack):
         self.callback(peer.stop)
         return peer
 
-    def point_select_server(self, binary, args=()):
-        """PostgreSQL with pgbench's tables (scale 10, database postgres)
-        and dbpool-server with a pool of POOL_SIZE in front."""
+    def point_select_postgres(self):
+        """PostgreSQL with pgbench's tables (scale 10, database postgres)."""
         cluster = self.postgres()
         pgbench_init(cluster, 10, "postgres", self.tmp / "pgbench-init.log")
+        return cluster
+
+    def point_select_server(self, binary, args=(), cluster=None):
+        """dbpool-server with a pool of POOL_SIZE in front of `cluster`, by
+        default a new point_select_postgres()."""
+        cluster = cluster or self.point_select_postgres()
         return self.server(binary, cluster.database_url, [*POOL_ARGS, *args])
 
     def process(self, argv, **popen):

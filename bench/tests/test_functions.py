@@ -4,7 +4,7 @@ import tempfile
 import unittest
 
 from dbpoolbench import compare, pgbench, proc, rate, soak, soak_streams, stats, text, waiters
-from dbpoolbench.settings import Env, SettingsError, parse_seconds
+from dbpoolbench.settings import Env, SettingsError, parse_millis, parse_seconds
 
 
 class Statistics(unittest.TestCase):
@@ -93,6 +93,16 @@ class Settings(unittest.TestCase):
         self.assertEqual(parse_seconds("1h"), 3600)
         self.assertIsNone(parse_seconds("1.5s"))
         self.assertIsNone(parse_seconds("-1"))
+
+    def test_milliseconds(self):
+        self.assertEqual(parse_millis("50"), 50)
+        self.assertEqual(parse_millis("50ms"), 50)
+        self.assertEqual(parse_millis("2s"), 2000)
+        self.assertIsNone(parse_millis("0.5s"))
+        self.assertIsNone(parse_millis("50us"))
+        self.assertEqual(Env({"D": "2s"}).millis("D", "50ms"), 2000)
+        with self.assertRaisesRegex(SettingsError, "D: at least 1ms"):
+            Env({"D": "0ms"}).millis("D", "50ms")
 
     def test_values_and_errors(self):
         env = Env({"D": "2m", "Z": "0", "L": "1, 8 64", "BAD": "x", "E": ""})
