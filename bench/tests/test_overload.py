@@ -32,7 +32,8 @@ def doc(capacity=10000, goodput=9500, longest_ms=120, over_limit=0, samples=1000
 class Settings(unittest.TestCase):
     def test_defaults(self):
         st = overload.settings_from(Env({}))
-        self.assertEqual((st["factor"], st["deadline_ms"], st["duration_s"]), (3, 50, 20))
+        self.assertEqual((st["factor"], st["deadline_ms"], st["duration_s"], st["statement_ms"]),
+                         (3, 100, 20, 20))
         self.assertEqual((st["capacity_callers"], st["capacity_duration_s"]), (64, 5))
         self.assertEqual(st["report"], "docs/BENCHMARKS-overload.md")
 
@@ -52,6 +53,18 @@ class Settings(unittest.TestCase):
 
 
 class Rate(unittest.TestCase):
+    def test_query_load(self):
+        self.assertEqual(overload.query_load(0), overload.stack.QUERY_LOAD)
+        sql = overload.query_load(20)[1]
+        self.assertIn("pg_sleep(0.02)", sql)
+        self.assertIn("WHERE aid = $1", sql)
+
+    def test_render_names_the_statement_length(self):
+        d = doc()
+        d["settings"]["statement_ms"] = 20
+        self.assertIn("made to last 20 ms with pg_sleep", overload.render(d))
+        self.assertNotIn("pg_sleep", overload.render(doc()))
+
     def test_capacity_counts_ok_calls(self):
         self.assertEqual(overload.ok_rate({"ok": 50000, "requests": 50010,
                                             "duration_s": 5.0}), 10000)

@@ -253,24 +253,49 @@ absl::Status ConnectionPool::AdmissionLocked(absl::Time now, absl::Time deadline
   const std::optional<double> rate = drain_rate_.PerSecond(now);
   if (!rate.has_value()) return absl::OkStatus();
   // This caller's turn comes after the `ahead` waiters and one more free
-  // connection.
+  // connection; its statement then holds the connection about as long as
+  // the others do, `active_ / rate` by Little's law. A caller admitted
+  // only to be cancelled mid-statement at its deadline would waste that
+  // connection time too.
   const absl::Duration turn = absl::Seconds((ahead + 1) / *rate);
-  if (now + turn <= deadline) return absl::OkStatus();
+  const absl::Duration done = turn + absl::Seconds(active_ / *rate);
+  if (now + done <= deadline) return absl::OkStatus();
   return absl::DeadlineExceededError(absl::StrFormat(
       "deadline too short for the queue: %d callers ahead, connections free "
-      "up at %.0f/s, so a connection in about %d ms, but the deadline is in "
+      "up at %.0f/s, so an answer in about %d ms, but the deadline is in "
       "%d ms",
-      ahead, *rate, absl::ToInt64Milliseconds(turn),
+      ahead, *rate, absl::ToInt64Milliseconds(done),
       absl::ToInt64Milliseconds(deadline - now)));
 }
 
 void ConnectionPool::PlaceLocked(std::unique_ptr<Slot> slot,
                                  Deferred& deferred) {
+  const absl::Time now = clock_.Now();
+  // A waiter too close to its deadline to finish a statement of the usual
+  // length is answered now rather than handed a connection it would give
+  // up mid-statement; the connection goes to the next in line.
+  if (const std::optional<double> rate = drain_rate_.PerSecond(now)) {
+    // `active_` no longer counts the connection being placed.
+    const absl::Duration hold = absl::Seconds((active_ + 1) / *rate);
+    while (!waiters_.empty() && waiters_.front().deadline - now < hold) {
+      Waiter late = std::move(waiters_.front());
+      waiters_.pop_front();
+      waiter_index_.erase(late.id);
+      ++counters_.acquires_timed_out;
+      deferred.callbacks.emplace_back(
+          std::move(late.done),
+          absl::DeadlineExceededError(absl::StrFormat(
+              "deadline too close to finish a statement: %d ms left, statements "
+              "hold a connection about %d ms",
+              absl::ToInt64Milliseconds(late.deadline - now),
+              absl::ToInt64Milliseconds(hold))));
+    }
+  }
   if (waiters_.empty()) {
     idle_.push_back(std::move(slot));
     return;
   }
-  drain_rate_.Record(clock_.Now());
+  drain_rate_.Record(now);
   Waiter w = std::move(waiters_.front());
   waiters_.pop_front();
   waiter_index_.erase(w.id);

@@ -72,6 +72,23 @@ bool Eventually(Pred pred) {
   return pred();
 }
 
+// Hands the pool's one connection from one waiting caller to the next
+// every 10 ms, 20 times, so that the queue drains at 100/s; returns the
+// last lease.
+absl::StatusOr<Lease> HandOnEvery10Ms(ConnectionPool& pool, ManualClock& clock) {
+  Pending first;
+  pool.Acquire(absl::InfiniteFuture(), first.Callback());
+  absl::StatusOr<Lease> held = first.Take();
+  for (int i = 0; i < 20 && held.ok(); ++i) {
+    Pending next;
+    pool.Acquire(absl::InfiniteFuture(), next.Callback());
+    clock.Advance(absl::Milliseconds(10));
+    *held = Lease();
+    held = next.Take();
+  }
+  return held;
+}
+
 class PoolTest : public ::testing::Test {
  protected:
   std::unique_ptr<ConnectionPool> MakePool(PoolOptions options,
@@ -252,18 +269,8 @@ TEST_F(PoolTest, DeadlineShorterThanTheQueueIsRefusedAtOnce) {
   ASSERT_TRUE(Eventually([&] { return pool->Snapshot().idle == 1; }));
   // One connection handed from one waiting caller to the next every 10 ms:
   // the pool drains its queue at 100/s.
-  Pending first;
-  pool->Acquire(absl::InfiniteFuture(), first.Callback());
-  auto held = first.Take();
+  absl::StatusOr<Lease> held = HandOnEvery10Ms(*pool, clock);
   ASSERT_TRUE(held.ok());
-  for (int i = 0; i < 20; ++i) {
-    Pending next;
-    pool->Acquire(absl::InfiniteFuture(), next.Callback());
-    clock.Advance(absl::Milliseconds(10));
-    *held = Lease();
-    held = next.Take();
-    ASSERT_TRUE(held.ok());
-  }
   std::vector<std::unique_ptr<Pending>> queued;
   for (int i = 0; i < 4; ++i) {
     queued.push_back(std::make_unique<Pending>());
@@ -288,6 +295,31 @@ TEST_F(PoolTest, DeadlineShorterThanTheQueueIsRefusedAtOnce) {
     *lease = Lease();
   }
   EXPECT_TRUE(hopeful.Take().ok());
+}
+
+TEST_F(PoolTest, AWaiterTooLateToFinishIsAnsweredAndSkipped) {
+  ManualClock clock;
+  PoolOptions o;
+  o.min_connections = 1;
+  o.max_connections = 1;
+  o.acquire_timeout = absl::Seconds(10);
+  o.maintenance_thread = false;
+  auto pool = MakePool(o, clock);
+  ASSERT_TRUE(Eventually([&] { return pool->Snapshot().idle == 1; }));
+  // The queue drains at 100/s: a statement holds the connection ~10 ms.
+  absl::StatusOr<Lease> held = HandOnEvery10Ms(*pool, clock);
+  ASSERT_TRUE(held.ok());
+  Pending late, patient;
+  pool->Acquire(clock.Now() + absl::Milliseconds(50), late.Callback());
+  pool->Acquire(absl::InfiniteFuture(), patient.Callback());
+  EXPECT_FALSE(late.done());
+  clock.Advance(absl::Milliseconds(45));  // 5 ms left: too little for 10
+  *held = Lease();
+  const absl::Status skipped = late.Take().status();
+  EXPECT_EQ(skipped.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(std::string(skipped.message()), ::testing::HasSubstr("too close"));
+  EXPECT_TRUE(patient.Take().ok()) << "the connection goes to the next in line";
+  EXPECT_EQ(pool->Snapshot().acquires_timed_out, 1);
 }
 
 TEST_F(PoolTest, PastDeadlineIsRefusedAtOnce) {
