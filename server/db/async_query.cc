@@ -7,7 +7,6 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/str_split.h"
 #include "server/db/engine_counters.h"
 #include "server/db/sql_state.h"
 
@@ -17,6 +16,12 @@ namespace {
 // How often a statement that ended while its cancel request was on its way
 // looks whether the request has settled.
 constexpr absl::Duration kSettlePoll = absl::Milliseconds(1);
+
+// The status for a connection that failed under us, with libpq's reason.
+absl::Status Lost(PGconn* conn) {
+  return SqlError("08006", absl::StrCat("connection to the database lost: ",
+                                        absl::StripAsciiWhitespace(PQerrorMessage(conn))));
+}
 
 absl::Status WithSuffix(const absl::Status& reason, absl::string_view suffix) {
   return absl::Status(reason.code(), absl::StrCat(reason.message(), suffix));
@@ -135,9 +140,7 @@ bool AsyncQuery::Sync() {
 bool AsyncQuery::Flush() {
   const int pending = PQflush(conn_);
   if (pending < 0) {
-    Fail(SqlError("08006", absl::StrCat("connection to the database lost: ",
-                                        absl::StripAsciiWhitespace(
-                                            PQerrorMessage(conn_)))));
+    Fail(Lost(conn_));
     return false;
   }
   wants_write_ = pending == 1;
@@ -201,9 +204,7 @@ void AsyncQuery::SendStatementFlight(const std::string& stale) {
   // also undoes whatever settings the statement made.
   if (sent && read_only_) sent = Send(Part::kEnd, "ROLLBACK") && Sync();
   if (!sent) {
-    Fail(SqlError("08006", absl::StrCat("connection to the database lost: ",
-                                        absl::StripAsciiWhitespace(
-                                            PQerrorMessage(conn_)))));
+    Fail(Lost(conn_));
     return;
   }
   Flush();
@@ -220,7 +221,7 @@ void AsyncQuery::SendTypeNamesFlight(std::vector<Oid> types) {
                         1, nullptr, values, nullptr, nullptr, 0) == 1;
   if (sent) expected_.push_back(Part::kTypeNames);
   if (!sent || !Sync()) {
-    Fail(SqlError("08006", "connection to the database lost"));
+    Fail(Lost(conn_));
     return;
   }
   Flush();
@@ -247,10 +248,9 @@ void AsyncQuery::SendCleanupFlight(absl::Time now) {
   // A transaction the statement itself opened (a bare BEGIN) is rolled
   // back so that the next caller starts clean.
   if (in_transaction) sent = Send(Part::kCleanup, "ROLLBACK") && Sync();
-  for (const std::string& group : ResetCommands(effects)) {
-    for (absl::string_view command : absl::StrSplit(group, ';', absl::SkipWhitespace())) {
-      sent = sent && Send(Part::kCleanup,
-                          std::string(absl::StripAsciiWhitespace(command)).c_str());
+  for (const std::vector<std::string>& group : ResetCommands(effects)) {
+    for (const std::string& command : group) {
+      sent = sent && Send(Part::kCleanup, command.c_str());
     }
     // Each group is a transaction of its own (session_effects.h).
     sent = sent && Sync();
@@ -295,9 +295,7 @@ bool AsyncQuery::Pump(absl::Time now) {
       }
     }
     if (!read || PQstatus(conn_) == CONNECTION_BAD) {
-      return Fail(SqlError("08006", absl::StrCat("connection to the database lost: ",
-                                                 absl::StripAsciiWhitespace(
-                                                     PQerrorMessage(conn_)))));
+      return Fail(Lost(conn_));
     }
     if (!expected_.empty()) return false;  // waiting for the socket
     if (FlightDone(now)) return true;

@@ -206,22 +206,25 @@ SessionEffects ClassifySessionEffects(absl::string_view sql) {
   return effects;
 }
 
-std::vector<std::string> ResetCommands(SessionEffects effects) {
-  std::vector<std::string> groups;
-  std::string first;
+std::vector<std::vector<std::string>> ResetCommands(SessionEffects effects) {
+  std::vector<std::string> first;
   // Identity first, so that RESET ALL runs as the pool's own login.
-  if (effects & kIdentity) first += "SET SESSION AUTHORIZATION DEFAULT; RESET ROLE;";
-  if (effects & kSettings) first += " RESET ALL;";
-  if (!first.empty()) groups.push_back(std::string(absl::StripLeadingAsciiWhitespace(first)));
-  std::string rest;
+  if (effects & kIdentity) {
+    first = {"SET SESSION AUTHORIZATION DEFAULT", "RESET ROLE"};
+  }
+  if (effects & kSettings) first.push_back("RESET ALL");
+  std::vector<std::string> rest;
   // Cursors may read temporary tables: close them before the tables go.
-  if (effects & kCursors) rest += " CLOSE ALL;";
-  if (effects & kTempObjects) rest += " DISCARD TEMP;";
-  if (effects & kAdvisoryLocks) rest += " SELECT pg_advisory_unlock_all();";
-  if (effects & kListen) rest += " UNLISTEN *;";
-  if (effects & kPreparedStatements) rest += " DEALLOCATE ALL;";
-  if ((effects & kAnything) == kAnything) rest += " DISCARD SEQUENCES;";
-  if (!rest.empty()) groups.push_back(std::string(absl::StripLeadingAsciiWhitespace(rest)));
+  if (effects & kCursors) rest.push_back("CLOSE ALL");
+  if (effects & kTempObjects) rest.push_back("DISCARD TEMP");
+  if (effects & kAdvisoryLocks) rest.push_back("SELECT pg_advisory_unlock_all()");
+  if (effects & kListen) rest.push_back("UNLISTEN *");
+  if (effects & kPreparedStatements) rest.push_back("DEALLOCATE ALL");
+  if ((effects & kAnything) == kAnything) rest.push_back("DISCARD SEQUENCES");
+  std::vector<std::vector<std::string>> groups;
+  for (auto* group : {&first, &rest}) {
+    if (!group->empty()) groups.push_back(std::move(*group));
+  }
   return groups;
 }
 

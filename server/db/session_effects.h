@@ -65,12 +65,12 @@ using SessionEffects = uint32_t;
 // dollar-quoted bodies are skipped.
 SessionEffects ClassifySessionEffects(absl::string_view sql);
 
-// The commands that undo `effects`, in the order they must run, grouped
-// so that each group can be sent as one simple query: settings and identity
-// come first, on their own, because a caller's SET
+// The statements that undo `effects`, in the order they must run, in
+// groups that each run as a transaction of their own: settings and
+// identity come first, on their own, because a caller's SET
 // default_transaction_read_only would otherwise make the rest of the reset
-// run read-only. Empty for kNoEffect. kIrreversible has no commands.
-std::vector<std::string> ResetCommands(SessionEffects effects);
+// run read-only. Empty for kNoEffect. kIrreversible has no statements.
+std::vector<std::vector<std::string>> ResetCommands(SessionEffects effects);
 
 // The kinds of reset a connection can get, for counting them: the bit
 // positions of SessionEffect, 0 … kEffectKinds - 1.

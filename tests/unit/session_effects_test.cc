@@ -87,24 +87,25 @@ INSTANTIATE_TEST_SUITE_P(
              kSettings | kListen},
         Case{"  ( SELECT 1 ) ; create temp table x (y int)", kTempObjects}));
 
+using Groups = std::vector<std::vector<std::string>>;
+
 TEST(ResetCommands, SettingsAndIdentityRunFirstOnTheirOwn) {
-  EXPECT_THAT(ResetCommands(kSettings | kIdentity | kListen),
-              ElementsAre("SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL;",
-                          "UNLISTEN *;"));
-  EXPECT_THAT(ResetCommands(kCursors | kTempObjects | kAdvisoryLocks |
-                            kPreparedStatements),
-              ElementsAre("CLOSE ALL; DISCARD TEMP; SELECT "
-                          "pg_advisory_unlock_all(); DEALLOCATE ALL;"));
-  EXPECT_THAT(ResetCommands(kSettings), ElementsAre("RESET ALL;"));
-  EXPECT_THAT(ResetCommands(kNoEffect), ElementsAre());
-  EXPECT_THAT(ResetCommands(kIrreversible), ElementsAre());
+  EXPECT_EQ(ResetCommands(kSettings | kIdentity | kListen),
+            (Groups{{"SET SESSION AUTHORIZATION DEFAULT", "RESET ROLE", "RESET ALL"},
+                    {"UNLISTEN *"}}));
+  EXPECT_EQ(ResetCommands(kCursors | kTempObjects | kAdvisoryLocks | kPreparedStatements),
+            (Groups{{"CLOSE ALL", "DISCARD TEMP", "SELECT pg_advisory_unlock_all()",
+                     "DEALLOCATE ALL"}}));
+  EXPECT_EQ(ResetCommands(kSettings), (Groups{{"RESET ALL"}}));
+  EXPECT_EQ(ResetCommands(kNoEffect), Groups{});
+  EXPECT_EQ(ResetCommands(kIrreversible), Groups{});
 }
 
 TEST(ResetCommands, AnythingResetsEverything) {
-  EXPECT_THAT(ResetCommands(kAnything),
-              ElementsAre("SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL;",
-                          "CLOSE ALL; DISCARD TEMP; SELECT pg_advisory_unlock_all(); "
-                          "UNLISTEN *; DEALLOCATE ALL; DISCARD SEQUENCES;"));
+  EXPECT_EQ(ResetCommands(kAnything),
+            (Groups{{"SET SESSION AUTHORIZATION DEFAULT", "RESET ROLE", "RESET ALL"},
+                    {"CLOSE ALL", "DISCARD TEMP", "SELECT pg_advisory_unlock_all()",
+                     "UNLISTEN *", "DEALLOCATE ALL", "DISCARD SEQUENCES"}}));
 }
 
 TEST(EffectKinds, CountsWholesaleKindsOnce) {
