@@ -46,6 +46,7 @@ class LoopEngine::Call final : public QueryHandle,
   absl::Time started_;
   // Start() already ran, on the thread that got the connection.
   bool started_elsewhere_ = false;
+  // Start() finished the statement (the connection failed at once).
   bool done_early_ = false;
   int registered_fd_ = -1;
   bool watching_writes_ = false;
@@ -311,14 +312,9 @@ void LoopEngine::Loop::Prepare(Call& c, absl::Time now) {
 }
 
 void LoopEngine::Loop::Start(std::shared_ptr<Call> call, absl::Time now) {
-  Call& c = *call;
-  Prepare(c, now);
-  running_.push_back(std::move(call));
-  if (c.query_->Start(now) || (c.cancelled_.load() && c.query_->Cancel(now))) {
-    Complete(c);
-    return;
-  }
-  Watch(c);
+  Prepare(*call, now);
+  call->done_early_ = call->query_->Start(now);
+  Adopt(std::move(call));
 }
 
 void LoopEngine::Loop::Adopt(std::shared_ptr<Call> call) {
@@ -328,7 +324,8 @@ void LoopEngine::Loop::Adopt(std::shared_ptr<Call> call) {
     Complete(c);
     return;
   }
-  // Output that did not fit the socket at once, or a failed registration.
+  // Registers the socket, unless the thread that started the statement
+  // did; then only output that did not fit the socket at once changes it.
   Watch(c);
 }
 

@@ -274,7 +274,8 @@ void ConnectionPool::PlaceLocked(std::unique_ptr<Slot> slot,
   // A waiter too close to its deadline to finish a statement of the usual
   // length is answered now rather than handed a connection it would give
   // up mid-statement; the connection goes to the next in line.
-  if (const std::optional<double> rate = drain_rate_.PerSecond(now)) {
+  if (const std::optional<double> rate =
+          waiters_.empty() ? std::nullopt : drain_rate_.PerSecond(now)) {
     // `active_` no longer counts the connection being placed.
     const absl::Duration hold = absl::Seconds((active_ + 1) / *rate);
     while (!waiters_.empty() && waiters_.front().deadline - now < hold) {

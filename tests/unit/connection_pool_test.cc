@@ -72,28 +72,36 @@ bool Eventually(Pred pred) {
   return pred();
 }
 
-// Hands the pool's one connection from one waiting caller to the next
-// every 10 ms, 20 times, so that the queue drains at 100/s; returns the
-// last lease.
-absl::StatusOr<Lease> HandOnEvery10Ms(ConnectionPool& pool, ManualClock& clock) {
-  Pending first;
-  pool.Acquire(absl::InfiniteFuture(), first.Callback());
-  absl::StatusOr<Lease> held = first.Take();
-  for (int i = 0; i < 20 && held.ok(); ++i) {
-    Pending next;
-    pool.Acquire(absl::InfiniteFuture(), next.Callback());
-    clock.Advance(absl::Milliseconds(10));
-    *held = Lease();
-    held = next.Take();
-  }
-  return held;
-}
-
 class PoolTest : public ::testing::Test {
  protected:
   std::unique_ptr<ConnectionPool> MakePool(PoolOptions options,
                                            Clock& clock = Clock::Real()) {
     return std::make_unique<ConnectionPool>(options, connector_, clock);
+  }
+
+  // A pool of one connection on `clock`, handed from one waiting caller to
+  // the next every 10 ms, 20 times, so that its queue drains at 100/s;
+  // `held` gets the last lease.
+  std::unique_ptr<ConnectionPool> DrainingAt100PerSecond(ManualClock& clock,
+                                                         absl::StatusOr<Lease>* held) {
+    PoolOptions o;
+    o.min_connections = 1;
+    o.max_connections = 1;
+    o.acquire_timeout = absl::Seconds(10);
+    o.maintenance_thread = false;
+    auto pool = MakePool(o, clock);
+    EXPECT_TRUE(Eventually([&] { return pool->Snapshot().idle == 1; }));
+    Pending first;
+    pool->Acquire(absl::InfiniteFuture(), first.Callback());
+    *held = first.Take();
+    for (int i = 0; i < 20 && held->ok(); ++i) {
+      Pending next;
+      pool->Acquire(absl::InfiniteFuture(), next.Callback());
+      clock.Advance(absl::Milliseconds(10));
+      **held = Lease();
+      *held = next.Take();
+    }
+    return pool;
   }
 
   std::shared_ptr<FakeConnector> connector_ = std::make_shared<FakeConnector>();
@@ -260,16 +268,10 @@ TEST_F(PoolTest, CallerDeadlineShorterThanAcquireTimeoutWins) {
 
 TEST_F(PoolTest, DeadlineShorterThanTheQueueIsRefusedAtOnce) {
   ManualClock clock;
-  PoolOptions o;
-  o.min_connections = 1;
-  o.max_connections = 1;
-  o.acquire_timeout = absl::Seconds(10);
-  o.maintenance_thread = false;
-  auto pool = MakePool(o, clock);
-  ASSERT_TRUE(Eventually([&] { return pool->Snapshot().idle == 1; }));
   // One connection handed from one waiting caller to the next every 10 ms:
   // the pool drains its queue at 100/s.
-  absl::StatusOr<Lease> held = HandOnEvery10Ms(*pool, clock);
+  absl::StatusOr<Lease> held;
+  auto pool = DrainingAt100PerSecond(clock, &held);
   ASSERT_TRUE(held.ok());
   std::vector<std::unique_ptr<Pending>> queued;
   for (int i = 0; i < 4; ++i) {
@@ -299,15 +301,9 @@ TEST_F(PoolTest, DeadlineShorterThanTheQueueIsRefusedAtOnce) {
 
 TEST_F(PoolTest, AWaiterTooLateToFinishIsAnsweredAndSkipped) {
   ManualClock clock;
-  PoolOptions o;
-  o.min_connections = 1;
-  o.max_connections = 1;
-  o.acquire_timeout = absl::Seconds(10);
-  o.maintenance_thread = false;
-  auto pool = MakePool(o, clock);
-  ASSERT_TRUE(Eventually([&] { return pool->Snapshot().idle == 1; }));
   // The queue drains at 100/s: a statement holds the connection ~10 ms.
-  absl::StatusOr<Lease> held = HandOnEvery10Ms(*pool, clock);
+  absl::StatusOr<Lease> held;
+  auto pool = DrainingAt100PerSecond(clock, &held);
   ASSERT_TRUE(held.ok());
   Pending late, patient;
   pool->Acquire(clock.Now() + absl::Milliseconds(50), late.Callback());
