@@ -147,6 +147,7 @@ absl::StatusOr<std::unique_ptr<Server>> BuildServer(const config::Config& cfg) {
   limits.max_result_bytes = cfg.max_result_bytes;
   limits.cancel_grace = cfg.cancel_grace;
   engine::LoopEngineOptions engine_options;
+  engine_options.pipeline_depth = cfg.pipeline_depth;
   engine_options.io_threads =
       cfg.io_threads > 0 ? cfg.io_threads
                          : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));

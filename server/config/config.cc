@@ -132,6 +132,10 @@ const std::vector<Option>& Options() {
        "threads that run statements (event loops over the pooled connections); "
        "0: one per core",
        Int(&Config::io_threads, 0, 256)},
+      {"DB_PIPELINE_DEPTH", "8",
+       "statements of different callers in flight on one connection at most, "
+       "when every connection is busy (short queries and DML only); 1: none",
+       Int(&Config::pipeline_depth, 1, 64)},
       {"DB_PREPARED_CACHE_SIZE", "512",
        "prepared statements kept per connection, least recently used out; "
        "0 prepares nothing (for a PgBouncer in transaction mode in between)",

@@ -40,6 +40,7 @@ struct Config {
   std::string application_name;
   int prepared_cache_size = 0;
   int io_threads = 0;  // 0: one per core
+  int pipeline_depth = 0;
 
   // Request limits.
   int max_sql_bytes = 0;

@@ -17,24 +17,19 @@ namespace {
 // looks whether the request has settled.
 constexpr absl::Duration kSettlePoll = absl::Milliseconds(1);
 
-// The status for a connection that failed under us, with libpq's reason.
-absl::Status Lost(PGconn* conn) {
-  return SqlError("08006", absl::StrCat("connection to the database lost: ",
-                                        absl::StripAsciiWhitespace(PQerrorMessage(conn))));
-}
-
 absl::Status WithSuffix(const absl::Status& reason, absl::string_view suffix) {
   return absl::Status(reason.code(), absl::StrCat(reason.message(), suffix));
 }
 
 }  // namespace
 
-AsyncQuery::AsyncQuery(PgConnection& pg, const v1::QueryRequest& request,
+AsyncQuery::AsyncQuery(Pipeline& pipeline, const v1::QueryRequest& request,
                        const std::vector<EncodedParam>& params, bool read_only,
                        absl::Time deadline, const QueryLimits& limits,
                        v1::QueryResponse* response)
-    : pg_(pg),
-      conn_(pg.raw()),
+    : pipeline_(pipeline),
+      pg_(pipeline.connection()),
+      conn_(pipeline.raw()),
       request_(request),
       bound_(params),
       read_only_(read_only),
@@ -43,8 +38,6 @@ AsyncQuery::AsyncQuery(PgConnection& pg, const v1::QueryRequest& request,
       response_(response),
       key_(StatementKey(request.sql(), bound_)) {}
 
-int AsyncQuery::socket() const { return PQsocket(conn_); }
-
 absl::Time AsyncQuery::Timer() const {
   if (phase_ == Phase::kCleanup) return cleanup_deadline_;
   if (settle_check_at_.has_value()) return std::min(*settle_check_at_, give_up_);
@@ -52,63 +45,77 @@ absl::Time AsyncQuery::Timer() const {
   return deadline_;
 }
 
-bool AsyncQuery::Start(absl::Time now) {
+void AsyncQuery::Start(absl::Time now) {
+  pipeline_.Join(this);
   if (!pg_.EnsurePipelineMode()) {
-    return Fail(SqlError("08006", "the connection cannot enter pipeline mode"));
+    pipeline_.Lose(SqlError("08006", "the connection cannot enter pipeline mode"));
+    return;
   }
   if (now >= deadline_) {
     status_ = absl::DeadlineExceededError(
         "the deadline passed before the statement could start");
-    return Finish();
+    Finish();
+    return;
   }
+  sent_at_ = now;
   SendStatementFlight(/*stale=*/"");
-  if (phase_ == Phase::kDone) return true;
-  return Pump(now);
 }
 
-bool AsyncQuery::OnSocket(absl::Time now) {
-  if (wants_write_ && !Flush()) return true;
-  return Pump(now);
-}
-
-bool AsyncQuery::OnTimer(absl::Time now) {
+void AsyncQuery::OnTimer(absl::Time now) {
+  if (phase_ == Phase::kDone) return;
   if (phase_ == Phase::kCleanup) {
     // The caller has its answer; the session could not be put right in
     // time, so nobody else may use it.
-    if (now >= cleanup_deadline_) return Fail(absl::OkStatus());
-    return false;
+    if (now >= cleanup_deadline_) {
+      pipeline_.MarkBroken();
+      Finish();
+    }
+    return;
   }
   if (settle_check_at_.has_value() && now < give_up_) {
     if (!cancel_settled_->load(std::memory_order_acquire)) {
       settle_check_at_ = now + kSettlePoll;
-      return false;
+      return;
     }
     settle_check_at_.reset();
-    return FlightDone(now) || Pump(now);
+    OnFlightDone(now);
+    return;
   }
   if (!stop_reason_.has_value()) {
-    if (now < deadline_) return false;
-    return Stop(absl::DeadlineExceededError(
-                    "statement did not finish before its deadline"),
-                now);
+    if (now < deadline_) return;
+    Stop(absl::DeadlineExceededError("statement did not finish before its deadline"),
+         now);
+    return;
   }
-  if (now < give_up_) return false;
+  if (now < give_up_) return;
   status_ = WithSuffix(*stop_reason_,
                        "; the server did not stop the statement, connection closed");
-  broken_ = true;
-  return Finish();
+  pipeline_.MarkBroken();
+  Finish();
 }
 
-bool AsyncQuery::Cancel(absl::Time now) {
-  if (phase_ == Phase::kCleanup || phase_ == Phase::kDone ||
-      stop_reason_.has_value()) {
-    return phase_ == Phase::kDone;
+void AsyncQuery::Cancel(absl::Time now) {
+  if (phase_ == Phase::kCleanup || phase_ == Phase::kDone || stop_reason_.has_value()) {
+    return;
   }
-  return Stop(absl::CancelledError("cancelled by the caller"), now);
+  Stop(absl::CancelledError("cancelled by the caller"), now);
 }
 
-bool AsyncQuery::Stop(absl::Status reason, absl::Time now) {
+void AsyncQuery::Stop(absl::Status reason, absl::Time now) {
   stop_reason_ = std::move(reason);
+  // Until the connection has drained, nothing joins: a cancel request, or
+  // the wait for a dropped statement, must not reach a newcomer.
+  pipeline_.CloseToJoins();
+  if (!pipeline_.Alone(this)) {
+    // A cancel request would stop whatever the backend runs when it
+    // arrives, maybe another caller's statement.
+    status_ = WithSuffix(*stop_reason_,
+                         "; the statement shares its connection, so its "
+                         "result is discarded rather than cancelled on the server");
+    response_->Clear();
+    Finish();
+    return;
+  }
   give_up_ = now + limits_.cancel_grace;
   cancel_settled_ = pg_.StartCancel();
   if (cancel_settled_ == nullptr) {
@@ -117,34 +124,35 @@ bool AsyncQuery::Stop(absl::Status reason, absl::Time now) {
     status_ = WithSuffix(*stop_reason_,
                          "; the database did not take the cancel request, "
                          "connection closed");
-    broken_ = true;
-    return Finish();
+    pipeline_.MarkBroken();
+    Finish();
   }
-  return false;
+}
+
+bool AsyncQuery::InTransaction() const {
+  // libpq reports a command in progress (PQTRANS_ACTIVE) while others'
+  // statements are in flight. Only statements that cannot open a
+  // transaction share a connection (Pipelinable), so then there is none.
+  if (!pipeline_.Quiet()) return false;
+  return PQtransactionStatus(conn_) != PQTRANS_IDLE;
 }
 
 bool AsyncQuery::Send(Part part, const char* sql) {
   if (PQsendQueryParams(conn_, sql, 0, nullptr, nullptr, nullptr, nullptr, 0) == 0) {
     return false;
   }
-  expected_.push_back(part);
+  pipeline_.Expect(this, part);
   return true;
 }
 
 bool AsyncQuery::Sync() {
   if (PQpipelineSync(conn_) != 1) return false;
-  expected_.push_back(Part::kSync);
+  pipeline_.Expect(this, Part::kSync);
   return true;
 }
 
-bool AsyncQuery::Flush() {
-  const int pending = PQflush(conn_);
-  if (pending < 0) {
-    Fail(Lost(conn_));
-    return false;
-  }
-  wants_write_ = pending == 1;
-  return true;
+void AsyncQuery::SendFailed() {
+  pipeline_.Lose(ConnectionLost(conn_));
 }
 
 void AsyncQuery::SendStatementFlight(const std::string& stale) {
@@ -182,9 +190,12 @@ void AsyncQuery::SendStatementFlight(const std::string& stale) {
       Bump(counters.statement_cache_misses);
       preparing_ = cache.NextName();
       prepared_ = preparing_;
+      // Named at once: a statement sent behind ours on this connection
+      // binds to it instead of preparing it again.
+      entry->name = preparing_;
       sent = PQsendPrepare(conn_, preparing_.c_str(), sql, bound_.count(),
                            bound_.types.data()) == 1;
-      if (sent) expected_.push_back(Part::kPrepare);
+      if (sent) pipeline_.Expect(this, Part::kPrepare);
     } else {
       Bump(counters.statement_cache_hits);
     }
@@ -198,16 +209,16 @@ void AsyncQuery::SendStatementFlight(const std::string& stale) {
                              bound_.values.data(), bound_.lengths.data(),
                              bound_.formats.data(), 0) == 1;
   }
-  if (sent) expected_.push_back(Part::kStatement);
+  if (sent) pipeline_.Expect(this, Part::kStatement);
   sent = sent && Sync();
   // Our read-only transaction ends in the same flight; rolling it back
   // also undoes whatever settings the statement made.
   if (sent && read_only_) sent = Send(Part::kEnd, "ROLLBACK") && Sync();
   if (!sent) {
-    Fail(Lost(conn_));
+    SendFailed();
     return;
   }
-  Flush();
+  pipeline_.Flush();
 }
 
 void AsyncQuery::SendTypeNamesFlight(std::vector<Oid> types) {
@@ -219,18 +230,18 @@ void AsyncQuery::SendTypeNamesFlight(std::vector<Oid> types) {
                         "SELECT t::int8, format_type(t, NULL) "
                         "FROM unnest($1::oid[]) AS t",
                         1, nullptr, values, nullptr, nullptr, 0) == 1;
-  if (sent) expected_.push_back(Part::kTypeNames);
+  if (sent) pipeline_.Expect(this, Part::kTypeNames);
   if (!sent || !Sync()) {
-    Fail(Lost(conn_));
+    SendFailed();
     return;
   }
-  Flush();
+  pipeline_.Flush();
 }
 
 void AsyncQuery::SendCleanupFlight(absl::Time now) {
   SessionEffects effects = effects_;
   if (pg_.ReportedParametersChanged()) effects |= kSettings | kIdentity;
-  const bool in_transaction = PQtransactionStatus(conn_) != PQTRANS_IDLE;
+  const bool in_transaction = InTransaction();
   if (effects == kNoEffect && !in_transaction) {
     Finish();
     return;
@@ -238,7 +249,7 @@ void AsyncQuery::SendCleanupFlight(absl::Time now) {
   EngineCounters& counters = Counters();
   for (int kind : EffectKinds(effects)) Bump(counters.session_resets[kind]);
   if (effects & kIrreversible) {
-    broken_ = true;
+    pipeline_.MarkBroken();
     Finish();
     return;
   }
@@ -256,55 +267,13 @@ void AsyncQuery::SendCleanupFlight(absl::Time now) {
     sent = sent && Sync();
   }
   if (!sent) {
-    Fail(absl::OkStatus());
+    SendFailed();
     return;
   }
-  Flush();
+  pipeline_.Flush();
 }
 
-bool AsyncQuery::Pump(absl::Time now) {
-  while (phase_ != Phase::kDone) {
-    // A server that ends the session says why first (57P01 for a
-    // terminated backend): what arrived is read even when the socket is
-    // already closed.
-    const bool read = PQconsumeInput(conn_) != 0;
-    while (!expected_.empty() && PQisBusy(conn_) == 0) {
-      PGresult* raw = PQgetResult(conn_);
-      const Part part = expected_.front();
-      if (part == Part::kSync) {
-        const bool sync = raw != nullptr && PQresultStatus(raw) == PGRES_PIPELINE_SYNC;
-        PQclear(raw);
-        if (!sync) return Fail(SqlError("08006", "unexpected reply from the database"));
-        expected_.pop_front();
-        continue;
-      }
-      if (raw == nullptr) {  // the end of this command's results
-        expected_.pop_front();
-        continue;
-      }
-      Result result(raw);
-      switch (PQresultStatus(raw)) {
-        case PGRES_COPY_IN:
-        case PGRES_COPY_OUT:
-        case PGRES_COPY_BOTH:
-          // The session now speaks the COPY sub-protocol: give it up.
-          return Fail(absl::InvalidArgumentError(
-              "COPY is not supported through Query"));
-        default:
-          OnResult(part, std::move(result));
-      }
-    }
-    if (!read || PQstatus(conn_) == CONNECTION_BAD) {
-      return Fail(Lost(conn_));
-    }
-    if (!expected_.empty()) return false;  // waiting for the socket
-    if (FlightDone(now)) return true;
-    // A new flight went out: its replies may already be here.
-  }
-  return true;
-}
-
-void AsyncQuery::OnResult(Part part, Result result) {
+void AsyncQuery::OnResult(Part part, Result result, absl::Time now) {
   const ExecStatusType st = PQresultStatus(result.get());
   const bool failed = st == PGRES_FATAL_ERROR;
   switch (part) {
@@ -319,13 +288,13 @@ void AsyncQuery::OnResult(Part part, Result result) {
     case Part::kPrepare:
       if (failed) {
         if (!statement_error_) statement_error_ = ErrorFromResult(conn_, result.get());
-        pg_.statements().Erase(key_);
-      } else if (CachedStatement* entry = pg_.statements().Find(key_)) {
-        entry->name = preparing_;
+        CachedStatement* entry = pg_.statements().Find(key_);
+        if (entry != nullptr && entry->name == preparing_) pg_.statements().Erase(key_);
       }
       preparing_.clear();
       break;
     case Part::kStatement:
+      service_time_ = now - std::max(sent_at_, pipeline_.previous_reply_at());
       if (st != PGRES_PIPELINE_ABORTED && statement_result_ == nullptr) {
         statement_result_ = std::move(result);
       }
@@ -348,7 +317,7 @@ void AsyncQuery::OnResult(Part part, Result result) {
   }
 }
 
-bool AsyncQuery::FlightDone(absl::Time now) {
+void AsyncQuery::OnFlightDone(absl::Time now) {
   switch (phase_) {
     case Phase::kStatement: {
       if (cancel_settled_ != nullptr &&
@@ -357,12 +326,12 @@ bool AsyncQuery::FlightDone(absl::Time now) {
         // request; sending more now could get the request instead. It
         // settles within a round trip or two on a healthy server.
         settle_check_at_ = now + kSettlePoll;
-        return false;
+        return;
       }
       const PGresult* r = statement_result_.get();
       if (!statement_error_ && r != nullptr && PQresultStatus(r) == PGRES_FATAL_ERROR &&
           !prepared_.empty() && !retried_ && !stop_reason_ &&
-          PQtransactionStatus(conn_) == PQTRANS_IDLE) {
+          !InTransaction()) {
         // 26000: the session lost the statement (a caller's DEALLOCATE);
         // 0A000: a schema change altered its result type. Prepare it again
         // and retry once.
@@ -370,41 +339,48 @@ bool AsyncQuery::FlightDone(absl::Time now) {
         if (sqlstate == "26000" || sqlstate == "0A000") {
           retried_ = true;
           Bump(Counters().statement_reprepares);
-          const std::string stale = sqlstate == "0A000" ? prepared_ : "";
-          if (CachedStatement* entry = pg_.statements().Find(key_)) entry->name.clear();
+          // Another statement on this connection may have prepared it
+          // again already; then that name stands.
+          std::string stale;
+          CachedStatement* entry = pg_.statements().Find(key_);
+          if (entry != nullptr && entry->name == prepared_) {
+            entry->name.clear();
+            if (sqlstate == "0A000") stale = prepared_;
+          }
           statement_result_.reset();
           end_error_.reset();
+          sent_at_ = now;
           SendStatementFlight(stale);
-          return phase_ == Phase::kDone;
+          return;
         }
       }
       if (!statement_error_ && r != nullptr && PQresultStatus(r) == PGRES_TUPLES_OK) {
         std::vector<Oid> unknown = UnknownTypes(r);
         if (!unknown.empty()) {
           SendTypeNamesFlight(std::move(unknown));
-          return phase_ == Phase::kDone;
+          return;
         }
       }
       DecideStatus();
       SendCleanupFlight(now);
-      return phase_ == Phase::kDone;
+      return;
     }
     case Phase::kTypeNames:
       DecideStatus();
       SendCleanupFlight(now);
-      return phase_ == Phase::kDone;
+      return;
     case Phase::kCleanup:
-      if (cleanup_failed_ || PQtransactionStatus(conn_) != PQTRANS_IDLE ||
+      if (cleanup_failed_ || InTransaction() ||
           pg_.ReportedParametersChanged()) {
-        broken_ = true;
+        pipeline_.MarkBroken();
       } else if (effects_ & kPreparedStatements) {
         pg_.statements().Clear();
       }
-      return Finish();
+      Finish();
+      return;
     case Phase::kDone:
-      return true;
+      return;
   }
-  return true;
 }
 
 void AsyncQuery::DecideStatus() {
@@ -413,7 +389,7 @@ void AsyncQuery::DecideStatus() {
     status_ = *statement_error_;
   } else if (r == nullptr) {
     status_ = SqlError("08006", "no result from the database");
-    broken_ = true;
+    pipeline_.MarkBroken();
   } else {
     const int64_t max_rows = request_.max_rows() > 0
                                  ? std::min(request_.max_rows(), limits_.max_rows)
@@ -435,8 +411,9 @@ void AsyncQuery::DecideStatus() {
   statement_result_.reset();
 }
 
-bool AsyncQuery::Fail(absl::Status status) {
-  broken_ = true;
+void AsyncQuery::Fail(absl::Status status) {
+  if (phase_ == Phase::kDone) return;
+  pipeline_.MarkBroken();
   // Once the caller's outcome is decided (cleanup), it stands.
   if (phase_ == Phase::kStatement || phase_ == Phase::kTypeNames) {
     const PGresult* r = statement_result_.get();
@@ -452,18 +429,17 @@ bool AsyncQuery::Fail(absl::Status status) {
     }
     response_->Clear();
   }
-  return Finish();
+  Finish();
 }
 
-bool AsyncQuery::Finish() {
+void AsyncQuery::Finish() {
   phase_ = Phase::kDone;
-  expected_.clear();
   // A cancel request still on its way could stop the next caller's
   // statement on this connection.
   if (cancel_settled_ != nullptr && !cancel_settled_->load(std::memory_order_acquire)) {
-    broken_ = true;
+    pipeline_.MarkBroken();
   }
-  return true;
+  pipeline_.Finished(this);
 }
 
 }  // namespace dbpool::db

@@ -1,7 +1,8 @@
-// AsyncQuery: one caller's statement on one pooled connection, driven by an
+// AsyncQuery: one caller's statement on a pooled connection, driven by an
 // event loop without ever blocking.
 //
-// The connection is in libpq's non-blocking pipeline mode. What used to
+// The connection is in libpq's non-blocking pipeline mode (Pipeline), which
+// it may share with other callers' statements. What used to
 // take a round trip each goes out together: BEGIN READ ONLY, Parse,
 // Bind/Execute and ROLLBACK of a read-only call are one flight, each part
 // closed by the Sync that keeps an error inside it. After the statement's
@@ -10,20 +11,24 @@
 // result types not seen before; and cleaning the session (ROLLBACK of a
 // transaction the statement opened, the resets of session_effects.h).
 //
-// When the deadline passes or the caller cancels, the statement is
-// cancelled on the server (PgConnection::StartCancel, which does not
-// block) and its results are still read, for at most `cancel_grace`; a
-// connection that does not recover in time, or whose cancel request is
-// still on its way, is reported broken and closed by the pool.
+// When the deadline passes or the caller cancels, a statement alone on its
+// connection is cancelled on the server (PgConnection::StartCancel, which
+// does not block) and its results are still read, for at most
+// `cancel_grace`; a connection that does not recover in time, or whose
+// cancel request is still on its way, is reported broken and closed by the
+// pool. A statement that shares its connection is not cancelled there (the
+// request could stop another caller's statement): the caller is answered
+// at once and the Pipeline drops the statement's replies.
+//
+// The query reports that it has finished through Pipeline::TakeFinished.
 //
 // Owned by the event loop that drives it; not thread-safe: every method
-// runs on that loop's thread. The connection, request, params and response
+// runs on that loop's thread. The pipeline, request, params and response
 // must outlive it. No method blocks.
 #ifndef DBPOOL_SERVER_DB_ASYNC_QUERY_H_
 #define DBPOOL_SERVER_DB_ASYNC_QUERY_H_
 
 #include <atomic>
-#include <deque>
 #include <memory>
 #include <optional>
 #include <string>
@@ -34,6 +39,7 @@
 #include "dbpool/v1/database_service.pb.h"
 #include "server/db/pg_connection.h"
 #include "server/db/pg_result.h"
+#include "server/db/pipeline.h"
 #include "server/db/query_limits.h"
 #include "server/db/session_effects.h"
 #include "server/db/value_codec.h"
@@ -42,48 +48,41 @@ namespace dbpool::db {
 
 class AsyncQuery {
  public:
-  AsyncQuery(PgConnection& pg, const v1::QueryRequest& request,
+  AsyncQuery(Pipeline& pipeline, const v1::QueryRequest& request,
              const std::vector<EncodedParam>& params, bool read_only,
              absl::Time deadline, const QueryLimits& limits,
              v1::QueryResponse* response);
   AsyncQuery(const AsyncQuery&) = delete;
   AsyncQuery& operator=(const AsyncQuery&) = delete;
 
-  // Sends the first flight. Returns true when the query is done already
-  // (the connection failed at once).
-  bool Start(absl::Time now);
-  // The socket is readable, or writable while WantsWrite(). Returns true
-  // when the query is done.
-  bool OnSocket(absl::Time now);
-  // Call when `now` >= Timer(). Returns true when the query is done.
-  bool OnTimer(absl::Time now);
-  // The caller gave up. Returns true when the query is done.
-  bool Cancel(absl::Time now);
+  // Joins the pipeline and sends the first flight.
+  void Start(absl::Time now);
+  // Call when `now` >= Timer().
+  void OnTimer(absl::Time now);
+  // The caller gave up.
+  void Cancel(absl::Time now);
 
-  int socket() const;
-  // Output is waiting for the socket to take it.
-  bool WantsWrite() const { return wants_write_; }
   // When OnTimer must run next.
   absl::Time Timer() const;
 
+  bool done() const { return phase_ == Phase::kDone; }
   // Valid once done: the outcome for the caller (the response is filled
-  // when it is OK), and whether the connection must be closed.
+  // when it is OK).
   const absl::Status& status() const { return status_; }
-  bool connection_broken() const { return broken_; }
+  // The statement's own time in the backend: from when it was sent, or
+  // when the reply before it arrived if that was later, to its result.
+  // Infinite when no result came.
+  absl::Duration service_time() const { return service_time_; }
 
  private:
-  // What the next result belongs to.
-  enum class Part {
-    kSync,         // a Sync: PGRES_PIPELINE_SYNC
-    kHousekeeping, // DEALLOCATE of our own statement: errors do not matter
-    kBegin,        // BEGIN READ ONLY: its error is the caller's
-    kPrepare,      // Parse of a statement being prepared
-    kStatement,    // the caller's statement
-    kEnd,          // ROLLBACK of our read-only transaction
-    kTypeNames,    // format_type of result types not seen before
-    kCleanup,      // ROLLBACK or a reset: any error closes the connection
-  };
+  friend class Pipeline;
   enum class Phase { kStatement, kTypeNames, kCleanup, kDone };
+
+  // From the Pipeline: a reply, the last reply of a flight, the end of the
+  // connection.
+  void OnResult(Part part, Result result, absl::Time now);
+  void OnFlightDone(absl::Time now);
+  void OnLost(absl::Status status) { Fail(std::move(status)); }
 
   // The flights. Each ends the query (Fail) when the connection cannot
   // take it.
@@ -94,25 +93,24 @@ class AsyncQuery {
   void SendCleanupFlight(absl::Time now);
   bool Send(Part part, const char* sql);
   bool Sync();
-  // Hands libpq's output to the socket; false (and the query done) when
-  // the connection failed.
-  bool Flush();
+  // The connection could not take a command.
+  void SendFailed();
 
-  // Reads what has arrived; moves on to the next flight when one is
-  // complete. Returns true when the query is done.
-  bool Pump(absl::Time now);
-  void OnResult(Part part, Result result);
-  bool FlightDone(absl::Time now);
+  // The session is inside a transaction block, after this query's last
+  // flight.
+  bool InTransaction() const;
   // The caller's outcome from the statement flight's results.
   void DecideStatus();
 
-  // Starts the server-side cancel for `reason`.
-  bool Stop(absl::Status reason, absl::Time now);
-  // The connection failed: it is closed, and `status` is the caller's
-  // outcome unless that was decided already.
-  bool Fail(absl::Status status);
-  bool Finish();
+  // Ends the statement for `reason`: cancels it on the server when it is
+  // alone on its connection, else drops it.
+  void Stop(absl::Status reason, absl::Time now);
+  // The connection failed: `status` is the caller's outcome unless that
+  // was decided already.
+  void Fail(absl::Status status);
+  void Finish();
 
+  Pipeline& pipeline_;
   PgConnection& pg_;
   PGconn* const conn_;
   const v1::QueryRequest& request_;
@@ -124,8 +122,9 @@ class AsyncQuery {
   const std::string key_;
 
   Phase phase_ = Phase::kStatement;
-  std::deque<Part> expected_;
-  bool wants_write_ = false;
+  bool joined_ = false;
+  absl::Time sent_at_;
+  absl::Duration service_time_ = absl::InfiniteDuration();
   // The statement flight's outcome: the first error in it, or the
   // statement's own result.
   std::optional<absl::Status> statement_error_;
@@ -149,7 +148,6 @@ class AsyncQuery {
   std::optional<absl::Time> settle_check_at_;
 
   absl::Status status_;
-  bool broken_ = false;
 };
 
 }  // namespace dbpool::db

@@ -1,5 +1,5 @@
 // EngineCounters: process-wide counts of what the query path does to keep
-// connections fast and clean (prepared-statement cache, session resets),
+// connections fast and clean (prepared-statement cache, session resets, pipelining),
 // for the metrics exporter to read at scrape time.
 //
 // One instance for the process (Counters()); lives until exit. Thread-safe:
@@ -16,6 +16,9 @@
 
 namespace dbpool::db {
 
+// Pipeline depths counted one by one, up to this many.
+inline constexpr size_t kPipelineDepthSlots = 65;
+
 struct EngineCounters {
   // A statement ran prepared (hit), or unprepared or being prepared (miss).
   std::atomic<uint64_t> statement_cache_hits{0};
@@ -29,6 +32,11 @@ struct EngineCounters {
   // Connections reset after a caller left state behind, by kind
   // (EffectKindName); "irreversible" counts connections closed instead.
   std::array<std::atomic<uint64_t>, kEffectKinds> session_resets{};
+  // Statements sent, by how many statements were on their connection with
+  // them (themselves included); the last entry counts that many or more.
+  std::array<std::atomic<uint64_t>, kPipelineDepthSlots> pipeline_depth{};
+  // Statements on a connection now, sent and not finished.
+  std::atomic<int64_t> pipeline_in_flight{0};
 };
 
 EngineCounters& Counters();

@@ -1,5 +1,6 @@
 #include "server/db/session_effects.h"
 
+#include <algorithm>
 #include <array>
 #include <cctype>
 #include <string>
@@ -204,6 +205,26 @@ SessionEffects ClassifySessionEffects(absl::string_view sql) {
   std::vector<std::string> words;
   while (lexer.NextStatement(&words)) effects |= ClassifyStatement(words);
   return effects;
+}
+
+bool Pipelinable(absl::string_view sql) {
+  // Statements that run and end inside the implicit transaction of their
+  // Sync. Anything else (transaction control, COPY, LOCK, utility
+  // commands, SQL not recognised) runs alone.
+  static constexpr std::array<absl::string_view, 8> kShareable = {
+      "select", "with", "values", "table", "insert", "update", "delete", "merge"};
+  Lexer lexer(sql);
+  std::vector<std::string> words;
+  bool any = false;
+  while (lexer.NextStatement(&words)) {
+    if (words.empty()) continue;
+    if (std::find(kShareable.begin(), kShareable.end(), words[0]) == kShareable.end() ||
+        ClassifyStatement(words) != kNoEffect) {
+      return false;
+    }
+    any = true;
+  }
+  return any;
 }
 
 std::vector<std::vector<std::string>> ResetCommands(SessionEffects effects) {

@@ -65,6 +65,13 @@ using SessionEffects = uint32_t;
 // dollar-quoted bodies are skipped.
 SessionEffects ClassifySessionEffects(absl::string_view sql);
 
+// Whether `sql` may share a connection with other callers' statements in
+// one pipeline: every statement in it is a query or DML statement (SELECT,
+// WITH, VALUES, TABLE, INSERT, UPDATE, DELETE, MERGE) that leaves nothing
+// in the session. Transaction control, utility commands and anything with
+// a session effect run alone.
+bool Pipelinable(absl::string_view sql);
+
 // The statements that undo `effects`, in the order they must run, in
 // groups that each run as a transaction of their own: settings and
 // identity come first, on their own, because a caller's SET

@@ -9,6 +9,16 @@
 // waiter on that same thread, so under load a loop moves from one reply to
 // the next statement without a hand-off.
 //
+// Pipelining: when every connection the pool may hold is busy and nobody
+// waits for one, a statement that may share (StatementProfiles: a query or
+// DML statement with no session effect, seen before and short in the
+// backend) joins a busy connection instead of queueing, the one with the
+// fewest statements in flight, up to `pipeline_depth` on one connection.
+// Each keeps its own Sync, so an error stays its caller's (db::Pipeline).
+// Such statements that had to queue in the pool anyway are taken out of
+// the queue (oldest first) by a shared connection that has room. A
+// connection goes back to the pool once its last statement is done.
+//
 // Owned by whoever builds the server. The pool must outlive it, and it
 // must outlive every call submitted to it (the gRPC server's Wait sees to
 // that). Thread-safe. Submit, Snapshot and Serving never block; the
@@ -19,11 +29,15 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <memory>
+#include <mutex>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "server/db/query_limits.h"
 #include "server/engine/query_engine.h"
+#include "server/engine/statement_profiles.h"
 #include "server/pool/connection_pool.h"
 
 namespace dbpool::engine {
@@ -31,6 +45,9 @@ namespace dbpool::engine {
 struct LoopEngineOptions {
   // I/O threads (DBPOOL_IO_THREADS); at least 1.
   int io_threads = 1;
+  // Statements in flight on one connection at most (DB_PIPELINE_DEPTH);
+  // 1 turns pipelining off.
+  int pipeline_depth = 1;
   db::QueryLimits limits;
 };
 
@@ -48,14 +65,36 @@ class LoopEngine final : public QueryEngine {
 
  private:
   class Call;
+  class Conn;
   class Loop;
 
   // The loop of the calling thread when it is one of ours, so that a
   // connection released there is reused there; else the next in turn.
   Loop& PickLoop();
+  // Waits in the pool for a connection of the call's own.
+  void Acquire(std::shared_ptr<Call> call);
+  // Puts `call` on the shareable connection with the fewest statements, if
+  // one has room.
+  bool TryJoin(const std::shared_ptr<Call>& call);
+  // Connections that take joiners; their `members` count. The loops list
+  // and unlist them, joiners pick from them.
+  void List(Conn& conn);
+  void Unlist(Conn& conn);
+  // Shareable callers queued in the pool, for connections with room to take
+  // out of the queue (ConnectionPool::Withdraw).
+  void AddShareWaiter(std::shared_ptr<Call> call);
+  std::vector<std::shared_ptr<Call>> PullWaiters(Conn& conn);
+  // A call left `conn` (done, or sent elsewhere).
+  void Leave(Conn& conn);
+  // No call is on `conn` or on its way to it; from then on none can join.
+  bool Vacate(Conn& conn);
 
   pool::ConnectionPool& pool_;
   const LoopEngineOptions options_;
+  StatementProfiles profiles_;
+  std::mutex share_mu_;
+  std::vector<Conn*> shareable_ ABSL_GUARDED_BY(share_mu_);
+  std::deque<std::shared_ptr<Call>> share_waiters_ ABSL_GUARDED_BY(share_mu_);
   std::vector<std::unique_ptr<Loop>> loops_;
   std::atomic<uint32_t> next_loop_{0};
 };

@@ -4,6 +4,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <array>
 #include <fstream>
 #include <limits>
 #include <sstream>
@@ -132,6 +133,39 @@ std::vector<MetricFamily> EngineCollector::Collect() const {
                                      read(c.session_resets[kind])));
   }
   out.push_back(std::move(resets));
+
+  out.push_back(Single("db_pipeline_statements_in_flight",
+                       "Statements sent on pooled connections and not finished; "
+                       "divided by db_pool_active, the pipeline depth now.",
+                       MetricType::Gauge,
+                       static_cast<double>(c.pipeline_in_flight.load(std::memory_order_relaxed))));
+  // Upper bounds of the depth buckets; the depth is a whole number.
+  static constexpr std::array<int, 8> kDepthBounds = {1, 2, 3, 4, 6, 8, 16, 32};
+  MetricFamily depth{"db_pipeline_depth",
+                     "Statements on a connection when a statement was sent, "
+                     "itself included (1: it ran alone).",
+                     MetricType::Histogram, {}};
+  ClientMetric d;
+  uint64_t count = 0;
+  double sum = 0;
+  size_t next_bound = 0;
+  for (size_t k = 1; k < c.pipeline_depth.size(); ++k) {
+    while (next_bound < kDepthBounds.size() && static_cast<int>(k) > kDepthBounds[next_bound]) {
+      d.histogram.bucket.push_back({count, static_cast<double>(kDepthBounds[next_bound])});
+      ++next_bound;
+    }
+    const uint64_t n = c.pipeline_depth[k].load(std::memory_order_relaxed);
+    count += n;
+    sum += static_cast<double>(n) * static_cast<double>(k);
+  }
+  for (; next_bound < kDepthBounds.size(); ++next_bound) {
+    d.histogram.bucket.push_back({count, static_cast<double>(kDepthBounds[next_bound])});
+  }
+  d.histogram.bucket.push_back({count, std::numeric_limits<double>::infinity()});
+  d.histogram.sample_count = count;
+  d.histogram.sample_sum = sum;
+  depth.metric.push_back(std::move(d));
+  out.push_back(std::move(depth));
   return out;
 }
 

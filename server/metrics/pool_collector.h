@@ -28,8 +28,8 @@ class PoolCollector final : public prometheus::Collectable {
 // The families for one snapshot; separate so tests can feed a fixed one.
 std::vector<prometheus::MetricFamily> PoolFamilies(const pool::PoolStats& s);
 
-// The query path's db_statement_cache_* and db_session_resets_total
-// families, read from db::Counters() at scrape time.
+// The query path's db_statement_cache_*, db_session_resets_total and
+// db_pipeline_* families, read from db::Counters() at scrape time.
 class EngineCollector final : public prometheus::Collectable {
  public:
   std::vector<prometheus::MetricFamily> Collect() const override;

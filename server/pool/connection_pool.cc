@@ -115,6 +115,12 @@ bool ConnectionPool::Serving() const {
   return reachable_ && !draining_ && !stopping_;
 }
 
+bool ConnectionPool::Saturated() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return !draining_ && !stopping_ && waiters_.empty() && idle_.empty() &&
+         active_ + connecting_ + closing_ >= options_.max_connections;
+}
+
 absl::Status ConnectionPool::StateErrorLocked(absl::string_view what) const {
   const std::string state = absl::StrFormat(
       "pool: %d active, %d idle, %d connecting, %d waiting, max %d", active_,
@@ -221,6 +227,20 @@ void ConnectionPool::CancelWait(WaitId id) {
     waiter_index_.erase(it);
   }
   deferred.Run();
+}
+
+bool ConnectionPool::Withdraw(WaitId id) {
+  AcquireCallback dropped;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = waiter_index_.find(id);
+    if (it == waiter_index_.end()) return false;
+    dropped = std::move(it->second->done);
+    waiters_.erase(it->second);
+    waiter_index_.erase(it);
+  }
+  // Destroyed outside the lock: it may hold the last reference to its call.
+  return true;
 }
 
 void ConnectionPool::Drain() {

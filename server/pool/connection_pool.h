@@ -128,6 +128,11 @@ class ConnectionPool {
   // wait has already ended.
   void CancelWait(WaitId id);
 
+  // Ends a wait without running its callback, for a caller that found
+  // another way to run (a pipelined connection, which only an engine that
+  // can share connections has). False when the wait has already ended.
+  bool Withdraw(WaitId id);
+
   // Refuses new acquires with UNAVAILABLE; waiters already queued are still
   // served. Connections close as they are released.
   void Drain();
@@ -137,6 +142,12 @@ class ConnectionPool {
   // Whether callers can expect a connection: the database answered the
   // last connection attempt and the pool is not draining.
   bool Serving() const;
+
+  // Every connection the pool may hold is busy or opening and nobody waits:
+  // an acquire would queue. A caller that can share a busy connection
+  // (pipelining) does better to do so; while anyone waits it must queue
+  // behind them instead (FIFO).
+  bool Saturated() const;
 
   // Expires waiters; closes idle connections that are dead, idle for too
   // long or too old. The maintenance thread calls it; tests with a manual

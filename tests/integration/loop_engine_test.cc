@@ -1,10 +1,12 @@
 // The event-loop engine on its own against a real PostgreSQL: results,
-// errors, read-only calls, deadlines and cancels, and many callers on few
-// connections, without gRPC in between.
+// errors, read-only calls, deadlines and cancels, many callers on few
+// connections, and pipelining (several callers' statements on one
+// connection), without gRPC in between.
 #include "server/engine/loop_engine.h"
 
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -12,6 +14,9 @@
 
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
+
+#include "server/db/engine_counters.h"
 #include "server/db/pg_connection.h"
 #include "server/db/sql_state.h"
 #include "server/pool/connection_pool.h"
@@ -44,7 +49,8 @@ class Flag {
 
 class LoopEngineTest : public ::testing::Test {
  protected:
-  void Make(int connections, int io_threads, int max_waiting = 1000) {
+  void Make(int connections, int io_threads, int max_waiting = 1000,
+            int pipeline_depth = 1) {
     pool::PoolOptions po;
     po.max_connections = connections;
     po.max_waiting = max_waiting;
@@ -55,6 +61,7 @@ class LoopEngineTest : public ::testing::Test {
                 absl::Seconds(30), 64}));
     LoopEngineOptions eo;
     eo.io_threads = io_threads;
+    eo.pipeline_depth = pipeline_depth;
     eo.limits.cancel_grace = absl::Seconds(2);
     engine_ = std::make_unique<LoopEngine>(*pool_, eo);
   }
@@ -85,8 +92,80 @@ class LoopEngineTest : public ::testing::Test {
     return state->result;
   }
 
+  static QueryJob IntJob(const std::string& sql, std::vector<int64_t> values,
+                         absl::Duration deadline = absl::Seconds(30)) {
+    QueryJob job;
+    job.request.set_sql(sql);
+    job.deadline = absl::Now() + deadline;
+    for (int64_t value : values) {
+      db::EncodedParam p;
+      v1::Value v;
+      v.set_int64_value(value);
+      EXPECT_TRUE(db::EncodeParam(v, &p).ok());
+      job.params.push_back(p);
+    }
+    return job;
+  }
+
+  // Statements sent while others were on their connection, so far in this
+  // process.
+  static uint64_t SharedSends() {
+    const db::EngineCounters& c = db::Counters();
+    uint64_t n = 0;
+    for (size_t k = 2; k < c.pipeline_depth.size(); ++k) n += c.pipeline_depth[k].load();
+    return n;
+  }
+  static uint64_t DeepestSend() {
+    const db::EngineCounters& c = db::Counters();
+    uint64_t deepest = 0;
+    for (size_t k = 1; k < c.pipeline_depth.size(); ++k) {
+      if (c.pipeline_depth[k].load() > 0) deepest = k;
+    }
+    return deepest;
+  }
+
   std::unique_ptr<pool::ConnectionPool> pool_;
   std::unique_ptr<LoopEngine> engine_;
+};
+
+// A closed loop of callers: each completion submits that caller's next
+// call until `calls` have been submitted; `make(i)` builds call i and
+// `check(i, result)` judges it (false: a failure). Waits at most `limit`
+// for them all; must outlive the calls it made.
+struct ClosedLoop {
+  std::function<QueryJob(int)> make;
+  // Runs right after call i is submitted (to cancel it, say).
+  std::function<void(int, const std::shared_ptr<QueryHandle>&)> after_submit;
+  std::function<bool(int, const QueryResult&)> check;
+  std::atomic<int> failures{0};
+
+  // Returns the number of calls that completed.
+  int Run(QueryEngine& engine, int callers, int calls, absl::Duration limit) {
+    // Shared with the callbacks, the last of which may still be returning
+    // when the wait ends.
+    struct State {
+      std::atomic<int> next{0};
+      std::atomic<int> completed{0};
+      Flag all;
+    };
+    auto state = std::make_shared<State>();
+    for (int c = 0; c < callers; ++c) Issue(engine, state, calls);
+    state->all.WaitFor(limit);
+    return state->completed.load();
+  }
+
+ private:
+  template <typename State>
+  void Issue(QueryEngine& engine, const std::shared_ptr<State>& state, int calls) {
+    const int i = state->next.fetch_add(1);
+    if (i >= calls) return;
+    auto handle = engine.Submit(make(i), [this, &engine, state, calls, i](QueryResult r) {
+      if (!check(i, r)) failures.fetch_add(1);
+      Issue(engine, state, calls);
+      if (state->completed.fetch_add(1) + 1 == calls) state->all.Set();
+    });
+    if (after_submit) after_submit(i, handle);
+  }
 };
 
 TEST_F(LoopEngineTest, RunsStatementsAndReportsErrors) {
@@ -184,6 +263,148 @@ TEST_F(LoopEngineTest, ManyCallersOnFewConnections) {
   const pool::PoolStats s = pool_->Snapshot();
   EXPECT_EQ(s.active, 0);
   EXPECT_LE(s.total, 4);
+}
+
+TEST_F(LoopEngineTest, ShortStatementsShareBusyConnectionsAndKeepTheirOwnOutcome) {
+  constexpr int kCalls = 4000;
+  Make(2, 1, 1000, /*pipeline_depth=*/8);
+  const std::string sql = "SELECT $1::int8 * 2 / $2::int8";
+  // Seen once and short: from now on it may share a connection.
+  ASSERT_TRUE(Run(IntJob(sql, {1, 1})).status.ok());
+  const uint64_t shared_before = SharedSends();
+  std::mutex mu;
+  std::string first_failure;
+  std::atomic<int> divided_by_zero{0};
+  ClosedLoop load;
+  // Every seventh call fails with its own error, in the middle of others'.
+  load.make = [&](int i) { return IntJob(sql, {i, i % 7 == 0 ? 0 : 1}); };
+  load.check = [&](int i, const QueryResult& r) {
+    bool good;
+    if (i % 7 == 0) {
+      good = db::SqlStateOf(r.status).value_or("") == "22012";
+      if (good) ++divided_by_zero;
+    } else {
+      good = r.status.ok() && r.response.rows_size() == 1 &&
+             r.response.rows(0).values(0).int64_value() == 2 * int64_t{i};
+    }
+    if (!good) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (first_failure.empty()) first_failure = absl::StrCat(i, ": ", r.status.ToString());
+    }
+    return good;
+  };
+  ASSERT_EQ(load.Run(*engine_, 32, kCalls, absl::Seconds(60)), kCalls);
+  std::lock_guard<std::mutex> lock(mu);
+  EXPECT_EQ(load.failures.load(), 0) << "first: " << first_failure;
+  EXPECT_EQ(divided_by_zero.load(), (kCalls + 6) / 7);
+  EXPECT_GT(SharedSends(), shared_before) << "nothing was pipelined";
+  EXPECT_LE(DeepestSend(), 8u) << "DB_PIPELINE_DEPTH bounds the statements in flight";
+  EXPECT_EQ(db::Counters().pipeline_in_flight.load(), 0);
+  const pool::PoolStats s = pool_->Snapshot();
+  EXPECT_EQ(s.active, 0);
+  EXPECT_LE(s.total, 2);
+  EXPECT_EQ(s.connections_opened, s.total) << "a connection was closed under the load";
+}
+
+TEST_F(LoopEngineTest, DepthOneNeverShares) {
+  Make(2, 1, 1000, /*pipeline_depth=*/1);
+  const std::string sql = "SELECT $1::int8";
+  ASSERT_TRUE(Run(IntJob(sql, {1})).status.ok());
+  const uint64_t shared_before = SharedSends();
+  ClosedLoop load;
+  load.make = [&](int i) { return IntJob(sql, {i}); };
+  load.check = [](int, const QueryResult& r) { return r.status.ok(); };
+  ASSERT_EQ(load.Run(*engine_, 16, 1000, absl::Seconds(60)), 1000);
+  EXPECT_EQ(load.failures.load(), 0);
+  EXPECT_EQ(SharedSends(), shared_before);
+}
+
+TEST_F(LoopEngineTest, StatementsThatChangeTheSessionNeverShare) {
+  Make(1, 1, 1000, /*pipeline_depth=*/8);
+  // Each leaves a setting behind that only its own reset undoes; sharing a
+  // pipeline would let the next caller's statement run under it.
+  const std::string set = "SELECT set_config('application_name', 'x' || $1::text, false)";
+  const std::string read = "SELECT current_setting('application_name')";
+  ASSERT_TRUE(Run(IntJob(set, {0})).status.ok());
+  ASSERT_TRUE(Run(Job(read)).status.ok());
+  std::mutex mu;
+  std::string leaked;
+  ClosedLoop load;
+  load.make = [&](int i) { return i % 2 == 0 ? IntJob(set, {i}) : Job(read); };
+  load.check = [&](int i, const QueryResult& r) {
+    if (!r.status.ok()) return false;
+    if (i % 2 == 1 && r.response.rows(0).values(0).string_value() != "dbpool-engine-test") {
+      std::lock_guard<std::mutex> lock(mu);
+      leaked = r.response.rows(0).values(0).string_value();
+      return false;
+    }
+    return true;
+  };
+  ASSERT_EQ(load.Run(*engine_, 16, 2000, absl::Seconds(60)), 2000);
+  std::lock_guard<std::mutex> lock(mu);
+  EXPECT_EQ(load.failures.load(), 0) << "a reader saw " << leaked;
+}
+
+// Issue 9: a cancel or a timeout never fails another caller's statement.
+// Half the callers cancel their calls or give them deadlines that expire
+// mid-flight, on connections they share with the other half.
+TEST_F(LoopEngineTest, CancelsAndDeadlinesNeverFailOtherCallers) {
+  constexpr int kCancels = 10000;
+  constexpr int kCalls = 4 * kCancels;
+  Make(4, 1, kCalls, /*pipeline_depth=*/8);
+  const std::string sql = "SELECT $1::int8 + 1";
+  ASSERT_TRUE(Run(IntJob(sql, {1})).status.ok());
+  const uint64_t shared_before = SharedSends();
+  std::atomic<int> stopped{0};
+  std::atomic<int> victims{0};
+  std::mutex mu;
+  std::string first_victim;
+  ClosedLoop load;
+  // Odd calls keep their results; even ones are cancelled at once, or
+  // after a moment, or have a deadline of a few hundred microseconds.
+  load.make = [&](int i) {
+    if (i % 2 == 1) return IntJob(sql, {i});
+    return IntJob(sql, {i}, i % 6 == 4 ? absl::Microseconds(100 + i % 400) : absl::Seconds(30));
+  };
+  // Cancelled "after a moment": when the next call completes.
+  std::vector<std::shared_ptr<QueryHandle>> later;
+  load.after_submit = [&](int i, const std::shared_ptr<QueryHandle>& handle) {
+    if (i % 6 == 0) handle->Cancel();
+    if (i % 6 == 2) {
+      std::lock_guard<std::mutex> lock(mu);
+      later.push_back(handle);
+    }
+  };
+  load.check = [&](int i, const QueryResult& r) {
+    std::vector<std::shared_ptr<QueryHandle>> due;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      due.swap(later);
+    }
+    for (const auto& handle : due) handle->Cancel();
+    if (i % 2 == 0) {
+      if (r.status.code() == absl::StatusCode::kCancelled ||
+          r.status.code() == absl::StatusCode::kDeadlineExceeded) {
+        ++stopped;
+        return true;
+      }
+      // Finished before the cancel or the deadline.
+      return r.status.ok() && r.response.rows(0).values(0).int64_value() == i + 1;
+    }
+    if (r.status.ok() && r.response.rows(0).values(0).int64_value() == i + 1) return true;
+    ++victims;
+    std::lock_guard<std::mutex> lock(mu);
+    if (first_victim.empty()) first_victim = r.status.ToString();
+    return false;
+  };
+  ASSERT_EQ(load.Run(*engine_, 48, kCalls, absl::Seconds(240)), kCalls);
+  std::lock_guard<std::mutex> lock(mu);
+  EXPECT_EQ(victims.load(), 0) << "first: " << first_victim;
+  EXPECT_EQ(load.failures.load(), 0);
+  EXPECT_GE(stopped.load(), kCancels / 2)
+      << "most cancels and deadlines should land while the statement is in flight";
+  EXPECT_GT(SharedSends(), shared_before) << "nothing was pipelined";
+  EXPECT_TRUE(Run(IntJob(sql, {1})).status.ok());
 }
 
 }  // namespace

@@ -143,6 +143,49 @@ TEST(StatementCache, EvictsTheLeastRecentlyUsedAndHandsBackItsName) {
   EXPECT_EQ(cache.NextName(), "dbpool_2");  // names are never reused
 }
 
+struct ShareCase {
+  const char* sql;
+  bool pipelinable;
+};
+
+class PipelinableTest : public ::testing::TestWithParam<ShareCase> {};
+
+TEST_P(PipelinableTest, Decides) {
+  EXPECT_EQ(Pipelinable(GetParam().sql), GetParam().pipelinable) << GetParam().sql;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Statements, PipelinableTest,
+    ::testing::Values(
+        ShareCase{"SELECT abalance FROM pgbench_accounts WHERE aid = $1", true},
+        ShareCase{"  select 1", true},
+        ShareCase{"(SELECT 1) UNION (SELECT 2)", true},
+        ShareCase{"WITH t AS (SELECT 1) SELECT * FROM t", true},
+        ShareCase{"VALUES (1)", true},
+        ShareCase{"TABLE t", true},
+        ShareCase{"INSERT INTO t VALUES ($1)", true},
+        ShareCase{"UPDATE t SET x = 1", true},
+        ShareCase{"DELETE FROM t", true},
+        ShareCase{"/* comment */ SELECT 'BEGIN'", true},
+        // Leaves something in the session.
+        ShareCase{"SELECT set_config('a.b', '1', false)", false},
+        ShareCase{"SELECT pg_advisory_lock(1)", false},
+        ShareCase{"SELECT 1 INTO TEMP t", false},
+        // Transaction control, utility commands, anything else.
+        ShareCase{"BEGIN", false},
+        ShareCase{"START TRANSACTION", false},
+        ShareCase{"COMMIT", false},
+        ShareCase{"SAVEPOINT a", false},
+        ShareCase{"SET search_path = x", false},
+        ShareCase{"LOCK TABLE t", false},
+        ShareCase{"COPY t FROM STDIN", false},
+        ShareCase{"VACUUM t", false},
+        ShareCase{"CREATE TABLE t (x int)", false},
+        ShareCase{"DO $$ BEGIN END $$", false},
+        ShareCase{"SELECT 1; BEGIN", false},
+        ShareCase{"", false},
+        ShareCase{";", false}));
+
 TEST(StatementCache, CapacityZeroKeepsNothing) {
   StatementCache cache(0);
   std::string evicted = "stale";
