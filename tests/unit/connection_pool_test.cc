@@ -346,6 +346,50 @@ TEST_F(PoolTest, CancelledWaitEndsWithCancelled) {
   EXPECT_EQ(s.acquires_cancelled, 1);
 }
 
+TEST_F(PoolTest, SaturatedOnlyWhenEveryConnectionIsBusyAndNobodyWaits) {
+  PoolOptions o;
+  o.min_connections = 1;
+  o.max_connections = 1;
+  auto pool = MakePool(o);
+  ASSERT_TRUE(Eventually([&] { return pool->Snapshot().idle == 1; }));
+  EXPECT_FALSE(pool->Saturated()) << "a connection is idle";
+  Pending holder, waiter;
+  pool->Acquire(absl::InfiniteFuture(), holder.Callback());
+  auto held = holder.Take();
+  ASSERT_TRUE(held.ok());
+  EXPECT_TRUE(pool->Saturated());
+  const auto id = pool->Acquire(absl::InfiniteFuture(), waiter.Callback());
+  ASSERT_NE(id, 0u);
+  EXPECT_FALSE(pool->Saturated()) << "a newcomer must queue behind the waiter";
+  pool->Drain();
+  pool->CancelWait(id);
+  EXPECT_FALSE(pool->Saturated()) << "draining";
+}
+
+TEST_F(PoolTest, WithdrawnWaitEndsWithoutItsCallback) {
+  PoolOptions o;
+  o.min_connections = 1;
+  o.max_connections = 1;
+  auto pool = MakePool(o);
+  Pending holder, waiter, next;
+  pool->Acquire(absl::InfiniteFuture(), holder.Callback());
+  auto held = holder.Take();
+  ASSERT_TRUE(held.ok());
+  const auto id = pool->Acquire(absl::InfiniteFuture(), waiter.Callback());
+  ASSERT_NE(id, 0u);
+  pool->Acquire(absl::InfiniteFuture(), next.Callback());
+  EXPECT_TRUE(pool->Withdraw(id));
+  EXPECT_FALSE(pool->Withdraw(id)) << "a wait is withdrawn once";
+  EXPECT_EQ(pool->Snapshot().waiting, 1);
+  *held = Lease();
+  // The connection goes to the next waiter; the withdrawn one hears nothing.
+  EXPECT_TRUE(next.Take().ok());
+  EXPECT_FALSE(waiter.done());
+  const PoolStats s = pool->Snapshot();
+  EXPECT_EQ(s.waiting, 0);
+  EXPECT_EQ(s.acquires_cancelled, 0);
+}
+
 TEST_F(PoolTest, BrokenConnectionIsDiscardedAndReplaced) {
   PoolOptions o;
   o.min_connections = 1;
