@@ -24,9 +24,9 @@
 namespace dbpool::engine {
 namespace {
 
-// A statement whose own time in the backend is above this gains nothing
+// A statement whose own time in the backend is above this gains little
 // from sharing a round trip and would hold up whoever queues behind it.
-constexpr absl::Duration kShareBelow = absl::Milliseconds(1);
+constexpr absl::Duration kShareBelow = absl::Milliseconds(2);
 // SQL texts whose profile the engine keeps.
 constexpr size_t kProfiledStatements = 10000;
 

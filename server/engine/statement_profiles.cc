@@ -3,6 +3,12 @@
 #include "server/db/session_effects.h"
 
 namespace dbpool::engine {
+namespace {
+
+// How many times the bound a single run must take to stop sharing at once.
+constexpr int kOutlier = 10;
+
+}  // namespace
 
 StatementProfiles::StatementProfiles(absl::Duration share_below, size_t capacity)
     : share_below_(share_below), capacity_(capacity) {}
@@ -25,7 +31,11 @@ void StatementProfiles::Record(absl::string_view sql, absl::Duration service) {
     it = profiles_.emplace(std::string(sql), fresh).first;
   }
   Profile& p = it->second;
-  if (!p.seen || service >= p.service || p.service == absl::InfiniteDuration()) {
+  // A run far beyond the bound (a lock wait) counts at once; anything else
+  // is averaged, since on a loaded machine a reply can wait a few
+  // milliseconds for its thread to be scheduled.
+  if (!p.seen || service >= kOutlier * share_below_ ||
+      p.service == absl::InfiniteDuration()) {
     p.service = service;
   } else {
     p.service += (service - p.service) / 8;

@@ -7,9 +7,10 @@
 // the backend, as last observed, is short. Pipelining saves round trips;
 // a statement that runs for longer than `share_below` has nothing to gain
 // and would hold up the statements queued behind it, so it runs alone, as
-// does SQL not seen before. The time is tracked fast up, slow down: one
-// slow run (a lock wait) stops sharing at once, and it resumes only after
-// several short ones.
+// does SQL not seen before. The time is a moving average (1/8 per run), so
+// that a reply delayed by scheduling on a busy machine does not stop
+// sharing; a run of ten times the bound or more (a lock wait) stops it at
+// once, and it resumes only after many short ones.
 //
 // Owned by the engine. Thread-safe (one mutex; lookups and updates are a
 // hash-map access each). Nothing blocks. Bounded: when `capacity` texts

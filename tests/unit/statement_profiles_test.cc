@@ -6,7 +6,7 @@
 namespace dbpool::engine {
 namespace {
 
-constexpr absl::Duration kBelow = absl::Milliseconds(1);
+constexpr absl::Duration kBelow = absl::Milliseconds(2);
 
 TEST(StatementProfiles, UnseenStatementsRunAlone) {
   StatementProfiles profiles(kBelow, 100);
@@ -40,6 +40,16 @@ TEST(StatementProfiles, OneSlowRunStopsSharingAndSeveralFastOnesResumeIt) {
   EXPECT_TRUE(profiles.MayShare(sql));
   EXPECT_GT(runs, 10);
   EXPECT_LT(runs, 60);
+}
+
+TEST(StatementProfiles, AReplyDelayedByTheSchedulerDoesNotStopSharing) {
+  StatementProfiles profiles(kBelow, 100);
+  const char* sql = "SELECT 1";
+  profiles.Record(sql, absl::Microseconds(100));
+  profiles.Record(sql, absl::Milliseconds(5));
+  EXPECT_TRUE(profiles.MayShare(sql));
+  for (int i = 0; i < 8; ++i) profiles.Record(sql, absl::Milliseconds(5));
+  EXPECT_FALSE(profiles.MayShare(sql)) << "but a statement that stays slow does";
 }
 
 TEST(StatementProfiles, ForgetsEverythingWhenFull) {
