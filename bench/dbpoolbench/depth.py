@@ -31,6 +31,9 @@ REFERENCE_CALLERS = 64
 # ... where depths within this share of the best count as tied, and the
 # tie goes to the least PostgreSQL CPU per query, then the lower depth.
 TIE_SHARE = 0.03
+# Below this mean depth at every depth above 1, pipelining hardly engaged:
+# the servers ran alike, and their differences are run-to-run noise.
+ENGAGED_DEPTH = 1.1
 # The processes measured in every run: those of compare's system C.
 PROCESSES = {"dbpool_server": "dbpool-server", "postgres": "PostgreSQL", "client": "client"}
 CONFIG_SOURCE = "server/config/config.cc"
@@ -187,9 +190,19 @@ def recommend(summary):
         v = row[d]["cpu_us_per_query_median"]["postgres"]
         return math.inf if v is None else v
     pick = min(tied, key=lambda d: (pg(d), d))
+    means = [e["mean_depth_median"] for d, e in row.items()
+             if d > 1 and e["mean_depth_median"] is not None]
     return {"concurrency": n, "depth": pick, "throughput": row[pick]["throughput_median"],
             "postgres_us_per_query": row[pick]["cpu_us_per_query_median"]["postgres"],
-            "best_depth": best, "best_throughput": top, "tied": tied}
+            "best_depth": best, "best_throughput": top, "tied": tied,
+            "max_mean_depth": max(means, default=None)}
+
+
+def engaged(rec):
+    """False when the depths above 1 were measured and none of them got
+    to ENGAGED_DEPTH; True otherwise."""
+    m = rec.get("max_mean_depth")
+    return m is None or m >= ENGAGED_DEPTH
 
 
 # ---------------------------------------------------------------------------
@@ -321,12 +334,26 @@ def recommendation_text(rec, default):
                f"lower depth).")
     if default is None:
         tail = ""
+    elif not engaged(rec):
+        tail = (f" The server's default (`{CONFIG_SOURCE}`) is {default}: this run is no "
+                "ground to change it, nor evidence for it.")
     elif default == d:
         tail = f" The server's default (`{CONFIG_SOURCE}`) is {default}: this run supports it."
     else:
         tail = (f" The server's default (`{CONFIG_SOURCE}`) is {default}: this run suggests "
                 f"{d} instead.")
-    return f"{head} {why}{tail}"
+    if engaged(rec):
+        return f"{head} {why}{tail}"
+    return (f"{head} {why}{tail}\n\n**But pipelining hardly engaged**: at {n} callers the mean "
+            f"depth stayed at or below {rec['max_mean_depth']:.2f} whatever the bound, so every "
+            "server ran its statements one per connection, the differences between the depths "
+            "are run-to-run noise, and this pick is the rule's, not evidence for the depth. "
+            "The engine shares a statement only while its observed time in the backend stays "
+            "under 1 ms (`kShareBelow` in `server/engine/loop_engine.cc`), and one slower "
+            "reply stops sharing until several short ones follow; on this machine, with the "
+            "pool's backends, dbpool-server and the load generator on two cores, a statement's "
+            "reply takes longer than that whenever the pool is busy, which is exactly when "
+            "sharing would help (see p50 below).")
 
 
 def render(doc, json_path, md_path):
@@ -347,7 +374,9 @@ def render(doc, json_path, md_path):
         w("> **Quick mode (`DEPTH_QUICK=1`)**: one short repetition per point, a smoke test "
           "of the script, not a measurement to quote.\n")
     w("## Recommendation\n")
-    w(recommendation_text(doc["recommendation"], meta.get("server_default_depth")) + "\n")
+    # By the rule as it stands, from the medians (the document stores the
+    # same, as computed when it was written).
+    w(recommendation_text(recommend(summary), meta.get("server_default_depth")) + "\n")
     w("## What the depth does\n")
     w(f"`DB_PIPELINE_DEPTH` bounds the statements of different callers in flight on one "
       f"PostgreSQL connection: a short statement (a query or DML seen before, under a "

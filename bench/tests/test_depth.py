@@ -241,6 +241,8 @@ class Recommendation(unittest.TestCase):
         r = self.pick({1: (10000, 30.0), 4: (11700, 34.0), 8: (12000, 33.0), 16: (11900, 32.0)})
         self.assertEqual((r["depth"], r["best_depth"], r["tied"]), (16, 8, [4, 8, 16]))
         self.assertEqual(r["postgres_us_per_query"], 32.0)
+        self.assertEqual(r["max_mean_depth"], 3.2)
+        self.assertTrue(depth.engaged(r))
 
     def test_just_outside_three_percent_is_no_tie(self):
         r = self.pick({4: (11630, 20.0), 8: (12000, 33.0)})
@@ -269,6 +271,12 @@ class Recommendation(unittest.TestCase):
     def test_else_at_the_fewest_callers(self):
         r = self.pick({1: (10000, 30.0), 8: (12000, 30.0)}, concurrency=(128, 32))
         self.assertEqual((r["concurrency"], r["depth"]), (32, 8))
+
+    def test_engaged(self):
+        self.assertTrue(depth.engaged({"max_mean_depth": 1.1}))
+        self.assertFalse(depth.engaged({"max_mean_depth": 1.09}))
+        # Depth 1 alone says nothing about pipelining.
+        self.assertTrue(depth.engaged(self.pick({1: (10000, 30.0)})))
 
     def test_nothing_valid(self):
         runs = [run(8, 64, 1, 12000, valid=False)]
@@ -320,6 +328,20 @@ class Report(unittest.TestCase):
         md = self.render(d)
         self.assertIn("> **Quick mode (`DEPTH_QUICK=1`)**", md)
         self.assertIn("| 4 | — | — – — | — | — | — | — | — | — | — | — | — | 0 | 0 of 3 |", md)
+
+    def test_pipelining_that_did_not_engage_is_said(self):
+        d = doc()
+        self.assertNotIn("hardly engaged", self.render(d))
+        self.assertEqual(d["recommendation"]["max_mean_depth"], 3.2)
+        for r in d["runs"]:
+            r["pipeline"]["mean_depth"] = 1.0 + r["depth"] / 1000
+        d["summary"] = depth.summarize(d["runs"], [64], [1, 2, 4, 8, 16])
+        d["recommendation"] = depth.recommend(d["summary"])
+        self.assertEqual(d["recommendation"]["depth"], 8)
+        self.assertIn("**But pipelining hardly engaged**: at 64 callers the mean depth stayed at "
+                      "or below 1.02 whatever the bound", self.render(d))
+        self.assertIn("is 8: this run is no ground to change it, nor evidence for it.",
+                      self.render(d))
 
     def test_no_recommendation(self):
         self.assertIn("No recommendation", depth.recommendation_text(None, 8))
