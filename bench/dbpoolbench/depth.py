@@ -31,9 +31,10 @@ REFERENCE_CALLERS = 64
 # ... where depths within this share of the best count as tied, and the
 # tie goes to the least PostgreSQL CPU per query, then the lower depth.
 TIE_SHARE = 0.03
-# Below this mean depth at every depth above 1, pipelining hardly engaged:
-# the servers ran alike, and their differences are run-to-run noise.
-ENGAGED_DEPTH = 1.1
+# When fewer than this share of the statements shared a connection at
+# every depth above 1, pipelining hardly engaged: the servers ran nearly
+# alike, and their differences are run-to-run noise.
+ENGAGED_SHARE = 0.1
 # The processes measured in every run: those of compare's system C.
 PROCESSES = {"dbpool_server": "dbpool-server", "postgres": "PostgreSQL", "client": "client"}
 CONFIG_SOURCE = "server/config/config.cc"
@@ -135,9 +136,22 @@ def server_default_depth(source=None):
 # Summary and recommendation
 
 
+def ratios_per_repeat(runs, n, d, base):
+    """Depth d's throughput over depth base's at n callers, per repetition
+    (runs seconds apart), for the repetitions where both are valid."""
+    out = []
+    for rep in sorted({r["repeat"] for r in runs}):
+        x, y = ([r["throughput"] for r in runs if r["concurrency"] == n and r["depth"] == k
+                 and r["repeat"] == rep and r["valid"]] for k in (d, base))
+        if x and y and y[0] > 0:
+            out.append(x[0] / y[0])
+    return out
+
+
 def summarize(runs, concurrency, depths):
     """Medians over the valid runs of each (callers, depth):
-    summary[str(callers)][str(depth)]."""
+    summary[str(callers)][str(depth)]; throughput ratios to the lowest
+    depth, of the medians and per repetition."""
     summary = {}
     for n in concurrency:
         row = {}
@@ -163,6 +177,11 @@ def summarize(runs, concurrency, depths):
                 "others_pct_median": median([r.get("cpu", {}).get("others_pct")
                                              for r in good]),
             }
+        base = row[str(depths[0])]["throughput_median"]
+        for d in depths:
+            e = row[str(d)]
+            e["vs_lowest_depth"] = ratio(e["throughput_median"], base)
+            e["vs_lowest_depth_per_repeat"] = ratios_per_repeat(runs, n, d, depths[0])
         summary[str(n)] = row
     return summary
 
@@ -190,19 +209,22 @@ def recommend(summary):
         v = row[d]["cpu_us_per_query_median"]["postgres"]
         return math.inf if v is None else v
     pick = min(tied, key=lambda d: (pg(d), d))
-    means = [e["mean_depth_median"] for d, e in row.items()
-             if d > 1 and e["mean_depth_median"] is not None]
+    above = [e for d, e in row.items() if d > 1]
+    shared = [1 - e["alone_share_median"] for e in above
+              if e["alone_share_median"] is not None]
+    means = [e["mean_depth_median"] for e in above if e["mean_depth_median"] is not None]
     return {"concurrency": n, "depth": pick, "throughput": row[pick]["throughput_median"],
             "postgres_us_per_query": row[pick]["cpu_us_per_query_median"]["postgres"],
             "best_depth": best, "best_throughput": top, "tied": tied,
+            "max_shared_share": max(shared, default=None),
             "max_mean_depth": max(means, default=None)}
 
 
 def engaged(rec):
-    """False when the depths above 1 were measured and none of them got
-    to ENGAGED_DEPTH; True otherwise."""
-    m = rec.get("max_mean_depth")
-    return m is None or m >= ENGAGED_DEPTH
+    """False when depths above 1 were measured and at none of them did
+    ENGAGED_SHARE of the statements share a connection; True otherwise."""
+    m = rec.get("max_shared_share")
+    return m is None or m >= ENGAGED_SHARE
 
 
 # ---------------------------------------------------------------------------
@@ -344,16 +366,17 @@ def recommendation_text(rec, default):
                 f"{d} instead.")
     if engaged(rec):
         return f"{head} {why}{tail}"
-    return (f"{head} {why}{tail}\n\n**But pipelining hardly engaged**: at {n} callers the mean "
-            f"depth stayed at or below {rec['max_mean_depth']:.2f} whatever the bound, so every "
-            "server ran its statements one per connection, the differences between the depths "
-            "are run-to-run noise, and this pick is the rule's, not evidence for the depth. "
+    return (f"{head} {why}{tail}\n\n**But pipelining hardly engaged**: at {n} callers, whatever "
+            f"the bound, at least {1 - rec['max_shared_share']:.0%} of the statements ran alone "
+            f"on their connection (mean depth at most {rec['max_mean_depth']:.2f}), so the "
+            "servers ran nearly alike, the differences between the depths are within "
+            "run-to-run noise, and this pick is the rule's, not evidence for the depth. "
             "The engine shares a statement only while its observed time in the backend stays "
             "under 1 ms (`kShareBelow` in `server/engine/loop_engine.cc`), and one slower "
             "reply stops sharing until several short ones follow; on this machine, with the "
             "pool's backends, dbpool-server and the load generator on two cores, a statement's "
-            "reply takes longer than that whenever the pool is busy, which is exactly when "
-            "sharing would help (see p50 below).")
+            "reply mostly takes longer than that whenever the pool is busy, which is exactly "
+            "when sharing would help.")
 
 
 def render(doc, json_path, md_path):
@@ -395,24 +418,30 @@ def render(doc, json_path, md_path):
     for n in st["concurrency"]:
         row = summary[str(n)]
         w(f"## {n} callers\n")
-        w(f"| depth | OK calls/s (median) | min – max | vs depth {base} | p50 ms | p99 ms | "
+        w(f"| depth | OK calls/s (median) | min – max | vs depth {base} [per repetition] | "
+          "p50 ms | p99 ms | "
           "dbpool-server µs/q | PostgreSQL µs/q | client µs/q | total µs/q | mean depth | "
           "ran alone | errors | valid runs |")
         w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for d in depths:
             e = row[str(d)]
             cpu = e["cpu_us_per_query_median"]
-            rel = ratio(e["throughput_median"], row[str(base)]["throughput_median"])
+            per = e["vs_lowest_depth_per_repeat"]
+            spread = f" [{min(per):.2f}–{max(per):.2f}]" if per else ""
             alone = e["alone_share_median"]
             w(f"| {d} | {thousands(e['throughput_median'])} | "
               f"{thousands(e['throughput_min'])} – {thousands(e['throughput_max'])} | "
-              f"{fixed(rel, 2)} | {fixed(e['p50_ms_median'], 2)} | "
+              f"{fixed(e['vs_lowest_depth'], 2)}{spread} | {fixed(e['p50_ms_median'], 2)} | "
               f"{fixed(e['p99_ms_median'], 2)} | {fixed(cpu['dbpool_server'], 1)} | "
               f"{fixed(cpu['postgres'], 1)} | {fixed(cpu['client'], 1)} | "
               f"{fixed(cpu['total'], 1)} | {fixed(e['mean_depth_median'], 2)} | "
               f"{text.DASH if alone is None else f'{alone:.0%}'} | {e['errors']:,} | "
               f"{e['valid_runs']} of {e['runs']} |")
         w("")
+    w(f"*vs depth {base}*: the ratio of the median throughputs and, in brackets, the range of "
+      f"the ratios within each repetition (runs seconds apart, so slower and faster spells of "
+      f"a shared machine cancel out); where that range straddles 1, the difference is within "
+      f"run-to-run noise.\n")
     w("## Method\n")
     w(f"The point select of `bench/compare`, `{st['sql']}`, with `aid` drawn uniformly from "
       f"1..1,000,000 (pgbench scale 10, database {st['database_size']}, compare's PostgreSQL "

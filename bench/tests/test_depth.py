@@ -211,6 +211,17 @@ class Summary(unittest.TestCase):
         self.assertEqual(e["mean_depth_median"], 3.1)
         self.assertEqual(e["alone_share_median"], 0.5)
 
+    def test_ratios_to_the_lowest_depth_per_repetition(self):
+        # The second repetition is slower for both depths: per repetition
+        # depth 8 is ahead each time, by 10 % and 20 %.
+        runs = [run(1, 64, 1, 10000), run(8, 64, 1, 11000),
+                run(1, 64, 2, 5000), run(8, 64, 2, 6000),
+                run(1, 64, 3, 9000, valid=False), run(8, 64, 3, 9000)]
+        e = depth.summarize(runs, [64], [1, 8])["64"]
+        self.assertEqual(e["8"]["vs_lowest_depth_per_repeat"], [1.1, 1.2])
+        self.assertAlmostEqual(e["8"]["vs_lowest_depth"], 9000 / 7500)
+        self.assertEqual(e["1"]["vs_lowest_depth_per_repeat"], [1.0, 1.0])
+
     def test_a_depth_without_valid_runs(self):
         e = depth.summarize([run(2, 64, 1, 9000, valid=False)], [64], [2])["64"]["2"]
         self.assertEqual((e["valid_runs"], e["throughput_median"], e["mean_depth_median"]),
@@ -241,7 +252,7 @@ class Recommendation(unittest.TestCase):
         r = self.pick({1: (10000, 30.0), 4: (11700, 34.0), 8: (12000, 33.0), 16: (11900, 32.0)})
         self.assertEqual((r["depth"], r["best_depth"], r["tied"]), (16, 8, [4, 8, 16]))
         self.assertEqual(r["postgres_us_per_query"], 32.0)
-        self.assertEqual(r["max_mean_depth"], 3.2)
+        self.assertEqual((r["max_mean_depth"], r["max_shared_share"]), (3.2, 0.5))
         self.assertTrue(depth.engaged(r))
 
     def test_just_outside_three_percent_is_no_tie(self):
@@ -273,8 +284,8 @@ class Recommendation(unittest.TestCase):
         self.assertEqual((r["concurrency"], r["depth"]), (32, 8))
 
     def test_engaged(self):
-        self.assertTrue(depth.engaged({"max_mean_depth": 1.1}))
-        self.assertFalse(depth.engaged({"max_mean_depth": 1.09}))
+        self.assertTrue(depth.engaged({"max_shared_share": 0.1}))
+        self.assertFalse(depth.engaged({"max_shared_share": 0.09}))
         # Depth 1 alone says nothing about pipelining.
         self.assertTrue(depth.engaged(self.pick({1: (10000, 30.0)})))
 
@@ -298,9 +309,9 @@ class Report(unittest.TestCase):
         self.assertIn("## 128 callers\n", md)
         # Depth 8 at 64 callers: throughput of the middle repetition, min and
         # max 1 % either side, 1.21 × depth 1; CPU 20 + 33 + 15.
-        self.assertIn("| 8 | 12,100 | 11,979 – 12,221 | 1.21 | 4.76 | 15.87 | 20.0 | 33.0 | "
-                      "15.0 | 68.0 | 3.20 | 50% | 0 | 3 of 3 |", md)
-        self.assertIn("| 1 | 10,000 | 9,900 – 10,100 | 1.00 |", md)
+        self.assertIn("| 8 | 12,100 | 11,979 – 12,221 | 1.21 [1.21–1.21] | 4.76 | 15.87 | 20.0 | "
+                      "33.0 | 15.0 | 68.0 | 3.20 | 50% | 0 | 3 of 3 |", md)
+        self.assertIn("| 1 | 10,000 | 9,900 – 10,100 | 1.00 [1.00–1.00] |", md)
         self.assertIn("(3.2 at 64, 6.4 at 128 callers)", md)
         # 4, 8 and 16 are within 3 % of 8; 8 has the least PostgreSQL CPU.
         self.assertIn("**Recommended default: `DB_PIPELINE_DEPTH=8`.** Depths 4, 8, 16 are "
@@ -328,18 +339,21 @@ class Report(unittest.TestCase):
         md = self.render(d)
         self.assertIn("> **Quick mode (`DEPTH_QUICK=1`)**", md)
         self.assertIn("| 4 | — | — – — | — | — | — | — | — | — | — | — | — | 0 | 0 of 3 |", md)
+        self.assertIn("| 1 | 10,000 | 9,900 – 10,100 | 1.00 [1.00–1.00] |", md)
 
     def test_pipelining_that_did_not_engage_is_said(self):
         d = doc()
         self.assertNotIn("hardly engaged", self.render(d))
         self.assertEqual(d["recommendation"]["max_mean_depth"], 3.2)
         for r in d["runs"]:
-            r["pipeline"]["mean_depth"] = 1.0 + r["depth"] / 1000
+            r["pipeline"]["mean_depth"] = 1.0 + r["depth"] / 100
+            r["pipeline"]["alone_share"] = 1.0 - r["depth"] / 200
         d["summary"] = depth.summarize(d["runs"], [64], [1, 2, 4, 8, 16])
         d["recommendation"] = depth.recommend(d["summary"])
         self.assertEqual(d["recommendation"]["depth"], 8)
-        self.assertIn("**But pipelining hardly engaged**: at 64 callers the mean depth stayed at "
-                      "or below 1.02 whatever the bound", self.render(d))
+        self.assertIn("**But pipelining hardly engaged**: at 64 callers, whatever the bound, at "
+                      "least 92% of the statements ran alone on their connection (mean depth at "
+                      "most 1.16)", self.render(d))
         self.assertIn("is 8: this run is no ground to change it, nor evidence for it.",
                       self.render(d))
 
