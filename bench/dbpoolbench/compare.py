@@ -33,6 +33,10 @@ PG_SETTINGS = ("shared_buffers=256MB", "effective_cache_size=4GB", "work_mem=4MB
                "max_parallel_workers_per_gather=0", "jit=off", "log_connections=off")
 
 
+# dbpool-server's flags in every run of C: the side-by-side pool, quiet.
+SERVER_ARGS = (*stack.POOL_ARGS, "--log-level=warn", "--shutdown-grace-ms=2000")
+
+
 def settings_from(env):
     quick = env.flag("BENCH_QUICK")
     st = {
@@ -359,19 +363,27 @@ def fill_pool(ctx, st, sysname, timeout=60):
     return n
 
 
-def start_systems(s, st, server_bin, cli, go_bin, log):
-    """PostgreSQL with pgbench's tables and, in front of it, the gateways
-    of the systems chosen (PgBouncer, dbpool-server, the peers), all in the
-    stack s. Returns what the runs need."""
-    cluster = s.postgres(PG_SETTINGS + (f"max_connections={st['postgres_max_connections']}",))
+def point_select_database(s, max_connections, log):
+    """PostgreSQL with PG_SETTINGS and pgbench's tables (scale 10) in the
+    database pgbench, vacuumed and checkpointed, in the stack s: what every
+    point-select comparison runs against. (cluster, database size as text)."""
+    cluster = s.postgres(PG_SETTINGS + (f"max_connections={max_connections}",))
     log(f"PostgreSQL on 127.0.0.1:{cluster.port} (postmaster {cluster.postmaster_pid}, "
-        f"max_connections {st['postgres_max_connections']})")
+        f"max_connections {max_connections})")
     cluster.psql("CREATE DATABASE pgbench")
     log("pgbench -i -s 10")
     stack.pgbench_init(cluster, 10, "pgbench", s.tmp / "pgbench-init.log")
     cluster.psql("VACUUM ANALYZE; CHECKPOINT;", database="pgbench", timeout=600)
-    st["database_size"] = cluster.psql(
-        "SELECT pg_size_pretty(pg_database_size('pgbench'))", database="pgbench").strip()
+    size = cluster.psql("SELECT pg_size_pretty(pg_database_size('pgbench'))",
+                        database="pgbench").strip()
+    return cluster, size
+
+
+def start_systems(s, st, server_bin, cli, go_bin, log):
+    """PostgreSQL with pgbench's tables and, in front of it, the gateways
+    of the systems chosen (PgBouncer, dbpool-server, the peers), all in the
+    stack s. Returns what the runs need."""
+    cluster, st["database_size"] = point_select_database(s, st["postgres_max_connections"], log)
     script = s.tmp / "select.sql"
     script.write_text(PGBENCH_SCRIPT)
     logs = s.tmp / "logs"
@@ -387,8 +399,7 @@ def start_systems(s, st, server_bin, cli, go_bin, log):
         log(f"PgBouncer on 127.0.0.1:{bport} (pid {bpid})")
         ctx["ports"]["B"], ctx["pids"]["pgbouncer"] = bport, bpid
     if {"C", "F"} & set(st["systems"]):
-        server = s.server(server_bin, url,
-                          [*stack.POOL_ARGS, "--log-level=warn", "--shutdown-grace-ms=2000"])
+        server = s.server(server_bin, url, SERVER_ARGS)
         probe(cli, server.address, st["sql"])
         log(f"dbpool-server on {server.address} (pid {server.proc.pid})")
         ctx["targets"]["C"] = ctx["targets"]["F"] = server.address

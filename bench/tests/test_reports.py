@@ -4,7 +4,7 @@ import os
 import unittest
 from pathlib import Path
 
-from dbpoolbench import compare_report, floor, rate, soak_report, waiters
+from dbpoolbench import compare_report, depth, floor, rate, soak_report, waiters
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench" / "results"
@@ -193,6 +193,27 @@ class CompareReportWithTheFloor(unittest.TestCase):
         self.assertIn("F: dbpool-server", rows_of(self.md, "| clients | A: PostgreSQL")[0])
         self.assertIn("Everything (PostgreSQL 15.20, PgBouncer, dbpool-server, the load "
                       "generator)", self.md)
+
+
+class PipelineDepthReport(unittest.TestCase):
+    """The stored pipeline-depth run and the report committed from it."""
+    NAME = "bench/results/pipeline-depth-2026-12-02-0553.json"
+    MD = "docs/BENCHMARKS-pipeline-depth.md"
+
+    def setUp(self):
+        self.doc = load(os.path.basename(self.NAME))
+        cwd = os.getcwd()
+        os.chdir(REPO)  # the report links to the result relative to itself
+        self.addCleanup(os.chdir, cwd)
+
+    def test_summary_and_recommendation_are_recomputed_from_the_runs(self):
+        st = self.doc["meta"]["settings"]
+        summary = depth.summarize(self.doc["runs"], st["concurrency"], st["depths"])
+        self.assertEqual(summary, self.doc["summary"])
+        self.assertEqual(depth.recommend(summary), self.doc["recommendation"])
+
+    def test_report_is_the_committed_one(self):
+        self.assertEqual(depth.render(self.doc, self.NAME, self.MD), committed(self.MD))
 
 
 class SoakReport(unittest.TestCase):
