@@ -12,6 +12,7 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <string>
@@ -475,13 +476,13 @@ class PoolWatcher {
 // ---------------------------------------------------------------------------
 // The load
 //
-// A few LoadThreads, each owning one CompletionQueue and driving its share of
-// the calls on its own thread: it sends a call, takes its completion from its
-// queue and sends the next one, so no call is ever handed between threads.
-// (gRPC's callback API runs every completion on its executor threads; those
-// hand-offs made up about a third of the load generator's CPU per call.)
-// The Runner starts the threads, runs the open loop's schedule and merges the
-// threads' tallies at the end.
+// A few LoadThreads, each owning one CompletionQueue and taking the
+// completions of its share of the calls on its own thread. In the closed
+// loop a completion sends the slot's next call right there, so no call is
+// ever handed between threads. (gRPC's callback API runs every completion on
+// its executor threads; those hand-offs made up about a third of the load
+// generator's CPU per call.) The Runner starts the threads, sends the open
+// loop's calls on schedule and merges the threads' tallies at the end.
 
 struct Results {
   LatencyHistogram latency;
@@ -514,25 +515,6 @@ struct LoadPlan {
   Clock::time_point t0;
   Clock::time_point measure_start;
   Clock::time_point end;
-  int threads = 1;
-
-  // Open loop: when call i is due, whatever became of the earlier ones.
-  Clock::time_point Due(int64_t i) const {
-    const double period_ns = 1e9 / options->rate;
-    return t0 + std::chrono::nanoseconds(static_cast<int64_t>(
-                    std::llround(static_cast<double>(i) * period_ns)));
-  }
-};
-
-// Open loop: how far the schedule has got. The scheduler (the Runner's
-// thread) writes it; the load threads read it when it wakes them.
-struct Schedule {
-  // Calls 0 .. released-1 are due; load thread t sends those with
-  // i % threads == t.
-  std::atomic<int64_t> released{0};
-  // released is final. Stored after the last released, so a thread that
-  // reads done first and released second sees every call.
-  std::atomic<bool> done{false};
 };
 
 // A deadline for gRPC's waits, which take no steady_clock time points.
@@ -544,29 +526,34 @@ gpr_timespec GrpcDeadline(Clock::time_point t) {
                       gpr_time_from_nanos(ns, GPR_TIMESPAN));
 }
 
-// One load thread: a CompletionQueue, the slots of the calls it drives, the
-// stubs (channels) it sends them on, and its own tallies.
+// One load thread: a CompletionQueue, the slots of the calls on it, the
+// stubs (channels) they go out on, and the tallies of their completions.
 //
-// Thread-safety: between Start and Join everything but Wake belongs to the
-// thread itself; Wake is the one method another thread (the open loop's
-// scheduler) calls. The constructor, Join and results run on the Runner's
-// thread, before Start and after the thread has ended.
+// The thread takes every completion from its queue. Calls are sent by the
+// "sending thread": in the closed loop the load thread itself (a completion
+// sends the slot's next call), in the open loop the Runner's scheduler,
+// which sends each call when it is due through SendDue. That costs no
+// hand-off per call: telling the load thread to send instead would wake it
+// once more per call (through an alarm on its queue), and on 2 cores those
+// wakes made it fall behind at 10000 calls/s.
+//
+// Thread-safety: the free slots are shared under free_mu_, the count of
+// calls sent is atomic; the rest belongs to the load thread, or to the
+// sending thread (stubs, random numbers, the overload count). The
+// constructor, Join and results run on the Runner's thread, before Start and
+// after the thread has ended.
 class LoadThread {
  public:
   // closed loop: `slots` calls in flight from the start to the end of the
   // run; open loop: at most `slots` in flight, a call due beyond that is
-  // counted as client_overload.
-  // watcher, if any, is driven on this thread's queue from Start until the
-  // load has drained.
-  LoadThread(const LoadPlan& plan, const Schedule& schedule, int index,
-             std::vector<v1::DatabaseService::Stub*> stubs, int64_t slots,
-             PoolWatcher* watcher)
+  // counted as client_overload. watcher, if any, is driven on this thread's
+  // queue from Start until the load has drained.
+  LoadThread(const LoadPlan& plan, std::vector<v1::DatabaseService::Stub*> stubs,
+             int64_t slots, PoolWatcher* watcher)
       : plan_(plan),
-        schedule_(schedule),
         stubs_(std::move(stubs)),
         max_slots_(slots),
         watcher_(watcher),
-        next_call_(index),
         rng_(Seed()) {}
 
   LoadThread(const LoadThread&) = delete;
@@ -576,24 +563,40 @@ class LoadThread {
     thread_ = std::thread([this] { drained_ = Loop(); });
   }
 
-  // Open loop: the schedule has released more calls, or is done. Wakes the
-  // thread through its own queue (an alarm due at once), unless a wake is
-  // already on its way.
-  void Wake() {
-    if (!wake_pending_.exchange(true, std::memory_order_acq_rel)) {
-      wake_.Set(&cq_, gpr_now(GPR_CLOCK_MONOTONIC), &wake_);
+  // Open loop, on the scheduler's thread: sends a call due at `due` (late
+  // or not: its latency counts from due), or counts it as client_overload
+  // when `slots` calls are in flight.
+  void SendDue(Clock::time_point due) {
+    Slot* slot = TakeSlot();
+    if (slot == nullptr) {
+      if (due >= plan_.measure_start) ++overloaded_;
+      return;
     }
+    Send(slot, due);
   }
 
-  // Waits for the thread to end; true when every call it sent has finished,
-  // and the queue is then shut down. Called once, after the scheduler has
-  // stopped waking this thread. On false, gRPC still refers to the slots and
-  // the queue: this object must not be destroyed.
+  // Open loop, on the scheduler's thread: no more calls will be sent. Wakes
+  // the thread (an alarm on its queue, due at once) to drain what is left.
+  void EndSchedule() {
+    schedule_over_.store(true, std::memory_order_release);
+    wake_.Set(&cq_, gpr_inf_past(GPR_CLOCK_MONOTONIC), &wake_);
+  }
+
+  // Waits for the thread to end; true when every call sent on its queue has
+  // finished, and the queue is then shut down. Called once, after the
+  // scheduler's last call. On false, gRPC still refers to the slots and the
+  // queue: this object must not be destroyed.
   bool Join() {
     thread_.join();
+    if (overloaded_ > 0) {
+      results_.requests += overloaded_;
+      results_.errors += overloaded_;
+      results_.errors_by_code[std::string(kClientOverload)] += overloaded_;
+      overloaded_ = 0;
+    }
     if (!drained_) return false;
     cq_.Shutdown();
-    // What is left is at most a wake, due at once.
+    // What is left is at most the wake of EndSchedule, due at once.
     const Clock::time_point deadline =
         Clock::now() + absl::ToChronoNanoseconds(kCancelGrace);
     void* tag;
@@ -611,6 +614,8 @@ class LoadThread {
  private:
   // One call in flight at a time, reused from call to call: its request
   // keeps the statement and the fixed params, only rand: values change.
+  // Filled by the sending thread, finished by the load thread; gRPC orders
+  // the two.
   struct Slot {
     // A context serves one call: a new one is made in place for each.
     std::optional<grpc::ClientContext> context;
@@ -633,6 +638,9 @@ class LoadThread {
   }
 
   const BenchOptions& options() const { return *plan_.options; }
+  int64_t in_flight() const {
+    return sent_.load(std::memory_order_acquire) - finished_;
+  }
 
   // The thread: load, drain, stop the watcher. False when calls, or the
   // watcher's stream, were still in flight after their grace.
@@ -640,7 +648,7 @@ class LoadThread {
     if (watcher_ != nullptr) {
       watcher_->Start(&cq_, plan_.t0, plan_.measure_start);
     }
-    bool drained = DrainLoad();
+    bool drained = RunLoad();
     if (watcher_ != nullptr) {
       watcher_->Stop();
       const Clock::time_point deadline =
@@ -652,12 +660,15 @@ class LoadThread {
     return drained;
   }
 
-  // Runs the load and waits for its calls; false when some were still in
-  // flight after the cancel grace.
-  bool DrainLoad() {
+  // Takes completions until the load is over and its calls have finished;
+  // false when some were still in flight after the cancel grace.
+  bool RunLoad() {
     if (options().open_loop()) {
-      // Wake ends each wait; the bound only keeps every wait finite.
-      while (!schedule_over_) Poll(Clock::now() + std::chrono::seconds(1));
+      // EndSchedule's wake ends the last wait; the bound only keeps every
+      // wait finite.
+      while (!schedule_over_.load(std::memory_order_acquire)) {
+        Poll(Clock::now() + std::chrono::seconds(1));
+      }
     } else {
       for (int64_t i = 0; i < max_slots_; ++i) Send(NewSlot(), Clock::now());
       while (Clock::now() < plan_.end) Poll(plan_.end);
@@ -667,6 +678,7 @@ class LoadThread {
     if (Drain(Clock::now() + absl::ToChronoNanoseconds(options().timeout))) {
       return true;
     }
+    // No more sends (the schedule is over): the slots are this thread's.
     for (const std::unique_ptr<Slot>& slot : slots_) {
       if (slot->live) slot->context->TryCancel();
     }
@@ -675,9 +687,9 @@ class LoadThread {
 
   // Handles events until no call is in flight; false if deadline came first.
   bool Drain(Clock::time_point deadline) {
-    while (in_flight_ > 0 && Poll(deadline)) {
+    while (in_flight() > 0 && Poll(deadline)) {
     }
-    return in_flight_ == 0;
+    return in_flight() == 0;
   }
 
   // Waits until deadline for one event and handles it; false on timeout.
@@ -688,50 +700,14 @@ class LoadThread {
         grpc::CompletionQueue::GOT_EVENT) {
       return false;
     }
-    if (tag == &wake_) {
-      OnWake();
-    } else if (watcher_ == nullptr || !watcher_->Handle(tag, ok)) {
+    if (tag == &wake_) return true;  // the schedule is over
+    if (watcher_ == nullptr || !watcher_->Handle(tag, ok)) {
       OnDone(static_cast<Slot*>(tag));
     }
     return true;
   }
 
-  // Open loop: sends this thread's share of the calls released so far.
-  void OnWake() {
-    // Cleared before reading the schedule, so that a release after the read
-    // sets the alarm again. An exchange, not a store: against Wake's
-    // exchange, either Wake sees false and sets the alarm, or this reads
-    // Wake's true and so sees the release before it (a plain store could be
-    // passed by the loads below, and the last wake of the run be lost).
-    wake_pending_.exchange(false, std::memory_order_acq_rel);
-    const bool done = schedule_.done.load(std::memory_order_acquire);
-    const int64_t released = schedule_.released.load(std::memory_order_acquire);
-    for (; next_call_ < released; next_call_ += plan_.threads) {
-      SendDue(plan_.Due(next_call_));
-    }
-    if (done) schedule_over_ = true;
-  }
-
-  // Open loop: a call due at `due`, late or not; its latency counts from due.
-  void SendDue(Clock::time_point due) {
-    if (in_flight_ >= max_slots_) {
-      if (due >= plan_.measure_start) {
-        ++results_.requests;
-        ++results_.errors;
-        ++results_.errors_by_code[std::string(kClientOverload)];
-      }
-      return;
-    }
-    Slot* slot;
-    if (free_.empty()) {
-      slot = NewSlot();
-    } else {
-      slot = free_.back();
-      free_.pop_back();
-    }
-    Send(slot, due);
-  }
-
+  // Sending thread: a new slot, owned by slots_.
   Slot* NewSlot() {
     auto slot = std::make_unique<Slot>();
     slot->request = plan_.request;
@@ -739,6 +715,22 @@ class LoadThread {
     return slots_.back().get();
   }
 
+  // Open loop, scheduler's thread: a free slot, a new one while fewer than
+  // max_slots_ exist, or nullptr when all of them carry calls.
+  Slot* TakeSlot() {
+    {
+      std::lock_guard<std::mutex> lock(free_mu_);
+      if (!free_.empty()) {
+        Slot* slot = free_.back();
+        free_.pop_back();
+        return slot;
+      }
+    }
+    return static_cast<int64_t>(slots_.size()) < max_slots_ ? NewSlot()
+                                                            : nullptr;
+  }
+
+  // Sending thread.
   void Send(Slot* slot, Clock::time_point start) {
     slot->query.reset();
     slot->stats_call.reset();
@@ -749,7 +741,7 @@ class LoadThread {
     plan_.connection->Authorize(context);
     slot->start = start;
     slot->live = true;
-    ++in_flight_;
+    sent_.fetch_add(1, std::memory_order_release);
     v1::DatabaseService::Stub* stub = stubs_[next_stub_++ % stubs_.size()];
     if (options().stats_rpc) {
       slot->stats_call =
@@ -769,7 +761,7 @@ class LoadThread {
   void OnDone(Slot* slot) {
     const Clock::time_point now = Clock::now();
     slot->live = false;
-    --in_flight_;
+    ++finished_;
     if (slot->start >= plan_.measure_start) {
       ++results_.requests;
       if (slot->status.ok()) {
@@ -784,6 +776,7 @@ class LoadThread {
       results_.latency.Record(static_cast<uint64_t>(std::max<int64_t>(ns, 0)));
     }
     if (options().open_loop()) {
+      std::lock_guard<std::mutex> lock(free_mu_);
       free_.push_back(slot);
     } else if (now < plan_.end) {
       // Closed loop: the slot's next call.
@@ -792,7 +785,6 @@ class LoadThread {
   }
 
   const LoadPlan& plan_;
-  const Schedule& schedule_;
   const std::vector<v1::DatabaseService::Stub*> stubs_;
   const int64_t max_slots_;
   PoolWatcher* const watcher_;
@@ -800,15 +792,20 @@ class LoadThread {
   // Declared before the alarm, which must go first.
   grpc::CompletionQueue cq_;
   grpc::Alarm wake_;
-  std::atomic<bool> wake_pending_{false};
+  std::atomic<bool> schedule_over_{false};
 
+  // Sending thread (and this thread once the sends are over).
   std::vector<std::unique_ptr<Slot>> slots_;
-  std::vector<Slot*> free_;  // open loop: slots without a call
-  int64_t in_flight_ = 0;
-  int64_t next_call_;  // open loop: the next call of this thread's share
-  bool schedule_over_ = false;
   size_t next_stub_ = 0;
   std::mt19937_64 rng_;
+  int64_t overloaded_ = 0;  // open loop: calls due in the measured time
+  std::atomic<int64_t> sent_{0};
+
+  std::mutex free_mu_;
+  std::vector<Slot*> free_;  // open loop: slots without a call
+
+  // This thread.
+  int64_t finished_ = 0;
   Results results_;
 
   std::thread thread_;
@@ -817,7 +814,7 @@ class LoadThread {
 
 // Runs the load on `threads` LoadThreads over the given stubs, with the pool
 // watcher on the first of them, and merges what they counted. Used from one
-// thread.
+// thread, which in the open loop is also the scheduler.
 class Runner {
  public:
   Runner(const BenchOptions& options, const Connection& connection,
@@ -827,7 +824,6 @@ class Runner {
         watcher_(stubs_.front().get(), connection) {
     plan_.options = &options;
     plan_.connection = &connection;
-    plan_.threads = threads;
     plan_.request.set_sql(options.sql);
     for (size_t i = 0; i < options.params.size(); ++i) {
       *plan_.request.add_params() = options.params[i].value;
@@ -847,8 +843,7 @@ class Runner {
       }
       const int64_t slots = total / threads + (t < total % threads ? 1 : 0);
       threads_.push_back(std::make_unique<LoadThread>(
-          plan_, schedule_, t, std::move(mine), slots,
-          t == 0 ? &watcher_ : nullptr));
+          plan_, std::move(mine), slots, t == 0 ? &watcher_ : nullptr));
     }
   }
 
@@ -879,34 +874,26 @@ class Runner {
   size_t channels() const { return stubs_.size(); }
 
  private:
-  // Open loop: releases call i at t0 + i / rate, and wakes the thread that
-  // sends it. A late scheduler releases all overdue calls at once; their
-  // latency still counts from when they were due.
+  // Open loop: call i is due at t0 + i / rate, whatever became of the
+  // earlier ones, and goes out on thread i % threads. A late scheduler sends
+  // the overdue calls at once; their latency still counts from when they
+  // were due.
   void RunSchedule() {
-    const int64_t n = static_cast<int64_t>(threads_.size());
-    int64_t next = 0;
-    while (plan_.Due(next) < plan_.end) {
-      const Clock::time_point due = plan_.Due(next);
+    const double period_ns = 1e9 / plan_.options->rate;
+    for (int64_t i = 0;; ++i) {
+      const Clock::time_point due =
+          plan_.t0 + std::chrono::nanoseconds(static_cast<int64_t>(
+                         std::llround(static_cast<double>(i) * period_ns)));
+      if (due >= plan_.end) break;
       if (Clock::now() < due) std::this_thread::sleep_until(due);
-      const Clock::time_point now = Clock::now();
-      const int64_t first = next;
-      do {
-        ++next;
-      } while (plan_.Due(next) <= now && plan_.Due(next) < plan_.end);
-      schedule_.released.store(next, std::memory_order_release);
-      // The threads that own calls first .. next-1: n of them at most.
-      for (int64_t i = first; i < next && i < first + n; ++i) {
-        threads_[i % n]->Wake();
-      }
+      threads_[i % threads_.size()]->SendDue(due);
     }
-    schedule_.done.store(true, std::memory_order_release);
-    for (const auto& thread : threads_) thread->Wake();
+    for (const auto& thread : threads_) thread->EndSchedule();
   }
 
   const std::vector<std::unique_ptr<v1::DatabaseService::Stub>> stubs_;
   PoolWatcher watcher_;
   LoadPlan plan_;
-  Schedule schedule_;
   std::vector<std::unique_ptr<LoadThread>> threads_;
   Results results_;
 };
