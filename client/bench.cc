@@ -6,22 +6,22 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <functional>
 #include <iostream>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
-#include <unordered_set>
 #include <utility>
 #include <vector>
 
+#include <grpc/support/time.h>
+#include <grpcpp/alarm.h>
 #include <grpcpp/grpcpp.h>
 
 #include "absl/status/status.h"
@@ -31,6 +31,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "dbpool/v1/database_service.grpc.pb.h"
@@ -53,9 +54,12 @@ constexpr absl::string_view kDefaultTarget = "127.0.0.1:50051";
 // and counts as a client_overload error.
 constexpr int64_t kMaxOutstanding = 10000;
 constexpr int kMaxChannels = 4;
+constexpr int kMaxLoadThreads = 4;
 constexpr absl::string_view kClientOverload = "client_overload";
 // How long to wait for calls that were cancelled at the end of the run.
 constexpr absl::Duration kCancelGrace = absl::Seconds(5);
+// How long to wait for the pool stats stream to end once cancelled.
+constexpr absl::Duration kWatcherGrace = absl::Seconds(2);
 
 constexpr absl::string_view kBenchUsage =
     R"(usage: dbpool bench --target HOST:PORT --sql SQL [--param VALUE [--param-type TYPE]]...
@@ -308,6 +312,13 @@ class LatencyHistogram {
     max_ = std::max(max_, ns);
   }
 
+  void Merge(const LatencyHistogram& other) {
+    for (int i = 0; i < kBuckets; ++i) counts_[i] += other.counts_[i];
+    count_ += other.count_;
+    min_ = std::min(min_, other.min_);
+    max_ = std::max(max_, other.max_);
+  }
+
   uint64_t count() const { return count_; }
   uint64_t max() const { return count_ == 0 ? 0 : max_; }
 
@@ -372,21 +383,64 @@ double ProtoMillis(const google::protobuf::Duration& d) {
   return static_cast<double>(TimeUtil::DurationToNanoseconds(d)) / 1e6;
 }
 
-// Follows StreamPoolStats (interval 1 s) for the length of the run.
-class PoolWatcher : public grpc::ClientReadReactor<v1::PoolStats> {
+// Follows StreamPoolStats (interval 1 s) for the length of the run, on the
+// CompletionQueue of the load thread that drives it. Not on a thread of its
+// own nor through the callback API: any thread waiting in gRPC takes turns
+// at polling its sockets, and would take the load's completions from the
+// load thread only to hand them back.
+//
+// Thread-safety: used by the driving thread alone from Start until done();
+// samples() and early_status() after that thread has ended.
+class PoolWatcher {
  public:
-  PoolWatcher(v1::DatabaseService::Stub* stub, const Connection& connection,
-              Clock::time_point t0, Clock::time_point measure_start)
-      : t0_(t0), measure_start_(measure_start) {
+  PoolWatcher(v1::DatabaseService::Stub* stub, const Connection& connection)
+      : stub_(stub), connection_(connection) {
     request_.mutable_interval()->set_seconds(1);
-    connection.Authorize(&context_);
-    stub->async()->StreamPoolStats(&context_, &request_, this);
-    StartRead(&stats_);
-    StartCall();
   }
 
-  void OnReadDone(bool ok) override {
-    if (!ok) return;  // OnDone follows.
+  PoolWatcher(const PoolWatcher&) = delete;
+  PoolWatcher& operator=(const PoolWatcher&) = delete;
+
+  void Start(grpc::CompletionQueue* cq, Clock::time_point t0,
+             Clock::time_point measure_start) {
+    t0_ = t0;
+    measure_start_ = measure_start;
+    connection_.Authorize(&context_);
+    reader_ = stub_->PrepareAsyncStreamPoolStats(&context_, request_, cq);
+    reader_->StartCall(&started_);
+  }
+
+  // Handles an event of the queue and returns true if it is this watcher's.
+  bool Handle(void* tag, bool ok) {
+    if (tag == &finished_) {
+      done_ = true;
+      return true;
+    }
+    if (tag != &started_ && tag != &read_) return false;
+    if (!ok) {
+      // The stream has ended (or never began): its status comes next.
+      reader_->Finish(&status_, &finished_);
+      return true;
+    }
+    if (tag == &read_) Record();
+    reader_->Read(&stats_, &read_);
+    return true;
+  }
+
+  // Ends the stream; done() once gRPC is through with this object. A status
+  // that came before is kept as early_status().
+  void Stop() {
+    if (done_) early_status_ = status_;
+    context_.TryCancel();
+  }
+  bool done() const { return done_; }
+
+  const std::vector<PoolSample>& samples() const { return samples_; }
+  // The stream's status if it ended before Stop, else OK.
+  const grpc::Status& early_status() const { return early_status_; }
+
+ private:
+  void Record() {
     const Clock::time_point now = Clock::now();
     PoolSample s;
     s.t_s = std::chrono::duration<double>(now - t0_).count();
@@ -398,58 +452,38 @@ class PoolWatcher : public grpc::ClientReadReactor<v1::PoolStats> {
     s.max = stats_.max_connections();
     s.acquire_p95_ms = ProtoMillis(stats_.acquire_p95());
     s.acquire_p99_ms = ProtoMillis(stats_.acquire_p99());
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      samples_.push_back(s);
-    }
-    StartRead(&stats_);
+    samples_.push_back(s);
   }
 
-  void OnDone(const grpc::Status& status) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    status_ = status;
-    done_ = true;
-    cv_.notify_all();
-  }
-
-  // Ends the stream; true once gRPC is done with this object.
-  bool Stop(absl::Duration wait) {
-    context_.TryCancel();
-    std::unique_lock<std::mutex> lock(mu_);
-    return cv_.wait_for(lock, absl::ToChronoNanoseconds(wait),
-                        [this] { return done_; });
-  }
-
-  std::vector<PoolSample> samples() const {
-    std::lock_guard<std::mutex> lock(mu_);
-    return samples_;
-  }
-  // The stream's status if it ended before Stop, else OK.
-  grpc::Status early_status() const {
-    std::lock_guard<std::mutex> lock(mu_);
-    return stopped_early_status_;
-  }
-  void MarkStopping() {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (done_) stopped_early_status_ = status_;
-  }
-
- private:
-  const Clock::time_point t0_;
-  const Clock::time_point measure_start_;
+  v1::DatabaseService::Stub* const stub_;
+  const Connection& connection_;
+  Clock::time_point t0_;
+  Clock::time_point measure_start_;
   grpc::ClientContext context_;
   v1::StreamPoolStatsRequest request_;
   v1::PoolStats stats_;
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<PoolSample> samples_;
+  // Lives in the call's arena: released before the context that owns it.
+  std::unique_ptr<grpc::ClientAsyncReader<v1::PoolStats>> reader_;
+  // Their addresses are the tags of the stream's steps.
+  char started_ = 0;
+  char read_ = 0;
+  char finished_ = 0;
   bool done_ = false;
   grpc::Status status_;
-  grpc::Status stopped_early_status_;
+  grpc::Status early_status_;
+  std::vector<PoolSample> samples_;
 };
 
 // ---------------------------------------------------------------------------
 // The load
+//
+// A few LoadThreads, each owning one CompletionQueue and taking the
+// completions of its share of the calls on its own thread. In the closed
+// loop a completion sends the slot's next call right there, so no call is
+// ever handed between threads. (gRPC's callback API runs every completion on
+// its executor threads; those hand-offs made up about a third of the load
+// generator's CPU per call.) The Runner starts the threads, sends the open
+// loop's calls on schedule and merges the threads' tallies at the end.
 
 struct Results {
   LatencyHistogram latency;
@@ -457,6 +491,14 @@ struct Results {
   int64_t ok = 0;
   int64_t errors = 0;
   std::map<std::string, int64_t> errors_by_code;
+
+  void Merge(const Results& other) {
+    latency.Merge(other.latency);
+    requests += other.requests;
+    ok += other.ok;
+    errors += other.errors;
+    for (const auto& [code, n] : other.errors_by_code) errors_by_code[code] += n;
+  }
 };
 
 std::string CodeName(grpc::StatusCode code) {
@@ -464,192 +506,396 @@ std::string CodeName(grpc::StatusCode code) {
   return absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
 }
 
-std::mt19937_64& Rng() {
-  thread_local std::mt19937_64 rng = [] {
+// What every load thread reads and nobody writes once the run has started.
+struct LoadPlan {
+  const BenchOptions* options = nullptr;
+  const Connection* connection = nullptr;
+  v1::QueryRequest request;  // the template: rand: values are drawn per call
+  std::vector<int> random_params;  // indexes into request.params()
+  v1::GetPoolStatsRequest stats_request;  // --rpc stats
+  Clock::time_point t0;
+  Clock::time_point measure_start;
+  Clock::time_point end;
+};
+
+// A deadline for gRPC's waits, which take no steady_clock time points.
+gpr_timespec GrpcDeadline(Clock::time_point t) {
+  const int64_t ns = std::max<int64_t>(
+      0, std::chrono::duration_cast<std::chrono::nanoseconds>(t - Clock::now())
+             .count());
+  return gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                      gpr_time_from_nanos(ns, GPR_TIMESPAN));
+}
+
+// One load thread: a CompletionQueue, the slots of the calls on it, the
+// stubs (channels) they go out on, and the tallies of their completions.
+//
+// The thread takes every completion from its queue. Calls are sent by the
+// "sending thread": in the closed loop the load thread itself (a completion
+// sends the slot's next call), in the open loop the Runner's scheduler,
+// which sends each call when it is due through SendDue. That costs no
+// hand-off per call: telling the load thread to send instead would wake it
+// once more per call (through an alarm on its queue), and on 2 cores those
+// wakes made it fall behind at 10000 calls/s.
+//
+// Thread-safety: the free slots are shared under free_mu_, the count of
+// calls sent is atomic; the rest belongs to the load thread, or to the
+// sending thread (stubs, random numbers, the overload count). The
+// constructor, Join and results run on the Runner's thread, before Start and
+// after the thread has ended.
+class LoadThread {
+ public:
+  // closed loop: `slots` calls in flight from the start to the end of the
+  // run; open loop: at most `slots` in flight, a call due beyond that is
+  // counted as client_overload. watcher, if any, is driven on this thread's
+  // queue from Start until the load has drained.
+  LoadThread(const LoadPlan& plan, std::vector<v1::DatabaseService::Stub*> stubs,
+             int64_t slots, PoolWatcher* watcher)
+      : plan_(plan),
+        stubs_(std::move(stubs)),
+        max_slots_(slots),
+        watcher_(watcher),
+        rng_(Seed()) {}
+
+  LoadThread(const LoadThread&) = delete;
+  LoadThread& operator=(const LoadThread&) = delete;
+
+  void Start() {
+    thread_ = std::thread([this] { drained_ = Loop(); });
+  }
+
+  // Open loop, on the scheduler's thread: sends a call due at `due` (late
+  // or not: its latency counts from due), or counts it as client_overload
+  // when `slots` calls are in flight.
+  void SendDue(Clock::time_point due) {
+    Slot* slot = TakeSlot();
+    if (slot == nullptr) {
+      if (due >= plan_.measure_start) ++overloaded_;
+      return;
+    }
+    Send(slot, due);
+  }
+
+  // Open loop, on the scheduler's thread: no more calls will be sent. Wakes
+  // the thread (an alarm on its queue, due at once) to drain what is left.
+  void EndSchedule() {
+    schedule_over_.store(true, std::memory_order_release);
+    wake_.Set(&cq_, gpr_inf_past(GPR_CLOCK_MONOTONIC), &wake_);
+  }
+
+  // Waits for the thread to end; true when every call sent on its queue has
+  // finished, and the queue is then shut down. Called once, after the
+  // scheduler's last call. On false, gRPC still refers to the slots and the
+  // queue: this object must not be destroyed.
+  bool Join() {
+    thread_.join();
+    if (overloaded_ > 0) {
+      results_.requests += overloaded_;
+      results_.errors += overloaded_;
+      results_.errors_by_code[std::string(kClientOverload)] += overloaded_;
+      overloaded_ = 0;
+    }
+    if (!drained_) return false;
+    cq_.Shutdown();
+    // What is left is at most the wake of EndSchedule, due at once.
+    const Clock::time_point deadline =
+        Clock::now() + absl::ToChronoNanoseconds(kCancelGrace);
+    void* tag;
+    bool ok;
+    grpc::CompletionQueue::NextStatus next;
+    while ((next = cq_.AsyncNext(&tag, &ok, GrpcDeadline(deadline))) ==
+           grpc::CompletionQueue::GOT_EVENT) {
+    }
+    return next == grpc::CompletionQueue::SHUTDOWN;
+  }
+
+  // After Join.
+  const Results& results() const { return results_; }
+
+ private:
+  // One call in flight at a time, reused from call to call: its request
+  // keeps the statement and the fixed params, only rand: values change.
+  // Filled by the sending thread, finished by the load thread; gRPC orders
+  // the two.
+  struct Slot {
+    // A context serves one call: a new one is made in place for each.
+    std::optional<grpc::ClientContext> context;
+    v1::QueryRequest request;
+    v1::QueryResponse response;
+    v1::PoolStats stats;  // --rpc stats
+    // Live in the call's arena: released before the context that owns it.
+    std::unique_ptr<grpc::ClientAsyncResponseReader<v1::QueryResponse>> query;
+    std::unique_ptr<grpc::ClientAsyncResponseReader<v1::PoolStats>> stats_call;
+    grpc::Status status;
+    // Intended send time (open loop) or actual send time (closed loop).
+    Clock::time_point start;
+    bool live = false;
+  };
+
+  static std::mt19937_64 Seed() {
     std::random_device device;
     std::seed_seq seed{device(), device(), device(), device()};
     return std::mt19937_64(seed);
-  }();
-  return rng;
-}
+  }
 
-class Runner {
- public:
-  Runner(const BenchOptions& options, const Connection& connection,
-         std::vector<std::unique_ptr<v1::DatabaseService::Stub>> stubs)
-      : options_(options), connection_(connection), stubs_(std::move(stubs)) {
-    request_.set_sql(options.sql);
-    for (size_t i = 0; i < options.params.size(); ++i) {
-      *request_.add_params() = options.params[i].value;
-      if (options.params[i].random) random_params_.push_back(i);
+  const BenchOptions& options() const { return *plan_.options; }
+  int64_t in_flight() const {
+    return sent_.load(std::memory_order_acquire) - finished_;
+  }
+
+  // The thread: load, drain, stop the watcher. False when calls, or the
+  // watcher's stream, were still in flight after their grace.
+  bool Loop() {
+    if (watcher_ != nullptr) {
+      watcher_->Start(&cq_, plan_.t0, plan_.measure_start);
+    }
+    bool drained = RunLoad();
+    if (watcher_ != nullptr) {
+      watcher_->Stop();
+      const Clock::time_point deadline =
+          Clock::now() + absl::ToChronoNanoseconds(kWatcherGrace);
+      while (!watcher_->done() && Poll(deadline)) {
+      }
+      drained = drained && watcher_->done();
+    }
+    return drained;
+  }
+
+  // Takes completions until the load is over and its calls have finished;
+  // false when some were still in flight after the cancel grace.
+  bool RunLoad() {
+    if (options().open_loop()) {
+      // EndSchedule's wake ends the last wait; the bound only keeps every
+      // wait finite.
+      while (!schedule_over_.load(std::memory_order_acquire)) {
+        Poll(Clock::now() + std::chrono::seconds(1));
+      }
+    } else {
+      for (int64_t i = 0; i < max_slots_; ++i) Send(NewSlot(), Clock::now());
+      while (Clock::now() < plan_.end) Poll(plan_.end);
+    }
+    // Every call has a deadline of --timeout from its send, so this wait
+    // normally ends as the last one completes.
+    if (Drain(Clock::now() + absl::ToChronoNanoseconds(options().timeout))) {
+      return true;
+    }
+    // No more sends (the schedule is over): the slots are this thread's.
+    for (const std::unique_ptr<Slot>& slot : slots_) {
+      if (slot->live) slot->context->TryCancel();
+    }
+    return Drain(Clock::now() + absl::ToChronoNanoseconds(kCancelGrace));
+  }
+
+  // Handles events until no call is in flight; false if deadline came first.
+  bool Drain(Clock::time_point deadline) {
+    while (in_flight() > 0 && Poll(deadline)) {
+    }
+    return in_flight() == 0;
+  }
+
+  // Waits until deadline for one event and handles it; false on timeout.
+  bool Poll(Clock::time_point deadline) {
+    void* tag;
+    bool ok;
+    if (cq_.AsyncNext(&tag, &ok, GrpcDeadline(deadline)) !=
+        grpc::CompletionQueue::GOT_EVENT) {
+      return false;
+    }
+    if (tag == &wake_) return true;  // the schedule is over
+    if (watcher_ == nullptr || !watcher_->Handle(tag, ok)) {
+      OnDone(static_cast<Slot*>(tag));
+    }
+    return true;
+  }
+
+  // Sending thread: a new slot, owned by slots_.
+  Slot* NewSlot() {
+    auto slot = std::make_unique<Slot>();
+    slot->request = plan_.request;
+    slots_.push_back(std::move(slot));
+    return slots_.back().get();
+  }
+
+  // Open loop, scheduler's thread: a free slot, a new one while fewer than
+  // max_slots_ exist, or nullptr when all of them carry calls.
+  Slot* TakeSlot() {
+    {
+      std::lock_guard<std::mutex> lock(free_mu_);
+      if (!free_.empty()) {
+        Slot* slot = free_.back();
+        free_.pop_back();
+        return slot;
+      }
+    }
+    return static_cast<int64_t>(slots_.size()) < max_slots_ ? NewSlot()
+                                                            : nullptr;
+  }
+
+  // Sending thread.
+  void Send(Slot* slot, Clock::time_point start) {
+    slot->query.reset();
+    slot->stats_call.reset();
+    slot->context.emplace();
+    grpc::ClientContext* context = &*slot->context;
+    context->set_deadline(std::chrono::system_clock::now() +
+                          absl::ToChronoNanoseconds(options().timeout));
+    plan_.connection->Authorize(context);
+    slot->start = start;
+    slot->live = true;
+    sent_.fetch_add(1, std::memory_order_release);
+    v1::DatabaseService::Stub* stub = stubs_[next_stub_++ % stubs_.size()];
+    if (options().stats_rpc) {
+      slot->stats_call =
+          stub->AsyncGetPoolStats(context, plan_.stats_request, &cq_);
+      slot->stats_call->Finish(&slot->stats, &slot->status, slot);
+      return;
+    }
+    for (int i : plan_.random_params) {
+      const ParamSpec& spec = options().params[i];
+      std::uniform_int_distribution<int64_t> dist(spec.min, spec.max);
+      slot->request.mutable_params(i)->set_int64_value(dist(rng_));
+    }
+    slot->query = stub->AsyncQuery(context, slot->request, &cq_);
+    slot->query->Finish(&slot->response, &slot->status, slot);
+  }
+
+  void OnDone(Slot* slot) {
+    const Clock::time_point now = Clock::now();
+    slot->live = false;
+    ++finished_;
+    if (slot->start >= plan_.measure_start) {
+      ++results_.requests;
+      if (slot->status.ok()) {
+        ++results_.ok;
+      } else {
+        ++results_.errors;
+        ++results_.errors_by_code[CodeName(slot->status.error_code())];
+      }
+      const int64_t ns =
+          std::chrono::duration_cast<std::chrono::nanoseconds>(now - slot->start)
+              .count();
+      results_.latency.Record(static_cast<uint64_t>(std::max<int64_t>(ns, 0)));
+    }
+    if (options().open_loop()) {
+      std::lock_guard<std::mutex> lock(free_mu_);
+      free_.push_back(slot);
+    } else if (now < plan_.end) {
+      // Closed loop: the slot's next call.
+      Send(slot, now);
     }
   }
 
-  ~Runner() {
-    for (Call* call : graveyard_) delete call;
+  const LoadPlan& plan_;
+  const std::vector<v1::DatabaseService::Stub*> stubs_;
+  const int64_t max_slots_;
+  PoolWatcher* const watcher_;
+
+  // Declared before the alarm, which must go first.
+  grpc::CompletionQueue cq_;
+  grpc::Alarm wake_;
+  std::atomic<bool> schedule_over_{false};
+
+  // Sending thread (and this thread once the sends are over).
+  std::vector<std::unique_ptr<Slot>> slots_;
+  size_t next_stub_ = 0;
+  std::mt19937_64 rng_;
+  int64_t overloaded_ = 0;  // open loop: calls due in the measured time
+  std::atomic<int64_t> sent_{0};
+
+  std::mutex free_mu_;
+  std::vector<Slot*> free_;  // open loop: slots without a call
+
+  // This thread.
+  int64_t finished_ = 0;
+  Results results_;
+
+  std::thread thread_;
+  bool drained_ = false;  // written by the thread, read after it is joined
+};
+
+// Runs the load on `threads` LoadThreads over the given stubs, with the pool
+// watcher on the first of them, and merges what they counted. Used from one
+// thread, which in the open loop is also the scheduler.
+class Runner {
+ public:
+  Runner(const BenchOptions& options, const Connection& connection,
+         std::vector<std::unique_ptr<v1::DatabaseService::Stub>> stubs,
+         int threads)
+      : stubs_(std::move(stubs)),
+        watcher_(stubs_.front().get(), connection) {
+    plan_.options = &options;
+    plan_.connection = &connection;
+    plan_.request.set_sql(options.sql);
+    for (size_t i = 0; i < options.params.size(); ++i) {
+      *plan_.request.add_params() = options.params[i].value;
+      if (options.params[i].random) {
+        plan_.random_params.push_back(static_cast<int>(i));
+      }
+    }
+    // Closed loop: the calls in flight, split evenly; open loop: the cap on
+    // them, split evenly too, as the schedule deals calls round-robin.
+    const int64_t total =
+        options.open_loop() ? kMaxOutstanding : options.concurrency;
+    for (int t = 0; t < threads; ++t) {
+      // Each thread its own channels when there are enough to go round.
+      std::vector<v1::DatabaseService::Stub*> mine;
+      for (size_t c = t % stubs_.size(); c < stubs_.size(); c += threads) {
+        mine.push_back(stubs_[c].get());
+      }
+      const int64_t slots = total / threads + (t < total % threads ? 1 : 0);
+      threads_.push_back(std::make_unique<LoadThread>(
+          plan_, std::move(mine), slots, t == 0 ? &watcher_ : nullptr));
+    }
   }
 
   // Runs the load from t0; returns true when every call has finished (false
   // only if cancelled calls did not come back, in which case this object
   // must not be destroyed).
   bool Run(Clock::time_point t0) {
-    t0_ = t0;
-    measure_start_ = t0 + absl::ToChronoNanoseconds(options_.warmup);
-    end_ = measure_start_ + absl::ToChronoNanoseconds(options_.duration);
-    if (options_.open_loop()) {
-      RunSchedule();
-    } else {
-      for (int64_t i = 0; i < options_.concurrency; ++i) Issue(Clock::now());
-      std::this_thread::sleep_until(end_);
+    const BenchOptions& options = *plan_.options;
+    plan_.t0 = t0;
+    plan_.measure_start = t0 + absl::ToChronoNanoseconds(options.warmup);
+    plan_.end = plan_.measure_start + absl::ToChronoNanoseconds(options.duration);
+    for (const auto& thread : threads_) thread->Start();
+    if (options.open_loop()) RunSchedule();
+    bool all_done = true;
+    for (const auto& thread : threads_) {
+      all_done = thread->Join() && all_done;
+      results_.Merge(thread->results());
     }
-    std::unique_lock<std::mutex> lock(mu_);
-    stopping_ = true;
-    // Every call has a deadline of --timeout from its send, so this wait
-    // normally ends as the last one completes.
-    cv_.wait_for(lock, absl::ToChronoNanoseconds(options_.timeout),
-                 [this] { return outstanding_ == 0; });
-    if (outstanding_ == 0) return true;
-    // Stragglers: from here on completed calls are kept, not deleted, so
-    // that the pointers taken below stay valid while they are cancelled.
-    cancelling_ = true;
-    std::vector<Call*> live(live_.begin(), live_.end());
-    lock.unlock();
-    for (Call* call : live) call->context.TryCancel();
-    lock.lock();
-    return cv_.wait_for(lock, absl::ToChronoNanoseconds(kCancelGrace),
-                        [this] { return outstanding_ == 0; });
+    return all_done;
   }
 
-  Results results() const {
-    std::lock_guard<std::mutex> lock(mu_);
-    return results_;
+  // After Run.
+  const Results& results() const { return results_; }
+  const std::vector<PoolSample>& samples() const { return watcher_.samples(); }
+  const grpc::Status& pool_stream_status() const {
+    return watcher_.early_status();
   }
   size_t channels() const { return stubs_.size(); }
-  Clock::time_point measure_start() const { return measure_start_; }
 
  private:
-  struct Call {
-    grpc::ClientContext context;
-    v1::QueryRequest request;
-    v1::QueryResponse response;
-    v1::PoolStats stats;  // --rpc stats
-    // Intended send time (open loop) or actual send time (closed loop).
-    Clock::time_point start;
-    bool counted = false;
-  };
-
   // Open loop: call i is due at t0 + i / rate, whatever became of the
-  // earlier ones. A late scheduler sends the overdue calls at once; their
-  // latency still counts from when they were due.
+  // earlier ones, and goes out on thread i % threads. A late scheduler sends
+  // the overdue calls at once; their latency still counts from when they
+  // were due.
   void RunSchedule() {
-    const double period_ns = 1e9 / options_.rate;
+    const double period_ns = 1e9 / plan_.options->rate;
     for (int64_t i = 0;; ++i) {
       const Clock::time_point due =
-          t0_ + std::chrono::nanoseconds(
-                    static_cast<int64_t>(std::llround(i * period_ns)));
-      if (due >= end_) break;
+          plan_.t0 + std::chrono::nanoseconds(static_cast<int64_t>(
+                         std::llround(static_cast<double>(i) * period_ns)));
+      if (due >= plan_.end) break;
       if (Clock::now() < due) std::this_thread::sleep_until(due);
-      Issue(due);
+      threads_[i % threads_.size()]->SendDue(due);
     }
+    for (const auto& thread : threads_) thread->EndSchedule();
   }
 
-  void Issue(Clock::time_point start) {
-    const bool counted = start >= measure_start_;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (outstanding_ >= kMaxOutstanding) {
-        if (counted) {
-          ++results_.requests;
-          ++results_.errors;
-          ++results_.errors_by_code[std::string(kClientOverload)];
-        }
-        return;
-      }
-      ++outstanding_;
-    }
-    auto* call = new Call;
-    call->start = start;
-    call->counted = counted;
-    call->request = request_;
-    for (size_t i : random_params_) {
-      const ParamSpec& spec = options_.params[i];
-      std::uniform_int_distribution<int64_t> dist(spec.min, spec.max);
-      call->request.mutable_params(static_cast<int>(i))
-          ->set_int64_value(dist(Rng()));
-    }
-    call->context.set_deadline(std::chrono::system_clock::now() +
-                               absl::ToChronoNanoseconds(options_.timeout));
-    connection_.Authorize(&call->context);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      live_.insert(call);
-    }
-    v1::DatabaseService::Stub* stub =
-        stubs_[next_stub_.fetch_add(1, std::memory_order_relaxed) %
-               stubs_.size()]
-            .get();
-    auto done = [this, call](grpc::Status status) { OnDone(call, status); };
-    if (options_.stats_rpc) {
-      stub->async()->GetPoolStats(&call->context, &stats_request_, &call->stats,
-                                  std::move(done));
-    } else {
-      stub->async()->Query(&call->context, &call->request, &call->response,
-                           std::move(done));
-    }
-  }
-
-  void OnDone(Call* call, const grpc::Status& status) {
-    const Clock::time_point now = Clock::now();
-    bool again = false;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      live_.erase(call);
-      if (call->counted) {
-        ++results_.requests;
-        if (status.ok()) {
-          ++results_.ok;
-        } else {
-          ++results_.errors;
-          ++results_.errors_by_code[CodeName(status.error_code())];
-        }
-        const int64_t ns =
-            std::chrono::duration_cast<std::chrono::nanoseconds>(now -
-                                                                 call->start)
-                .count();
-        results_.latency.Record(static_cast<uint64_t>(std::max<int64_t>(ns, 0)));
-      }
-      again = !options_.open_loop() && !stopping_ && now < end_;
-    }
-    // Closed loop: the next call goes out before this one is let go, so the
-    // count in flight never dips below --concurrency mid-run.
-    if (again) Issue(Clock::now());
-    std::lock_guard<std::mutex> lock(mu_);
-    if (cancelling_) {
-      graveyard_.push_back(call);
-    } else {
-      delete call;
-    }
-    if (--outstanding_ == 0) cv_.notify_all();
-  }
-
-  const BenchOptions& options_;
-  const Connection& connection_;
-  const v1::GetPoolStatsRequest stats_request_;
   const std::vector<std::unique_ptr<v1::DatabaseService::Stub>> stubs_;
-  v1::QueryRequest request_;
-  std::vector<size_t> random_params_;
-  Clock::time_point t0_;
-  Clock::time_point measure_start_;
-  Clock::time_point end_;
-  std::atomic<uint64_t> next_stub_{0};
-
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  int64_t outstanding_ = 0;
-  std::unordered_set<Call*> live_;
-  std::vector<Call*> graveyard_;
-  bool stopping_ = false;
-  bool cancelling_ = false;
+  PoolWatcher watcher_;
+  LoadPlan plan_;
+  std::vector<std::unique_ptr<LoadThread>> threads_;
   Results results_;
 };
 
@@ -836,10 +1082,24 @@ int ReportBenchUsageError(absl::string_view message) {
 }
 
 // Channels: one per 8 calls in flight (closed loop) or per 500 calls/s (open
-// loop), 1 to 4.
+// loop), 1 to 4. On one thread, 1, 2 or 4 channels cost the client about
+// the same per call, but the server answers GetPoolStats faster over more
+// connections (64 callers: 31k calls/s over 1, 37k over 4).
 int ChannelCount(const BenchOptions& o) {
   const double load = o.open_loop() ? o.rate / 500.0 : o.concurrency / 8.0;
   return std::clamp(static_cast<int>(std::ceil(load)), 1, kMaxChannels);
+}
+
+// Load threads: one per 4 cores, 1 to 4, and no more than calls in flight.
+// Every thread waiting in gRPC takes turns at polling all of its sockets and
+// hands the completions it finds to the thread that owns them: on 2 cores a
+// second thread raised the CPU per call by a quarter to a half for no more
+// throughput, so more pay only where one could not keep up with the server.
+int LoadThreadCount(const BenchOptions& o) {
+  const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  int n = std::clamp(cores / 4, 1, kMaxLoadThreads);
+  if (!o.open_loop()) n = static_cast<int>(std::min<int64_t>(n, o.concurrency));
+  return n;
 }
 
 }  // namespace
@@ -854,11 +1114,14 @@ int RunBench(const std::vector<std::string>& args, ParamParser parse_param) {
   }
   const absl::StatusOr<Connection> connection = Connection::FromEnvironment();
   if (!connection.ok()) return ReportBenchUsageError(connection.status().message());
+  // Debian's abseil checks every absl::Mutex lock for deadlock cycles, and
+  // gRPC takes several on each call: a cost of the load generator's own,
+  // which the server (server/main.cc) turns off too.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 
   // Distinct channel args keep the channels from sharing one subchannel, and
   // so one HTTP/2 connection.
   std::vector<std::unique_ptr<v1::DatabaseService::Stub>> stubs;
-  std::shared_ptr<grpc::Channel> first_channel;
   const auto connect_deadline =
       std::chrono::system_clock::now() +
       absl::ToChronoNanoseconds(options.timeout);
@@ -867,6 +1130,13 @@ int RunBench(const std::vector<std::string>& args, ParamParser parse_param) {
     grpc::ChannelArguments channel_args;
     channel_args.SetInt("grpc.channel_id", i);
     channel_args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    // The minimal filter stack leaves out what a load generator does not
+    // use (message size limits, compression, idleness), about 5 us of CPU
+    // per call. It would leave out the client's deadline timer as well:
+    // that one is asked back, so a call the server never answers still ends
+    // at --timeout.
+    channel_args.SetInt(GRPC_ARG_MINIMAL_STACK, 1);
+    channel_args.SetInt(GRPC_ARG_ENABLE_DEADLINE_CHECKS, 1);
     std::shared_ptr<grpc::Channel> channel =
         connection->Open(options.target, channel_args);
     // Connected up front, so that the connection set-up is not measured.
@@ -875,24 +1145,14 @@ int RunBench(const std::vector<std::string>& args, ParamParser parse_param) {
                 << " within " << absl::FormatDuration(options.timeout) << "\n";
       return kExitUnreachable;
     }
-    if (i == 0) first_channel = channel;
     stubs.push_back(v1::DatabaseService::NewStub(channel));
   }
-  const std::unique_ptr<v1::DatabaseService::Stub> stats_stub =
-      v1::DatabaseService::NewStub(first_channel);
-
-  const Clock::time_point t0 = Clock::now();
-  const Clock::time_point measure_start =
-      t0 + absl::ToChronoNanoseconds(options.warmup);
-  auto* watcher = new PoolWatcher(stats_stub.get(), *connection, t0, measure_start);
-  auto* runner = new Runner(options, *connection, std::move(stubs));
-  const bool runner_done = runner->Run(t0);
-  watcher->MarkStopping();
-  const grpc::Status early = watcher->early_status();
-  const bool watcher_done = watcher->Stop(absl::Seconds(2));
+  auto* runner = new Runner(options, *connection, std::move(stubs),
+                            LoadThreadCount(options));
+  const bool runner_done = runner->Run(Clock::now());
 
   Report report{&options, runner->channels(), runner->results(),
-                watcher->samples(), early};
+                runner->samples(), runner->pool_stream_status()};
   if (options.json) {
     PrintJsonReport(report);
   } else {
@@ -907,7 +1167,7 @@ int RunBench(const std::vector<std::string>& args, ParamParser parse_param) {
         options.max_error_rate);
     code = kExitErrorGate;
   }
-  if (!runner_done || !watcher_done) {
+  if (!runner_done) {
     // gRPC still holds calls that refer to these objects: leave without
     // destroying them.
     std::cout.flush();
@@ -915,7 +1175,6 @@ int RunBench(const std::vector<std::string>& args, ParamParser parse_param) {
     std::_Exit(code);
   }
   delete runner;
-  delete watcher;
   return code;
 }
 

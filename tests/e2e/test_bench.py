@@ -7,12 +7,14 @@ PostgreSQL cluster, both started through harness.py:
 
 The client binary is $DBPOOL_CLI_BIN (default <repo>/build/dbpool), the
 server binary $DBPOOL_SERVER_BIN (default <repo>/build/dbpool-server).
-The whole module takes about 20 s of load plus the stack start.
+The whole module takes about 30 s of load plus the stack start.
 """
 
 import json
 import os
+import socket
 import sys
+import threading
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +26,58 @@ CLI_TIMEOUT_S = 60.0
 LATENCY_KEYS = ("p50", "p95", "p99", "p999", "max")
 SAMPLE_KEYS = ("active", "idle", "waiting", "total",
                "acquire_p95_ms", "acquire_p99_ms")
+# The open loop's cap on calls in flight (kMaxOutstanding in client/bench.cc).
+MAX_IN_FLIGHT = 10000
 
+
+class MutedProxy:
+    """A TCP proxy in front of the server that passes on all the client
+    sends, but of what the server sends on each connection only its first
+    write (its HTTP/2 SETTINGS, which the client waits for before it counts
+    itself connected): calls go out and are never answered. The rest stays
+    in the socket buffers until close()."""
+
+    def __init__(self, target):
+        host, port = target.rsplit(":", 1)
+        self._upstream = (host, int(port))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.address = "127.0.0.1:%d" % self._listener.getsockname()[1]
+        self._sockets = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self._listener.accept()
+                upstream = socket.create_connection(self._upstream, timeout=10)
+            except OSError:
+                return  # closed
+            upstream.settimeout(None)
+            self._sockets += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, None),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, 1),
+                             daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst, reads):
+        """Copies src to dst until EOF or, if reads is not None, that many
+        reads; then stops reading."""
+        try:
+            while reads is None or reads > 0:
+                data = src.recv(65536)
+                if not data:
+                    return
+                dst.sendall(data)
+                if reads is not None:
+                    reads -= 1
+        except OSError:
+            pass
+
+    def close(self):
+        self._listener.close()
+        for s in self._sockets:
+            s.close()
 
 
 class BenchTest(unittest.TestCase):
@@ -41,6 +94,11 @@ class BenchTest(unittest.TestCase):
 
     def run_bench(self, *args, target=True):
         return harness.run_cli(self, ("bench",) + args, CLI_TIMEOUT_S, target=target)
+
+    def muted_target(self):
+        proxy = MutedProxy(self.server.address)
+        self.addCleanup(proxy.close)
+        return proxy.address
 
     def assert_exit(self, proc, code):
         self.assertEqual(proc.returncode, code,
@@ -139,6 +197,50 @@ class BenchTest(unittest.TestCase):
                          report["requests"], report["errors_by_code"])
         self.assert_latency(report)
         self.assertIn("max-error-rate", proc.stderr)
+
+    def test_stats_rpc(self):
+        # GetPoolStats, answered from memory: no statement, no errors.
+        proc = self.run_bench("--rpc", "stats", "--concurrency", "8",
+                              "--duration", "1s", "--json")
+        self.assert_exit(proc, 0)
+        report = self.parse_report(proc)
+        self.assertEqual(report["mode"], "closed")
+        self.assertEqual(report["sql"], "")
+        self.assertGreater(report["requests"], 0)
+        self.assertEqual(report["errors"], 0, report["errors_by_code"])
+        self.assert_latency(report)
+
+    def test_deadline_ends_unanswered_calls(self):
+        # Nothing is answered: each of the 4 callers' calls ends at its
+        # 1 s deadline and the next goes out, until the 2 s are over. The
+        # client's own deadline timer must end them (the channels run gRPC's
+        # minimal filter stack, which leaves it out unless asked back);
+        # otherwise the calls would hang to the end and be cancelled.
+        proc = self.run_bench("--target", self.muted_target(), "--rpc", "stats",
+                              "--concurrency", "4", "--duration", "2s",
+                              "--timeout", "1s", "--json", target=False)
+        self.assert_exit(proc, 0)
+        report = self.parse_report(proc)
+        self.assertEqual(report["errors_by_code"], {"DEADLINE_EXCEEDED": 8}, report)
+        self.assertEqual(report["requests"], 8, report)
+        self.assertGreaterEqual(report["latency_ms"]["p50"], 1000, report)
+
+    def test_open_loop_client_overload(self):
+        # Nothing is answered, and no call ends before its 4 s deadline:
+        # at 4000 calls/s the calls in flight reach the cap of 10000 after
+        # 2.5 s, and the 2000 calls due in the last 0.5 s are not sent but
+        # counted as client_overload. Latency counts from the due time.
+        proc = self.run_bench("--target", self.muted_target(), "--rpc", "stats",
+                              "--rate", "4000", "--duration", "3s",
+                              "--timeout", "4s", "--json", target=False)
+        self.assert_exit(proc, 0)
+        report = self.parse_report(proc)
+        self.assertEqual(report["requests"], 12000, report)
+        self.assertEqual(report["errors_by_code"],
+                         {"DEADLINE_EXCEEDED": MAX_IN_FLIGHT,
+                          "client_overload": 12000 - MAX_IN_FLIGHT}, report)
+        self.assertEqual(report["ok"], 0, report)
+        self.assertGreaterEqual(report["latency_ms"]["p50"], 4000, report)
 
     def test_usage_errors(self):
         cases = [
