@@ -132,7 +132,7 @@ const std::vector<Option>& Options() {
        "threads that run statements (event loops over the pooled connections); "
        "0: one per core",
        Int(&Config::io_threads, 0, 256)},
-      {"DB_PIPELINE_DEPTH", "8",
+      {"DB_PIPELINE_DEPTH", "4",
        "statements of different callers in flight on one connection at most, "
        "when every connection is busy (short queries and DML only); 1: none",
        Int(&Config::pipeline_depth, 1, 64)},
