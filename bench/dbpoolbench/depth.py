@@ -26,15 +26,19 @@ from .stats import median, ratio
 from .text import fixed, thousands
 
 HISTOGRAM = "db_pipeline_depth"
-# The recommendation: the best median throughput at this many callers ...
-REFERENCE_CALLERS = 64
-# ... where depths within this share of the best count as tied, and the
-# tie goes to the least PostgreSQL CPU per query, then the lower depth.
+# The recommendation: the best geometric mean over the concurrencies of the
+# throughput ratio to the lowest depth, where depths within this share of
+# the best count as tied, and the tie goes to the least PostgreSQL CPU per
+# query, then the lower depth.
 TIE_SHARE = 0.03
 # When fewer than this share of the statements shared a connection at
 # every depth above 1, pipelining hardly engaged: the servers ran nearly
 # alike, and their differences are run-to-run noise.
 ENGAGED_SHARE = 0.1
+# The engine's sharing rule, as the report describes it: kShareBelow in
+# server/engine/loop_engine.cc, kOutlier in statement_profiles.cc.
+SHARE_BELOW_MS = 2
+OUTLIER_TIMES = 10
 # The processes measured in every run: those of compare's system C.
 PROCESSES = {"dbpool_server": "dbpool-server", "postgres": "PostgreSQL", "client": "client"}
 CONFIG_SOURCE = "server/config/config.cc"
@@ -186,36 +190,57 @@ def summarize(runs, concurrency, depths):
     return summary
 
 
-def reference_callers(summary):
-    """REFERENCE_CALLERS when measured, else the fewest callers measured."""
-    ns = sorted(int(n) for n in summary)
-    return REFERENCE_CALLERS if REFERENCE_CALLERS in ns else ns[0]
+def geometric_mean(values):
+    """The geometric mean of positive values; None when there are none."""
+    xs = [x for x in values if x is not None and x > 0]
+    return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else None
+
+
+def depth_ratio(entry):
+    """A depth's throughput over the lowest depth's at one concurrency: the
+    median of the per-repetition ratios, else the ratio of the medians;
+    None without valid runs."""
+    if not entry["throughput_median"]:
+        return None
+    per = median(entry.get("vs_lowest_depth_per_repeat") or [])
+    return per if per else entry.get("vs_lowest_depth")
 
 
 def recommend(summary):
-    """The depth with the best median throughput at reference_callers();
-    depths within TIE_SHARE of it are tied, and the tie goes to the least
-    PostgreSQL CPU per query, then to the lower depth. None when no depth
-    has a valid run there."""
-    n = reference_callers(summary)
-    row = {int(d): e for d, e in summary[str(n)].items() if e["throughput_median"]}
-    if not row:
+    """The depth whose throughput ratio to the lowest depth (depth_ratio())
+    has the best geometric mean over the concurrencies measured; depths
+    within TIE_SHARE of it are tied, and the tie goes to the least
+    PostgreSQL CPU per query (geometric mean over the concurrencies of the
+    medians), then to the lower depth. Concurrencies at which the lowest
+    depth has no valid run are left out (nothing to compare with), as is a
+    depth without a ratio at every other one. None when no concurrency is
+    left."""
+    depths = sorted({int(d) for row in summary.values() for d in row})
+    if not depths:
         return None
-    best = max(row, key=lambda d: (row[d]["throughput_median"], -d))
-    top = row[best]["throughput_median"]
-    tied = sorted(d for d, e in row.items() if e["throughput_median"] >= (1 - TIE_SHARE) * top)
+    ns = sorted(int(n) for n, row in summary.items()
+                if row[str(depths[0])]["throughput_median"])
+    if not ns:
+        return None
+    per_n = {d: [depth_ratio(summary[str(n)][str(d)]) for n in ns] for d in depths}
+    gm = {d: geometric_mean(rs) for d, rs in per_n.items() if all(rs)}
+    best = max(gm, key=lambda d: (gm[d], -d))
+    tied = sorted(d for d, g in gm.items() if g >= (1 - TIE_SHARE) * gm[best])
 
     def pg(d):
-        v = row[d]["cpu_us_per_query_median"]["postgres"]
-        return math.inf if v is None else v
-    pick = min(tied, key=lambda d: (pg(d), d))
-    above = [e for d, e in row.items() if d > 1]
+        vs = [summary[str(n)][str(d)]["cpu_us_per_query_median"]["postgres"] for n in ns]
+        return None if None in vs else geometric_mean(vs)
+    pick = min(tied, key=lambda d: (math.inf if pg(d) is None else pg(d), d))
+    # Whether pipelining engaged: every concurrency, every depth above 1.
+    above = [e for row in summary.values() for d, e in row.items() if int(d) > 1]
     shared = [1 - e["alone_share_median"] for e in above
               if e["alone_share_median"] is not None]
     means = [e["mean_depth_median"] for e in above if e["mean_depth_median"] is not None]
-    return {"concurrency": n, "depth": pick, "throughput": row[pick]["throughput_median"],
-            "postgres_us_per_query": row[pick]["cpu_us_per_query_median"]["postgres"],
-            "best_depth": best, "best_throughput": top, "tied": tied,
+    return {"concurrency": ns,
+            "left_out": sorted(int(n) for n in summary if int(n) not in ns),
+            "lowest_depth": depths[0], "depth": pick, "ratio": gm[pick],
+            "postgres_us_per_query": pg(pick), "best_depth": best, "best_ratio": gm[best],
+            "tied": tied, "ratios": {str(d): g for d, g in sorted(gm.items())},
             "max_shared_share": max(shared, default=None),
             "max_mean_depth": max(means, default=None)}
 
@@ -336,47 +361,52 @@ def main(env=None):
 # The report
 
 
-def recommendation_text(rec, default):
-    """The report's recommendation paragraph."""
+def recommendation_text(rec, default, default_then=None):
+    """The report's recommendation paragraph: `default` is the server's
+    default now, `default_then` the one when the run was made."""
     if rec is None:
-        return "No recommendation: no depth has a valid run at the reference concurrency."
-    n, d = rec["concurrency"], rec["depth"]
+        return "No recommendation: the lowest depth has no valid run to compare with."
+    d, base = rec["depth"], rec["lowest_depth"]
+    callers = and_list([str(n) for n in rec["concurrency"]]) + " callers"
+    over = (f"Over all the concurrencies measured ({callers})" if not rec.get("left_out") else
+            f"Over the concurrencies at which depth {base} has valid runs ({callers})")
+    measure = (f"geometric mean of the throughput ratio to depth {base} (at each "
+               f"concurrency the median of the per-repetition ratios)")
     head = f"**Recommended default: `DB_PIPELINE_DEPTH={d}`.**"
+    ratios = {int(k): v for k, v in rec["ratios"].items()}
     if len(rec["tied"]) == 1:
-        why = (f"Depth {d} has the best median throughput at {n} callers "
-               f"({thousands(rec['throughput'])}/s); no other depth came within "
-               f"{TIE_SHARE:.0%} of it.")
+        runners = sorted((k for k in ratios if k != d), key=lambda k: (-ratios[k], k))
+        nxt = (f" (next: depth {runners[0]}, {ratios[runners[0]]:.2f})" if runners else "")
+        why = (f"{over}, depth {d} has the best {measure}: {rec['ratio']:.2f}; no other "
+               f"depth came within {TIE_SHARE:.0%} of it{nxt}.")
     else:
-        others = ", ".join(map(str, rec["tied"]))
-        why = (f"Depths {others} are within {TIE_SHARE:.0%} of the best median throughput "
-               f"at {n} callers ({thousands(rec['best_throughput'])}/s, depth "
-               f"{rec['best_depth']}), which counts as a tie; of those, depth {d} "
-               f"costs PostgreSQL the least CPU per query "
-               f"({fixed(rec['postgres_us_per_query'], 1)} µs; equal figures go to the "
-               f"lower depth).")
+        each = and_list([f"{k} ({ratios[k]:.2f})" for k in rec["tied"]])
+        why = (f"{over}, depths {each} are within {TIE_SHARE:.0%} of the best {measure}, "
+               f"which counts as a tie; of those, depth {d} costs PostgreSQL the least CPU "
+               f"per query ({fixed(rec['postgres_us_per_query'], 1)} µs, geometric mean of "
+               f"the medians; equal figures go to the lower depth).")
+    now = f" The server's default (`{CONFIG_SOURCE}`) is {default}"
+    if default_then is not None and default_then != default:
+        now += f" (it was {default_then} when this run was made)"
     if default is None:
         tail = ""
     elif not engaged(rec):
-        tail = (f" The server's default (`{CONFIG_SOURCE}`) is {default}: this run is no "
-                "ground to change it, nor evidence for it.")
+        tail = f"{now}: this run is no ground to change it, nor evidence for it."
     elif default == d:
-        tail = f" The server's default (`{CONFIG_SOURCE}`) is {default}: this run supports it."
+        tail = f"{now}: this run supports it."
     else:
-        tail = (f" The server's default (`{CONFIG_SOURCE}`) is {default}: this run suggests "
-                f"{d} instead.")
+        tail = f"{now}: this run suggests {d} instead."
     if engaged(rec):
         return f"{head} {why}{tail}"
-    return (f"{head} {why}{tail}\n\n**But pipelining hardly engaged**: at {n} callers, whatever "
-            f"the bound, at least {1 - rec['max_shared_share']:.0%} of the statements ran alone "
-            f"on their connection (mean depth at most {rec['max_mean_depth']:.2f}), so the "
-            "servers ran nearly alike, the differences between the depths are within "
-            "run-to-run noise, and this pick is the rule's, not evidence for the depth. "
-            "The engine shares a statement only while its observed time in the backend stays "
-            "under 1 ms (`kShareBelow` in `server/engine/loop_engine.cc`), and one slower "
-            "reply stops sharing until several short ones follow; on this machine, with the "
-            "pool's backends, dbpool-server and the load generator on two cores, a statement's "
-            "reply mostly takes longer than that whenever the pool is busy, which is exactly "
-            "when sharing would help.")
+    return (f"{head} {why}{tail}\n\n**But pipelining hardly engaged**: at every concurrency "
+            f"and bound, at least {1 - rec['max_shared_share']:.0%} of the statements ran "
+            f"alone on their connection (mean depth at most {rec['max_mean_depth']:.2f}), so "
+            "the servers ran nearly alike, the differences between the depths are run-to-run "
+            "noise, and this pick is the rule's, not evidence for the depth. The engine shares "
+            "a statement only while the moving average (1/8 per run) of its time in the "
+            f"backend stays under {SHARE_BELOW_MS} ms (`kShareBelow` in "
+            "`server/engine/loop_engine.cc`, `server/engine/statement_profiles.h`); one run of "
+            f"{OUTLIER_TIMES * SHARE_BELOW_MS} ms or more stops sharing at once.")
 
 
 def render(doc, json_path, md_path):
@@ -397,17 +427,22 @@ def render(doc, json_path, md_path):
         w("> **Quick mode (`DEPTH_QUICK=1`)**: one short repetition per point, a smoke test "
           "of the script, not a measurement to quote.\n")
     w("## Recommendation\n")
-    # By the rule as it stands, from the medians (the document stores the
-    # same, as computed when it was written).
-    w(recommendation_text(recommend(summary), meta.get("server_default_depth")) + "\n")
+    # By the rule as it stands, from the summary (the document stores the
+    # recommendation as computed when it was written, perhaps by an older
+    # rule).
+    # The default compared with is the server's now, when its source can be
+    # read; the run records the one it measured under.
+    then = meta.get("server_default_depth")
+    now = server_default_depth()
+    w(recommendation_text(recommend(summary), then if now is None else now, then) + "\n")
     w("## What the depth does\n")
     w(f"`DB_PIPELINE_DEPTH` bounds the statements of different callers in flight on one "
-      f"PostgreSQL connection: a short statement (a query or DML seen before, under a "
-      f"millisecond in the backend) may be sent on a busy connection instead of waiting "
-      f"for a free one, so callers share round trips. Depth 1 turns this off: each of the "
-      f"{pool} connections runs one statement at a time, and callers beyond {pool} wait "
-      f"for a connection. With N callers in a closed loop at most N / {pool} statements "
-      + "are in flight per connection on average ("
+      f"PostgreSQL connection: a short statement (a query or DML seen before, averaging "
+      f"under {SHARE_BELOW_MS} ms in the backend) may be sent on a busy connection instead "
+      f"of waiting for a free one, so callers share round trips. Depth 1 turns this off: "
+      f"each of the {pool} connections runs one statement at a time, and callers beyond "
+      f"{pool} wait for a connection. With N callers in a closed loop at most N / {pool} "
+      + "statements are in flight per connection on average ("
       + ", ".join(f"{n / pool:g} at {n}" for n in st["concurrency"])
       + " callers), so a larger bound changes only how unevenly they may pile up. "
       "*Mean depth* is what the server's `db_pipeline_depth` histogram counted: the "

@@ -241,47 +241,117 @@ class Recommendation(unittest.TestCase):
                                   sorted(figures))
         return depth.recommend(summary)
 
+    def test_geometric_mean(self):
+        self.assertAlmostEqual(depth.geometric_mean([1.2, 1.05]), (1.2 * 1.05) ** 0.5)
+        self.assertAlmostEqual(depth.geometric_mean([2.0, None, 8.0]), 4.0)
+        self.assertIsNone(depth.geometric_mean([]))
+        self.assertIsNone(depth.geometric_mean([None, 0]))
+
     def test_the_fastest_depth(self):
         r = self.pick({1: (10000, 30.0), 4: (12000, 40.0), 8: (11000, 20.0)})
         self.assertEqual((r["depth"], r["best_depth"], r["tied"]), (4, 4, [4]))
-        self.assertEqual(r["concurrency"], 64)
+        self.assertEqual((r["concurrency"], r["left_out"], r["lowest_depth"]), ([64], [], 1))
+        self.assertAlmostEqual(r["ratio"], 1.2)
+        self.assertEqual(set(r["ratios"]), {"1", "4", "8"})
+        self.assertAlmostEqual(r["ratios"]["8"], 1.1)
+
+    def test_the_geometric_mean_over_all_concurrencies_decides(self):
+        # At 64 callers depth 4 is fastest (1.20 against 1.10), at 128
+        # depth 16 (1.30 against 1.05); over both 16 wins, 1.196 to 1.122.
+        summary = depth.summarize(
+            runs_for({1: (10000, 30.0), 4: (12000, 30.0), 16: (11000, 30.0)}, [64]) +
+            runs_for({1: (10000, 30.0), 4: (10500, 30.0), 16: (13000, 30.0)}, [128]),
+            [64, 128], [1, 4, 16])
+        r = depth.recommend(summary)
+        self.assertEqual((r["depth"], r["tied"], r["concurrency"]), (16, [16], [64, 128]))
+        self.assertAlmostEqual(r["ratios"]["16"], (1.1 * 1.3) ** 0.5)
+        self.assertAlmostEqual(r["ratios"]["4"], (1.2 * 1.05) ** 0.5)
+        self.assertEqual(r["ratios"]["1"], 1.0)
+
+    def test_per_repetition_ratios_not_the_ratio_of_medians(self):
+        # Within each repetition depth 4 runs 1.10 x depth 1 twice and depth
+        # 8 1.05 x twice: 4 wins. The medians of the throughputs alone
+        # would say 8 (10,500 / 8,000 against 7,000 / 8,000).
+        runs = []
+        for rep, figures in enumerate([{1: 10000, 4: 11000, 8: 10500},
+                                       {1: 6000, 4: 6600, 8: 6300},
+                                       {1: 8000, 4: 7000, 8: 12000}], 1):
+            runs += [run(d, 64, rep, tp) for d, tp in figures.items()]
+        summary = depth.summarize(runs, [64], [1, 4, 8])
+        r = depth.recommend(summary)
+        self.assertEqual((r["depth"], r["tied"]), (4, [4]))
+        self.assertAlmostEqual(r["ratios"]["4"], 1.1)
+        self.assertAlmostEqual(r["ratios"]["8"], 1.05)
+        # A result stored without per-repetition ratios: the ratio of the
+        # medians is all there is.
+        for e in summary["64"].values():
+            del e["vs_lowest_depth_per_repeat"]
+        r = depth.recommend(summary)
+        self.assertEqual(r["depth"], 8)
+        self.assertAlmostEqual(r["ratios"]["8"], 10500 / 8000)
 
     def test_a_tie_goes_to_less_postgres_cpu(self):
         # 8 is fastest; 4 and 16 are within 3 % of it, 16 the cheapest for
         # PostgreSQL; 1 is cheaper still, but too slow to count.
         r = self.pick({1: (10000, 30.0), 4: (11700, 34.0), 8: (12000, 33.0), 16: (11900, 32.0)})
         self.assertEqual((r["depth"], r["best_depth"], r["tied"]), (16, 8, [4, 8, 16]))
-        self.assertEqual(r["postgres_us_per_query"], 32.0)
+        self.assertAlmostEqual(r["postgres_us_per_query"], 32.0)
+        self.assertAlmostEqual(r["best_ratio"], 1.2)
         self.assertEqual((r["max_mean_depth"], r["max_shared_share"]), (3.2, 0.5))
         self.assertTrue(depth.engaged(r))
 
+    def test_postgres_cpu_is_a_geometric_mean_over_the_concurrencies(self):
+        # Tied at both; depth 4 is cheaper at 64 callers, depth 8 at 128, by
+        # more: 8 has the lower geometric mean (sqrt(40 x 20) < sqrt(30 x 40)).
+        summary = depth.summarize(
+            runs_for({1: (10000, 50.0), 4: (12000, 30.0), 8: (12000, 40.0)}, [64]) +
+            runs_for({1: (10000, 50.0), 4: (12000, 40.0), 8: (12000, 20.0)}, [128]),
+            [64, 128], [1, 4, 8])
+        r = depth.recommend(summary)
+        self.assertEqual((r["depth"], r["tied"]), (8, [4, 8]))
+        self.assertAlmostEqual(r["postgres_us_per_query"], (40 * 20) ** 0.5)
+
     def test_just_outside_three_percent_is_no_tie(self):
         r = self.pick({4: (11630, 20.0), 8: (12000, 33.0)})
-        self.assertEqual((r["depth"], r["tied"]), (8, [8]))
+        self.assertEqual((r["depth"], r["tied"], r["lowest_depth"]), (8, [8], 4))
 
     def test_equal_postgres_cpu_goes_to_the_lower_depth(self):
-        r = self.pick({2: (11900, 30.0), 4: (12000, 30.0), 16: (11950, 30.0)})
-        self.assertEqual(r["depth"], 2)
+        r = self.pick({2: (11900, 30.0), 4: (12000, 30.0), 16: (11950, 30.0)},
+                      concurrency=(64, 128))
+        self.assertEqual((r["depth"], r["best_depth"], r["tied"]), (2, 4, [2, 4, 16]))
+
+    def test_equal_figures_go_to_the_lower_depth(self):
+        r = self.pick({1: (10000, 30.0), 4: (12000, 30.0), 8: (12000, 30.0)})
+        self.assertEqual((r["depth"], r["best_depth"]), (4, 4))
 
     def test_a_missing_cpu_figure_never_wins_a_tie(self):
         figures = {2: (11900, 30.0), 4: (12000, 31.0)}
-        runs = runs_for(figures)
+        runs = runs_for(figures, (64, 128))
         for r in runs:
-            if r["depth"] == 2:
+            if r["depth"] == 2 and r["concurrency"] == 128:
                 del r["cpu"]
-        r = depth.recommend(depth.summarize(runs, [64], [2, 4]))
-        self.assertEqual(r["depth"], 4)
+        r = depth.recommend(depth.summarize(runs, [64, 128], [2, 4]))
+        self.assertEqual((r["depth"], r["tied"]), (4, [2, 4]))
 
-    def test_at_64_callers_when_measured(self):
-        # At 128 callers 16 would win; the recommendation looks at 64.
-        summary = depth.summarize(runs_for({4: (12000, 30.0), 16: (11000, 30.0)}, [64]) +
-                                  runs_for({4: (12000, 30.0), 16: (14000, 30.0)}, [128]),
-                                  [64, 128], [4, 16])
-        self.assertEqual(depth.recommend(summary)["depth"], 4)
+    def test_a_depth_without_valid_runs_somewhere_is_left_out(self):
+        # Depth 8 is fastest at 64 callers but has no valid run at 128.
+        runs = (runs_for({1: (10000, 30.0), 4: (11000, 30.0), 8: (14000, 30.0)}, [64]) +
+                runs_for({1: (10000, 30.0), 4: (11000, 30.0)}, [128]) +
+                [run(8, 128, 1, 14000, valid=False)])
+        r = depth.recommend(depth.summarize(runs, [64, 128], [1, 4, 8]))
+        self.assertEqual((r["depth"], r["concurrency"]), (4, [64, 128]))
+        self.assertNotIn("8", r["ratios"])
 
-    def test_else_at_the_fewest_callers(self):
-        r = self.pick({1: (10000, 30.0), 8: (12000, 30.0)}, concurrency=(128, 32))
-        self.assertEqual((r["concurrency"], r["depth"]), (32, 8))
+    def test_a_concurrency_without_the_lowest_depth_is_left_out(self):
+        runs = (runs_for({1: (10000, 30.0), 8: (12000, 30.0)}, [64]) +
+                runs_for({4: (10000, 30.0), 8: (9000, 30.0)}, [128]) +
+                [run(1, 128, 1, 9000, valid=False)])
+        r = depth.recommend(depth.summarize(runs, [64, 128], [1, 4, 8]))
+        self.assertEqual((r["depth"], r["concurrency"], r["left_out"]), (8, [64], [128]))
+        # Depth 4 has no run at 64 callers.
+        self.assertEqual(set(r["ratios"]), {"1", "8"})
+        self.assertIn("Over the concurrencies at which depth 1 has valid runs (64 callers), "
+                      "depth 8 has the best", depth.recommendation_text(r, 8))
 
     def test_engaged(self):
         self.assertTrue(depth.engaged({"max_shared_share": 0.1}))
@@ -289,12 +359,38 @@ class Recommendation(unittest.TestCase):
         # Depth 1 alone says nothing about pipelining.
         self.assertTrue(depth.engaged(self.pick({1: (10000, 30.0)})))
 
+    def test_engaged_at_any_concurrency_counts(self):
+        runs = runs_for({1: (10000, 30.0), 8: (12000, 30.0)}, [64, 128])
+        for r in runs:
+            r["pipeline"]["alone_share"] = 0.7 if (r["depth"], r["concurrency"]) == (8, 128) \
+                else 0.97
+        r = depth.recommend(depth.summarize(runs, [64, 128], [1, 8]))
+        self.assertAlmostEqual(r["max_shared_share"], 0.3)
+        self.assertTrue(depth.engaged(r))
+
     def test_nothing_valid(self):
         runs = [run(8, 64, 1, 12000, valid=False)]
         self.assertIsNone(depth.recommend(depth.summarize(runs, [64], [8])))
+        # Nor with valid runs of other depths only: nothing to compare with.
+        runs = [run(1, 64, 1, 10000, valid=False), run(8, 64, 1, 12000)]
+        self.assertIsNone(depth.recommend(depth.summarize(runs, [64], [1, 8])))
+
+    def test_the_engine_rule_the_report_describes(self):
+        root = stack.REPO_ROOT / "server" / "engine"
+        loop = (root / "loop_engine.cc").read_text()
+        profiles = (root / "statement_profiles.cc").read_text()
+        self.assertIn(f"kShareBelow = absl::Milliseconds({depth.SHARE_BELOW_MS});", loop)
+        self.assertIn(f"kOutlier = {depth.OUTLIER_TIMES};", profiles)
+        self.assertIn("(service - p.service) / 8", profiles)
 
 
 class Report(unittest.TestCase):
+    def setUp(self):
+        # The server's default as the run recorded it, unless a test says.
+        patcher = mock.patch.object(depth, "server_default_depth", return_value=None)
+        self.now = patcher.start()
+        self.addCleanup(patcher.stop)
+
     def render(self, d):
         return depth.render(d, "bench/results/pipeline-depth-2026-12-02-0600.json",
                             "docs/BENCHMARKS-pipeline-depth.md")
@@ -314,21 +410,37 @@ class Report(unittest.TestCase):
         self.assertIn("| 1 | 10,000 | 9,900 – 10,100 | 1.00 [1.00–1.00] |", md)
         self.assertIn("(3.2 at 64, 6.4 at 128 callers)", md)
         # 4, 8 and 16 are within 3 % of 8; 8 has the least PostgreSQL CPU.
-        self.assertIn("**Recommended default: `DB_PIPELINE_DEPTH=8`.** Depths 4, 8, 16 are "
-                      "within 3% of the best median throughput at 64 callers (12,100/s, "
-                      "depth 8)", md)
+        self.assertIn("**Recommended default: `DB_PIPELINE_DEPTH=8`.** Over all the "
+                      "concurrencies measured (64 and 128 callers), depths 4 (1.20), 8 (1.21) "
+                      "and 16 (1.18) are within 3% of the best geometric mean of the throughput "
+                      "ratio to depth 1 (at each concurrency the median of the per-repetition "
+                      "ratios), which counts as a tie; of those, depth 8 costs PostgreSQL the "
+                      "least CPU per query (33.0 µs, geometric mean of the medians; equal "
+                      "figures go to the lower depth).", md)
         self.assertIn("The server's default (`server/config/config.cc`) is 8: this run "
                       "supports it.", md)
         self.assertIn("`--db-pool-max-connections=20 --db-pool-min-connections=20 "
                       "--log-level=warn --shutdown-grace-ms=2000 --db-pipeline-depth=D`", md)
         self.assertNotIn("Quick mode", md)
+        self.assertNotIn("hardly engaged", md)
 
     def test_a_clear_winner_that_is_not_the_default(self):
-        md = self.render(doc({1: (10000, 30.0), 4: (13000, 30.0)}, default=8))
-        self.assertIn("**Recommended default: `DB_PIPELINE_DEPTH=4`.** Depth 4 has the best "
-                      "median throughput at 64 callers (13,000/s); no other depth came within "
-                      "3% of it.", md)
+        md = self.render(doc({1: (10000, 30.0), 2: (11000, 30.0), 4: (13000, 30.0)}, default=8))
+        self.assertIn("**Recommended default: `DB_PIPELINE_DEPTH=4`.** Over all the "
+                      "concurrencies measured (64 callers), depth 4 has the best geometric "
+                      "mean of the throughput ratio to depth 1 (at each concurrency the median "
+                      "of the per-repetition ratios): 1.30; no other depth came within 3% of it "
+                      "(next: depth 2, 1.10).", md)
         self.assertIn("is 8: this run suggests 4 instead.", md)
+
+    def test_the_default_is_the_server_s_now(self):
+        self.now.return_value = 4
+        md = self.render(doc({1: (10000, 30.0), 4: (13000, 30.0)}, default=8))
+        self.assertIn("The server's default (`server/config/config.cc`) is 4 (it was 8 when "
+                      "this run was made): this run supports it.", md)
+        self.now.return_value = 8
+        self.assertIn("is 8: this run suggests 4 instead.",
+                      self.render(doc({1: (10000, 30.0), 4: (13000, 30.0)}, default=8)))
 
     def test_quick_and_missing_figures(self):
         d = doc({1: (10000, 30.0), 4: (13000, 30.0)}, quick=True)
@@ -340,22 +452,29 @@ class Report(unittest.TestCase):
         self.assertIn("> **Quick mode (`DEPTH_QUICK=1`)**", md)
         self.assertIn("| 4 | — | — – — | — | — | — | — | — | — | — | — | — | 0 | 0 of 3 |", md)
         self.assertIn("| 1 | 10,000 | 9,900 – 10,100 | 1.00 [1.00–1.00] |", md)
+        self.assertIn("`DB_PIPELINE_DEPTH=1`.** Over all the concurrencies measured (64 "
+                      "callers), depth 1 has the best geometric mean", md)
+        self.assertIn("1.00; no other depth came within 3% of it.", md)
 
     def test_pipelining_that_did_not_engage_is_said(self):
-        d = doc()
-        self.assertNotIn("hardly engaged", self.render(d))
-        self.assertEqual(d["recommendation"]["max_mean_depth"], 3.2)
+        d = doc(concurrency=(64, 128))
+        self.assertEqual(d["recommendation"]["max_mean_depth"], 6.4)
         for r in d["runs"]:
             r["pipeline"]["mean_depth"] = 1.0 + r["depth"] / 100
             r["pipeline"]["alone_share"] = 1.0 - r["depth"] / 200
-        d["summary"] = depth.summarize(d["runs"], [64], [1, 2, 4, 8, 16])
+        d["summary"] = depth.summarize(d["runs"], [64, 128], [1, 2, 4, 8, 16])
         d["recommendation"] = depth.recommend(d["summary"])
         self.assertEqual(d["recommendation"]["depth"], 8)
-        self.assertIn("**But pipelining hardly engaged**: at 64 callers, whatever the bound, at "
+        md = self.render(d)
+        self.assertIn("**But pipelining hardly engaged**: at every concurrency and bound, at "
                       "least 92% of the statements ran alone on their connection (mean depth at "
-                      "most 1.16)", self.render(d))
-        self.assertIn("is 8: this run is no ground to change it, nor evidence for it.",
-                      self.render(d))
+                      "most 1.16)", md)
+        self.assertIn("The engine shares a statement only while the moving average (1/8 per "
+                      "run) of its time in the backend stays under 2 ms (`kShareBelow` in "
+                      "`server/engine/loop_engine.cc`, `server/engine/statement_profiles.h`); "
+                      "one run of 20 ms or more stops sharing at once.", md)
+        self.assertNotIn("1 ms", md)
+        self.assertIn("is 8: this run is no ground to change it, nor evidence for it.", md)
 
     def test_no_recommendation(self):
         self.assertIn("No recommendation", depth.recommendation_text(None, 8))
