@@ -26,7 +26,7 @@ ABC_ONLY = "bench/results/compare-2026-11-30-0355.json"
 
 class CompareReport(unittest.TestCase):
     """The newest stored run and the report committed from it."""
-    NAME = "bench/results/compare-2026-12-02-0229.json"
+    NAME = "bench/results/compare-2026-12-02-0620.json"
 
     def setUp(self):
         self.doc = load(os.path.basename(self.NAME))
