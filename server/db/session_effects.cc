@@ -149,7 +149,10 @@ SessionEffects ClassifyStatement(const std::vector<std::string>& words) {
   if (words.empty()) return kNoEffect;
   SessionEffects effects = kNoEffect;
   const std::string& first = words[0];
-  const absl::string_view second = words.size() > 1 ? words[1] : "";
+  // Both arms string_view: with a std::string arm the result would be a
+  // temporary string, gone before the view is read.
+  const absl::string_view second =
+      words.size() > 1 ? absl::string_view(words[1]) : absl::string_view();
   if (first == "set" || first == "reset") {
     // SET LOCAL, SET TRANSACTION and SET CONSTRAINTS end with their
     // transaction, which the engine never leaves open.
@@ -157,7 +160,8 @@ SessionEffects ClassifyStatement(const std::vector<std::string>& words) {
       // SET [SESSION] ROLE, SET SESSION AUTHORIZATION; SESSION is otherwise
       // only the default scope of a setting.
       const size_t name = second == "session" ? 2 : 1;
-      const absl::string_view what = words.size() > name ? words[name] : "";
+      const absl::string_view what =
+          words.size() > name ? absl::string_view(words[name]) : absl::string_view();
       effects |= what == "role" || what == "authorization" ? kIdentity : kSettings;
     }
   } else if (first == "listen") {
