@@ -65,6 +65,24 @@ def and_list(items):
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
+def run_medians(rs):
+    """What every report says of a group of runs of one setting: how many
+    (valid), their errors, and the medians over the valid ones of
+    throughput (with its range), latency and others' CPU."""
+    good = [r for r in rs if r["valid"]]
+    tp = [r["throughput"] for r in good]
+    return {
+        "runs": len(rs), "valid_runs": len(good),
+        "errors": sum(r.get("errors", 0) for r in rs),
+        "throughput_median": median(tp),
+        "throughput_min": min(tp) if tp else None,
+        "throughput_max": max(tp) if tp else None,
+        "p50_ms_median": median([r["latency_ms"].get("p50") for r in good]),
+        "p99_ms_median": median([r["latency_ms"].get("p99") for r in good]),
+        "others_pct_median": median([r.get("cpu", {}).get("others_pct") for r in good]),
+    }
+
+
 def summarize(runs, concurrency):
     systems = present(runs)
     procs = processes(systems)
@@ -74,17 +92,9 @@ def summarize(runs, concurrency):
         for sysname in systems:
             rs = [r for r in runs if r["concurrency"] == n and r["system"] == sysname]
             good = [r for r in rs if r["valid"]]
-            tp = [r["throughput"] for r in good]
             entry = {
-                "runs": len(rs), "valid_runs": len(good),
-                "errors": sum(r.get("errors", 0) for r in rs),
-                "throughput_median": median(tp),
-                "throughput_min": min(tp) if tp else None,
-                "throughput_max": max(tp) if tp else None,
-                "p50_ms_median": median([r["latency_ms"].get("p50") for r in good]),
-                "p99_ms_median": median([r["latency_ms"].get("p99") for r in good]),
+                **run_medians(rs),
                 "cpu_us_per_query_median": {},
-                "others_pct_median": median([r.get("cpu", {}).get("others_pct") for r in good]),
                 "others_pct_max": max([r.get("cpu", {}).get("others_pct") or 0 for r in good],
                                       default=None),
             }

@@ -19,7 +19,7 @@ import sys
 import time
 
 from . import compare, proc, stack, text
-from .compare_report import and_list, involved_sums
+from .compare_report import and_list, involved_sums, run_medians
 from .settings import Env
 from .soak import LABELS, fetch
 from .stats import median, ratio
@@ -162,24 +162,15 @@ def summarize(runs, concurrency, depths):
         for d in depths:
             rs = [r for r in runs if r["concurrency"] == n and r["depth"] == d]
             good = [r for r in rs if r["valid"]]
-            tp = [r["throughput"] for r in good]
             pipe = [r.get("pipeline") or {} for r in good]
             row[str(d)] = {
-                "runs": len(rs), "valid_runs": len(good),
-                "errors": sum(r.get("errors", 0) for r in rs),
-                "throughput_median": median(tp),
-                "throughput_min": min(tp) if tp else None,
-                "throughput_max": max(tp) if tp else None,
-                "p50_ms_median": median([r["latency_ms"].get("p50") for r in good]),
-                "p99_ms_median": median([r["latency_ms"].get("p99") for r in good]),
+                **run_medians(rs),
                 "cpu_us_per_query_median": {
                     **{k: median([r.get("cpu", {}).get("us_per_query", {}).get(k)
                                   for r in good]) for k in PROCESSES},
                     "total": median(involved_sums(good, "C", "us_per_query"))},
                 "mean_depth_median": median([p.get("mean_depth") for p in pipe]),
                 "alone_share_median": median([p.get("alone_share") for p in pipe]),
-                "others_pct_median": median([r.get("cpu", {}).get("others_pct")
-                                             for r in good]),
             }
         base = row[str(depths[0])]["throughput_median"]
         for d in depths:

@@ -24,15 +24,20 @@ def committed(path):
 ABC_ONLY = "bench/results/compare-2026-11-30-0355.json"
 
 
-class CompareReport(unittest.TestCase):
-    """The newest stored run and the report committed from it."""
-    NAME = "bench/results/compare-2026-12-02-0620.json"
+class StoredRun(unittest.TestCase):
+    """Loads the stored run NAME, from the repository's root."""
+    NAME = None
 
     def setUp(self):
         self.doc = load(os.path.basename(self.NAME))
         cwd = os.getcwd()
         os.chdir(REPO)  # the report links to the result relative to itself
         self.addCleanup(os.chdir, cwd)
+
+
+class CompareReport(StoredRun):
+    """The newest stored run and the report committed from it."""
+    NAME = "bench/results/compare-2026-12-02-0620.json"
 
     def test_summary_is_recomputed_from_the_runs(self):
         st = self.doc["meta"]["settings"]
@@ -195,16 +200,10 @@ class CompareReportWithTheFloor(unittest.TestCase):
                       "generator)", self.md)
 
 
-class PipelineDepthReport(unittest.TestCase):
+class PipelineDepthReport(StoredRun):
     """The stored pipeline-depth run and the report committed from it."""
     NAME = "bench/results/pipeline-depth-2026-12-02-0614.json"
     MD = "docs/BENCHMARKS-pipeline-depth.md"
-
-    def setUp(self):
-        self.doc = load(os.path.basename(self.NAME))
-        cwd = os.getcwd()
-        os.chdir(REPO)  # the report links to the result relative to itself
-        self.addCleanup(os.chdir, cwd)
 
     def test_summary_is_recomputed_from_the_runs(self):
         # The stored recommendation is the rule's of the day; the report
