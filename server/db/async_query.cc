@@ -13,10 +13,6 @@
 namespace dbpool::db {
 namespace {
 
-// How often a statement that ended while its cancel request was on its way
-// looks whether the request has settled.
-constexpr absl::Duration kSettlePoll = absl::Milliseconds(1);
-
 absl::Status WithSuffix(const absl::Status& reason, absl::string_view suffix) {
   return absl::Status(reason.code(), absl::StrCat(reason.message(), suffix));
 }
@@ -74,7 +70,7 @@ void AsyncQuery::OnTimer(absl::Time now) {
   }
   if (settle_check_at_.has_value() && now < give_up_) {
     if (!cancel_settled_->load(std::memory_order_acquire)) {
-      settle_check_at_ = now + kSettlePoll;
+      settle_check_at_ = now + kCancelSettlePoll;
       return;
     }
     settle_check_at_.reset();
@@ -325,7 +321,7 @@ void AsyncQuery::OnFlightDone(absl::Time now) {
         // The statement ended before the postmaster dealt with our cancel
         // request; sending more now could get the request instead. It
         // settles within a round trip or two on a healthy server.
-        settle_check_at_ = now + kSettlePoll;
+        settle_check_at_ = now + kCancelSettlePoll;
         return;
       }
       const PGresult* r = statement_result_.get();

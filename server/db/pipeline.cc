@@ -16,8 +16,6 @@ namespace {
 // How often a pipeline whose dropped statements are still running cancels
 // them again: a request stops only what runs when it arrives.
 constexpr absl::Duration kRecancelEvery = absl::Milliseconds(10);
-// How often a drained pipeline looks whether its cancel request settled.
-constexpr absl::Duration kSettlePoll = absl::Milliseconds(1);
 
 }  // namespace
 
@@ -131,7 +129,7 @@ void Pipeline::OnTimer(absl::Time now) {
   const bool settled =
       cancel_settled_ == nullptr || cancel_settled_->load(std::memory_order_acquire);
   if (!settled) {
-    next_cancel_at_ = now + kSettlePoll;
+    next_cancel_at_ = now + kCancelSettlePoll;
     return;
   }
   if (entries_.empty()) {

@@ -39,6 +39,10 @@ namespace dbpool::db {
 
 class AsyncQuery;
 
+// How often a query or a pipeline whose cancel request is on its way looks
+// whether the request has settled; it settles within a round trip or two.
+inline constexpr absl::Duration kCancelSettlePoll = absl::Milliseconds(1);
+
 // The status for a connection that failed under us, with libpq's reason.
 absl::Status ConnectionLost(PGconn* conn);
 

@@ -141,6 +141,9 @@ class LoopEngine::Loop {
   void TakePosted(absl::Time now);
   // Makes and starts the call's AsyncQuery on its connection.
   void Begin(Call& call, absl::Time now);
+  // Makes `call` one of `conn`'s, starting its statement unless that was
+  // done already.
+  void Place(std::shared_ptr<Call> call, Conn& conn, absl::Time now);
   void Adopt(Fresh fresh, absl::Time now);
   void StartJoin(std::shared_ptr<Call> call, absl::Time now);
   // Hands the finished calls of `conn` their outcome, fills its room with
@@ -431,19 +434,25 @@ void LoopEngine::Loop::Begin(Call& c, absl::Time now) {
   c.query_->Start(now);
 }
 
+void LoopEngine::Loop::Place(std::shared_ptr<Call> call, Conn& conn, absl::Time now) {
+  Call& c = *call;
+  conn.calls_.push_back(std::move(call));
+  c.running_here_ = true;
+  // Started already when the thread that got the connection sent it.
+  if (c.query_ == nullptr) {
+    c.conn_ = &conn;
+    Begin(c, now);
+  }
+  // A cancel that came before the call was the loop's found nothing to stop.
+  if (c.cancelled_.load()) c.query_->Cancel(now);
+}
+
 void LoopEngine::Loop::Adopt(Fresh fresh, absl::Time now) {
   Conn& conn = *fresh.conn;
   Call& call = *fresh.call;
   conns_.push_back(std::move(fresh.conn));
   conn.adopted_.store(true, std::memory_order_relaxed);
-  conn.calls_.push_back(std::move(fresh.call));
-  call.running_here_ = true;
-  // Posted from this loop's own thread: the statement starts here.
-  if (call.query_ == nullptr) {
-    call.conn_ = &conn;
-    Begin(call, now);
-  }
-  if (call.cancelled_.load()) call.query_->Cancel(absl::Now());
+  Place(std::move(fresh.call), conn, now);
   if (call.shareable_ && engine_.options_.pipeline_depth > 1 &&
       conn.pipeline_.accepting()) {
     engine_.List(conn);
@@ -465,11 +474,7 @@ void LoopEngine::Loop::StartJoin(std::shared_ptr<Call> call, absl::Time now) {
     engine_.Acquire(std::move(call));
     return;
   }
-  Call& c = *call;
-  conn.calls_.push_back(std::move(call));
-  c.running_here_ = true;
-  Begin(c, now);
-  if (c.cancelled_.load()) c.query_->Cancel(absl::Now());
+  Place(std::move(call), conn, now);
   Collect(conn);
   if (!conn.released_) Watch(conn);
 }
@@ -508,10 +513,7 @@ void LoopEngine::Loop::Collect(Conn& conn) {
     for (std::shared_ptr<Call>& call : pulled) {
       Call& c = *call;
       c.acquire_wait_ = now - c.submitted_;
-      conn.calls_.push_back(std::move(call));
-      c.running_here_ = true;
-      Begin(c, now);
-      if (c.cancelled_.load()) c.query_->Cancel(now);
+      Place(std::move(call), conn, now);
       c.loop_.store(this);
     }
   }
