@@ -1,5 +1,6 @@
 #include "server/config/config.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <limits>
 
@@ -140,6 +141,27 @@ const std::vector<Option>& Options() {
        "prepared statements kept per connection, least recently used out; "
        "0 prepares nothing (for a PgBouncer in transaction mode in between)",
        Int(&Config::prepared_cache_size, 0, 100000)},
+      {"DB_TX_IDLE_TIMEOUT_MS", "60000",
+       "an interactive transaction idle this long is rolled back; "
+       "BeginTransactionRequest.idle_timeout can change it up to "
+       "DB_TX_MAX_IDLE_TIMEOUT_MS",
+       Millis(&Config::tx_idle_timeout, 100, kMaxMs)},
+      {"DB_TX_MAX_IDLE_TIMEOUT_MS", "600000",
+       "the longest idle timeout a transaction may ask for",
+       Millis(&Config::tx_max_idle_timeout, 100, kMaxMs)},
+      {"DB_TX_MAX_LIFETIME_MS", "3600000",
+       "an interactive transaction older than this is rolled back, busy or not",
+       Millis(&Config::tx_max_lifetime, 1000, kMaxMs)},
+      {"DB_TX_MAX_OPEN", "0",
+       "interactive transactions open at once at most (each pins a connection); "
+       "beyond it BeginTransaction gets RESOURCE_EXHAUSTED; 0: half of "
+       "DB_POOL_MAX_CONNECTIONS, at least 1",
+       Int(&Config::tx_max_open, 0, 10000)},
+      {"DBPOOL_INSTANCE_NAME", "",
+       "this instance's name in the transaction ids it hands out, so that a "
+       "call reaching another instance is told where to go; empty: "
+       "HOSTNAME:GRPC_PORT",
+       Text(&Config::instance_name, false)},
       {"DBPOOL_MAX_SQL_BYTES", "1048576", "longest SQL text accepted",
        Int(&Config::max_sql_bytes, 1, 64 << 20)},
       {"DBPOOL_MAX_PARAMS", "65535", "most parameters per statement (PostgreSQL's own cap)",
@@ -149,6 +171,8 @@ const std::vector<Option>& Options() {
        Int(&Config::max_rows, 1, std::numeric_limits<int32_t>::max())},
       {"DBPOOL_MAX_RESULT_BYTES", "67108864", "largest result, in bytes of cell data",
        Int(&Config::max_result_bytes, 1024, int64_t{1} << 32)},
+      {"DBPOOL_MAX_BATCH_STATEMENTS", "10000", "most statements in one ExecuteBatch",
+       Int(&Config::max_batch_statements, 1, 1000000)},
       {"DBPOOL_MAX_STATS_STREAMS", "64", "concurrent StreamPoolStats calls",
        Int(&Config::max_stats_streams, 1, 100000)},
       {"DBPOOL_MAX_REQUEST_BYTES", "33554432",
@@ -256,6 +280,16 @@ absl::StatusOr<Config> Load(const EnvLookup& env,
         "DB_POOL_MIN_CONNECTIONS (", config.min_connections,
         ") must not exceed DB_POOL_MAX_CONNECTIONS (", config.max_connections, ")"));
   }
+  if (problems.empty() && config.tx_max_open > config.max_connections) {
+    problems.push_back(absl::StrCat(
+        "DB_TX_MAX_OPEN (", config.tx_max_open,
+        ") must not exceed DB_POOL_MAX_CONNECTIONS (", config.max_connections, ")"));
+  }
+  if (problems.empty() && config.tx_idle_timeout > config.tx_max_idle_timeout) {
+    problems.push_back(
+        "DB_TX_IDLE_TIMEOUT_MS must not exceed DB_TX_MAX_IDLE_TIMEOUT_MS");
+  }
+  if (config.tx_max_open == 0) config.tx_max_open = std::max(1, config.max_connections / 2);
   if (config.tls_cert_file.empty() != config.tls_key_file.empty()) {
     problems.push_back(
         "DBPOOL_TLS_CERT_FILE and DBPOOL_TLS_KEY_FILE must be set together");

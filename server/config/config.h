@@ -42,11 +42,19 @@ struct Config {
   int io_threads = 0;  // 0: one per core
   int pipeline_depth = 0;
 
+  // Interactive transactions.
+  absl::Duration tx_idle_timeout;
+  absl::Duration tx_max_idle_timeout;
+  absl::Duration tx_max_lifetime;
+  int tx_max_open = 0;  // resolved: never 0 after Load
+  std::string instance_name;  // empty: HOSTNAME:GRPC_PORT
+
   // Request limits.
   int max_sql_bytes = 0;
   int max_params = 0;
   int64_t max_rows = 0;
   int64_t max_result_bytes = 0;
+  int max_batch_statements = 0;
   int max_stats_streams = 0;
   int64_t max_request_bytes = 0;
   int max_calls_per_caller = 0;  // 0: no per-caller limit

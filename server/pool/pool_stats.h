@@ -26,6 +26,10 @@ struct PoolStats {
   int active = 0;
   int idle = 0;
   int connecting = 0;
+  // Of `active`, those pinned by open interactive transactions (idle in
+  // their transaction or running one of its statements). The engine fills
+  // it; the pool knows nothing of transactions.
+  int transactions = 0;
   int waiting = 0;
   int total = 0;
   int max = 0;

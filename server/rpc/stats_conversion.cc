@@ -23,6 +23,7 @@ v1::PoolStats ToProto(const pool::PoolStats& s) {
   p.set_total_connections(s.total);
   p.set_min_connections(s.min);
   p.set_connecting_connections(s.connecting);
+  p.set_transaction_connections(s.transactions);
   p.set_database_reachable(s.reachable);
   *p.mutable_oldest_waiter_age() = ToDuration(s.oldest_waiter_age);
   p.set_acquires_immediate(s.acquires_immediate);
@@ -47,6 +48,7 @@ bool SameGauges(const v1::PoolStats& a, const v1::PoolStats& b) {
          a.waiting_connections() == b.waiting_connections() &&
          a.total_connections() == b.total_connections() &&
          a.connecting_connections() == b.connecting_connections() &&
+         a.transaction_connections() == b.transaction_connections() &&
          a.database_reachable() == b.database_reachable();
 }
 
