@@ -1,6 +1,7 @@
 #include "server/app/server.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <optional>
@@ -114,6 +115,16 @@ std::string HostPort(const std::string& host, int port) {
                       ":", port);
 }
 
+// DBPOOL_INSTANCE_NAME, else HOSTNAME:GRPC_PORT; with a port picked at
+// start (0), which is not known yet, the process id stands in for it.
+std::string InstanceName(const config::Config& cfg) {
+  if (!cfg.instance_name.empty()) return cfg.instance_name;
+  char host[256] = {};
+  if (gethostname(host, sizeof host - 1) != 0) host[0] = '\0';
+  return cfg.grpc_port != 0 ? absl::StrCat(host, ":", cfg.grpc_port)
+                            : absl::StrCat(host, ":pid", getpid());
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Server>> BuildServer(const config::Config& cfg) {
@@ -146,7 +157,14 @@ absl::StatusOr<std::unique_ptr<Server>> BuildServer(const config::Config& cfg) {
   limits.max_rows = cfg.max_rows;
   limits.max_result_bytes = cfg.max_result_bytes;
   limits.cancel_grace = cfg.cancel_grace;
+  limits.statement_timeout = cfg.statement_timeout;
   engine::LoopEngineOptions engine_options;
+  engine_options.transactions.idle_timeout = cfg.tx_idle_timeout;
+  engine_options.transactions.max_idle_timeout = cfg.tx_max_idle_timeout;
+  engine_options.transactions.max_lifetime = cfg.tx_max_lifetime;
+  engine_options.transactions.max_open = cfg.tx_max_open;
+  engine_options.transactions.instance = InstanceName(cfg);
+  spdlog::info("instance {}", engine_options.transactions.instance);
   engine_options.pipeline_depth = cfg.pipeline_depth;
   engine_options.io_threads =
       cfg.io_threads > 0 ? cfg.io_threads

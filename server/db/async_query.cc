@@ -19,20 +19,38 @@ absl::Status WithSuffix(const absl::Status& reason, absl::string_view suffix) {
 
 }  // namespace
 
-AsyncQuery::AsyncQuery(Pipeline& pipeline, const v1::QueryRequest& request,
-                       const std::vector<EncodedParam>& params, bool read_only,
-                       absl::Time deadline, const QueryLimits& limits,
-                       v1::QueryResponse* response)
+AsyncQuery::AsyncQuery(Pipeline& pipeline, std::vector<StatementRef> statements,
+                       QueryFrame frame, absl::Time deadline, const QueryLimits& limits)
     : pipeline_(pipeline),
       pg_(pipeline.connection()),
       conn_(pipeline.raw()),
-      request_(request),
-      bound_(params),
-      read_only_(read_only),
+      frame_(frame),
       deadline_(deadline),
-      limits_(limits),
-      response_(response),
-      key_(StatementKey(request.sql(), bound_)) {}
+      limits_(limits) {
+  stmts_.reserve(statements.size());
+  for (const StatementRef& ref : statements) stmts_.emplace_back(ref);
+}
+
+bool AsyncQuery::Wrapped() const {
+  return frame_.framing == Framing::kBatch ||
+         (frame_.framing == Framing::kOwn && frame_.read_only);
+}
+
+bool AsyncQuery::Control() const {
+  return frame_.framing == Framing::kBeginTransaction ||
+         frame_.framing == Framing::kEndTransaction;
+}
+
+bool AsyncQuery::Cleans() const {
+  return frame_.framing == Framing::kOwn || frame_.framing == Framing::kBatch ||
+         frame_.framing == Framing::kEndTransaction;
+}
+
+SessionEffects AsyncQuery::effects() const {
+  SessionEffects effects = kNoEffect;
+  for (const Stmt& stmt : stmts_) effects |= stmt.effects;
+  return effects;
+}
 
 absl::Time AsyncQuery::Timer() const {
   if (phase_ == Phase::kCleanup) return cleanup_deadline_;
@@ -108,7 +126,7 @@ void AsyncQuery::Stop(absl::Status reason, absl::Time now) {
     status_ = WithSuffix(*stop_reason_,
                          "; the statement shares its connection, so its "
                          "result is discarded rather than cancelled on the server");
-    response_->Clear();
+    ClearResponses();
     Finish();
     return;
   }
@@ -151,65 +169,89 @@ void AsyncQuery::SendFailed() {
   pipeline_.Lose(ConnectionLost(conn_));
 }
 
-void AsyncQuery::SendStatementFlight(const std::string& stale) {
+bool AsyncQuery::SendOne(Stmt& stmt, size_t index, std::vector<std::string>& deallocate) {
+  const char* sql = stmt.request.sql().c_str();
+  const Bound& bound = stmt.bound;
+  if (Control()) {
+    return PQsendQueryParams(conn_, sql, 0, nullptr, nullptr, nullptr, nullptr, 0) == 1;
+  }
   EngineCounters& counters = Counters();
   StatementCache& cache = pg_.statements();
-  std::string deallocate = stale;
-  CachedStatement* entry = cache.Find(key_);
+  CachedStatement* entry = cache.Find(stmt.key);
   const bool first_sight = entry == nullptr;
   if (first_sight) {
-    effects_ = ClassifySessionEffects(request_.sql());
+    stmt.effects = ClassifySessionEffects(stmt.request.sql());
     std::string evicted;
-    entry = cache.Insert(key_, effects_, &evicted);
+    entry = cache.Insert(stmt.key, stmt.effects, &evicted);
     if (!evicted.empty()) {
       Bump(counters.statement_cache_evictions);
-      deallocate = std::move(evicted);
+      deallocate.push_back(std::move(evicted));
     }
   } else {
-    effects_ = entry->effects;
+    stmt.effects = entry->effects;
   }
-  bool sent = true;
-  // On its own, behind a Sync: a name the caller already deallocated must
-  // not fail the statement.
-  if (!deallocate.empty()) {
-    sent = Send(Part::kHousekeeping, absl::StrCat("DEALLOCATE ", deallocate).c_str()) &&
-           Sync();
-  }
-  if (sent && read_only_) sent = Send(Part::kBegin, "BEGIN READ ONLY");
-  const char* sql = request_.sql().c_str();
   // SQL seen before is prepared, unless it changes the session: PREPARE or
   // DEALLOCATE ALL kept as a prepared statement of ours would act on the
   // very cache that holds it.
-  if (sent && !first_sight && entry != nullptr && effects_ == kNoEffect) {
-    prepared_ = entry->name;
-    if (prepared_.empty()) {
-      Bump(counters.statement_cache_misses);
-      preparing_ = cache.NextName();
-      prepared_ = preparing_;
-      // Named at once: a statement sent behind ours on this connection
-      // binds to it instead of preparing it again.
-      entry->name = preparing_;
-      sent = PQsendPrepare(conn_, preparing_.c_str(), sql, bound_.count(),
-                           bound_.types.data()) == 1;
-      if (sent) pipeline_.Expect(this, Part::kPrepare);
-    } else {
-      Bump(counters.statement_cache_hits);
-    }
-    sent = sent && PQsendQueryPrepared(conn_, prepared_.c_str(), bound_.count(),
-                                       bound_.values.data(), bound_.lengths.data(),
-                                       bound_.formats.data(), 0) == 1;
-  } else if (sent) {
+  if (first_sight || entry == nullptr || stmt.effects != kNoEffect) {
     Bump(counters.statement_cache_misses);
-    prepared_.clear();
-    sent = PQsendQueryParams(conn_, sql, bound_.count(), bound_.types.data(),
-                             bound_.values.data(), bound_.lengths.data(),
-                             bound_.formats.data(), 0) == 1;
+    stmt.prepared.clear();
+    return PQsendQueryParams(conn_, sql, bound.count(), bound.types.data(),
+                             bound.values.data(), bound.lengths.data(),
+                             bound.formats.data(), 0) == 1;
   }
-  if (sent) pipeline_.Expect(this, Part::kStatement);
+  stmt.prepared = entry->name;
+  if (stmt.prepared.empty()) {
+    Bump(counters.statement_cache_misses);
+    std::string name = cache.NextName();
+    stmt.prepared = name;
+    // Named at once: a statement sent behind ours on this connection (or
+    // later in this batch) binds to it instead of preparing it again.
+    entry->name = name;
+    if (PQsendPrepare(conn_, name.c_str(), sql, bound.count(), bound.types.data()) != 1) {
+      return false;
+    }
+    preparing_.emplace_back(index, std::move(name));
+    pipeline_.Expect(this, Part::kPrepare);
+  } else {
+    Bump(counters.statement_cache_hits);
+  }
+  return PQsendQueryPrepared(conn_, stmt.prepared.c_str(), bound.count(),
+                             bound.values.data(), bound.lengths.data(),
+                             bound.formats.data(), 0) == 1;
+}
+
+void AsyncQuery::SendStatementFlight(const std::string& stale) {
+  next_result_ = 0;
+  bool sent = true;
+  // A batch whose first try failed left our transaction aborted.
+  if (retried_ && Wrapped() && InTransaction()) {
+    sent = Send(Part::kHousekeeping, "ROLLBACK") && Sync();
+  }
+  if (sent && Wrapped()) {
+    sent = Send(Part::kBegin, frame_.read_only ? "BEGIN READ ONLY" : "BEGIN");
+  }
+  // Names evicted from the cache by these statements.
+  std::vector<std::string> deallocate;
+  if (!stale.empty()) deallocate.push_back(stale);
+  for (size_t i = 0; sent && i < stmts_.size(); ++i) {
+    sent = SendOne(stmts_[i], i, deallocate);
+    if (sent) pipeline_.Expect(this, Part::kStatement);
+  }
+  if (sent && frame_.framing == Framing::kBatch) sent = Send(Part::kEnd, "COMMIT");
   sent = sent && Sync();
   // Our read-only transaction ends in the same flight; rolling it back
   // also undoes whatever settings the statement made.
-  if (sent && read_only_) sent = Send(Part::kEnd, "ROLLBACK") && Sync();
+  if (sent && frame_.framing == Framing::kOwn && frame_.read_only) {
+    sent = Send(Part::kEnd, "ROLLBACK") && Sync();
+  }
+  // Behind the statements, each behind its own Sync: nothing in this
+  // flight uses a name that has left the cache, and a name the caller
+  // already deallocated must fail nothing.
+  for (const std::string& name : deallocate) {
+    if (!sent) break;
+    sent = Send(Part::kHousekeeping, absl::StrCat("DEALLOCATE ", name).c_str()) && Sync();
+  }
   if (!sent) {
     SendFailed();
     return;
@@ -235,16 +277,20 @@ void AsyncQuery::SendTypeNamesFlight(std::vector<Oid> types) {
 }
 
 void AsyncQuery::SendCleanupFlight(absl::Time now) {
-  SessionEffects effects = effects_;
-  if (pg_.ReportedParametersChanged()) effects |= kSettings | kIdentity;
+  if (!Cleans()) {
+    Finish();
+    return;
+  }
+  SessionEffects to_reset = effects() | frame_.carried;
+  if (pg_.ReportedParametersChanged()) to_reset |= kSettings | kIdentity;
   const bool in_transaction = InTransaction();
-  if (effects == kNoEffect && !in_transaction) {
+  if (to_reset == kNoEffect && !in_transaction) {
     Finish();
     return;
   }
   EngineCounters& counters = Counters();
-  for (int kind : EffectKinds(effects)) Bump(counters.session_resets[kind]);
-  if (effects & kIrreversible) {
+  for (int kind : EffectKinds(to_reset)) Bump(counters.session_resets[kind]);
+  if (to_reset & kIrreversible) {
     pipeline_.MarkBroken();
     Finish();
     return;
@@ -255,7 +301,7 @@ void AsyncQuery::SendCleanupFlight(absl::Time now) {
   // A transaction the statement itself opened (a bare BEGIN) is rolled
   // back so that the next caller starts clean.
   if (in_transaction) sent = Send(Part::kCleanup, "ROLLBACK") && Sync();
-  for (const std::vector<std::string>& group : ResetCommands(effects)) {
+  for (const std::vector<std::string>& group : ResetCommands(to_reset)) {
     for (const std::string& command : group) {
       sent = sent && Send(Part::kCleanup, command.c_str());
     }
@@ -281,20 +327,36 @@ void AsyncQuery::OnResult(Part part, Result result, absl::Time now) {
         statement_error_ = ErrorFromResult(conn_, result.get());
       }
       break;
-    case Part::kPrepare:
+    case Part::kPrepare: {
+      if (preparing_.empty()) break;
+      const auto [index, name] = std::move(preparing_.front());
+      preparing_.pop_front();
       if (failed) {
-        if (!statement_error_) statement_error_ = ErrorFromResult(conn_, result.get());
-        CachedStatement* entry = pg_.statements().Find(key_);
-        if (entry != nullptr && entry->name == preparing_) pg_.statements().Erase(key_);
-      }
-      preparing_.clear();
-      break;
-    case Part::kStatement:
-      service_time_ = now - std::max(sent_at_, pipeline_.previous_reply_at());
-      if (st != PGRES_PIPELINE_ABORTED && statement_result_ == nullptr) {
-        statement_result_ = std::move(result);
+        if (!statement_error_) {
+          statement_error_ = ErrorFromResult(conn_, result.get());
+          error_index_ = static_cast<int>(index);
+        }
+        const std::string& key = stmts_[index].key;
+        CachedStatement* entry = pg_.statements().Find(key);
+        if (entry != nullptr && entry->name == name) pg_.statements().Erase(key);
+        stmts_[index].prepared.clear();
       }
       break;
+    }
+    case Part::kStatement: {
+      // Replies come in the order the statements went out; a statement
+      // with several results (it cannot have: one per Execute) would only
+      // keep its first.
+      const size_t index = next_result_++;
+      if (index == 0) {
+        service_time_ = now - std::max(sent_at_, pipeline_.previous_reply_at());
+      }
+      if (index < stmts_.size() && st != PGRES_PIPELINE_ABORTED &&
+          stmts_[index].result == nullptr) {
+        stmts_[index].result = std::move(result);
+      }
+      break;
+    }
     case Part::kEnd:
       if (failed && !end_error_) end_error_ = ErrorFromResult(conn_, result.get());
       break;
@@ -324,34 +386,18 @@ void AsyncQuery::OnFlightDone(absl::Time now) {
         settle_check_at_ = now + kCancelSettlePoll;
         return;
       }
-      const PGresult* r = statement_result_.get();
-      if (!statement_error_ && r != nullptr && PQresultStatus(r) == PGRES_FATAL_ERROR &&
-          !prepared_.empty() && !retried_ && !stop_reason_ &&
-          !InTransaction()) {
-        // 26000: the session lost the statement (a caller's DEALLOCATE);
-        // 0A000: a schema change altered its result type. Prepare it again
-        // and retry once.
-        const std::string sqlstate = Field(r, PG_DIAG_SQLSTATE);
-        if (sqlstate == "26000" || sqlstate == "0A000") {
-          retried_ = true;
-          Bump(Counters().statement_reprepares);
-          // Another statement on this connection may have prepared it
-          // again already; then that name stands.
-          std::string stale;
-          CachedStatement* entry = pg_.statements().Find(key_);
-          if (entry != nullptr && entry->name == prepared_) {
-            entry->name.clear();
-            if (sqlstate == "0A000") stale = prepared_;
+      if (MayRetry()) return;
+      if (!statement_error_) {
+        std::vector<Oid> unknown;
+        for (const Stmt& stmt : stmts_) {
+          const PGresult* r = stmt.result.get();
+          if (r == nullptr || PQresultStatus(r) != PGRES_TUPLES_OK) continue;
+          for (Oid type : UnknownTypes(r)) {
+            if (std::find(unknown.begin(), unknown.end(), type) == unknown.end()) {
+              unknown.push_back(type);
+            }
           }
-          statement_result_.reset();
-          end_error_.reset();
-          sent_at_ = now;
-          SendStatementFlight(stale);
-          return;
         }
-      }
-      if (!statement_error_ && r != nullptr && PQresultStatus(r) == PGRES_TUPLES_OK) {
-        std::vector<Oid> unknown = UnknownTypes(r);
         if (!unknown.empty()) {
           SendTypeNamesFlight(std::move(unknown));
           return;
@@ -369,7 +415,7 @@ void AsyncQuery::OnFlightDone(absl::Time now) {
       if (cleanup_failed_ || InTransaction() ||
           pg_.ReportedParametersChanged()) {
         pipeline_.MarkBroken();
-      } else if (effects_ & kPreparedStatements) {
+      } else if ((effects() | frame_.carried) & kPreparedStatements) {
         pg_.statements().Clear();
       }
       Finish();
@@ -379,23 +425,82 @@ void AsyncQuery::OnFlightDone(absl::Time now) {
   }
 }
 
+const AsyncQuery::Stmt* AsyncQuery::FirstFailed() const {
+  for (const Stmt& stmt : stmts_) {
+    const PGresult* r = stmt.result.get();
+    if (r != nullptr && PQresultStatus(r) == PGRES_FATAL_ERROR) return &stmt;
+  }
+  return nullptr;
+}
+
+bool AsyncQuery::MayRetry() {
+  const Stmt* failed = FirstFailed();
+  if (statement_error_ || failed == nullptr || failed->prepared.empty() || retried_ ||
+      stop_reason_) {
+    return false;
+  }
+  // Inside a caller's transaction the failure has aborted it: nothing can
+  // be sent again.
+  const bool own = frame_.framing == Framing::kOwn && !InTransaction();
+  if (!own && frame_.framing != Framing::kBatch) return false;
+  // 26000: the session lost the statement (a caller's DEALLOCATE); 0A000:
+  // a schema change altered its result type. Prepare it again and retry
+  // once.
+  const std::string sqlstate = Field(failed->result.get(), PG_DIAG_SQLSTATE);
+  if (sqlstate != "26000" && sqlstate != "0A000") return false;
+  retried_ = true;
+  Bump(Counters().statement_reprepares);
+  // Another statement on this connection may have prepared it again
+  // already; then that name stands.
+  std::string stale;
+  CachedStatement* entry = pg_.statements().Find(failed->key);
+  if (entry != nullptr && entry->name == failed->prepared) {
+    entry->name.clear();
+    if (sqlstate == "0A000") stale = failed->prepared;
+  }
+  for (Stmt& stmt : stmts_) stmt.result.reset();
+  end_error_.reset();
+  sent_at_ = absl::Now();
+  SendStatementFlight(stale);
+  return true;
+}
+
+void AsyncQuery::ClearResponses() {
+  for (Stmt& stmt : stmts_) stmt.response->Clear();
+}
+
 void AsyncQuery::DecideStatus() {
-  PGresult* r = statement_result_.get();
+  status_ = absl::OkStatus();
+  int failed = -1;
+  const PGresult* failed_result = nullptr;
   if (statement_error_) {
     status_ = *statement_error_;
-  } else if (r == nullptr) {
-    status_ = SqlError("08006", "no result from the database");
-    pipeline_.MarkBroken();
+    failed = error_index_;
   } else {
-    const int64_t max_rows = request_.max_rows() > 0
-                                 ? std::min(request_.max_rows(), limits_.max_rows)
-                                 : limits_.max_rows;
-    status_ = ReadStatementResult(conn_, r, max_rows, limits_.max_result_bytes,
-                                  response_);
+    for (size_t i = 0; i < stmts_.size(); ++i) {
+      Stmt& stmt = stmts_[i];
+      PGresult* r = stmt.result.get();
+      if (r == nullptr) {
+        status_ = SqlError("08006", "no result from the database");
+        pipeline_.MarkBroken();
+      } else {
+        const int64_t max_rows =
+            stmt.request.max_rows() > 0 ? std::min(stmt.request.max_rows(), limits_.max_rows)
+                                        : limits_.max_rows;
+        status_ = ReadStatementResult(conn_, r, max_rows, limits_.max_result_bytes,
+                                      stmt.response);
+      }
+      if (!status_.ok()) {
+        failed = static_cast<int>(i);
+        failed_result = r;
+        break;
+      }
+    }
   }
   if (status_.ok() && end_error_) status_ = *end_error_;
-  if (stop_reason_ && r != nullptr && PQresultStatus(r) == PGRES_FATAL_ERROR &&
-      Field(r, PG_DIAG_SQLSTATE) == "57014") {
+  if (stop_reason_ && failed_result != nullptr &&
+      PQresultStatus(failed_result) == PGRES_FATAL_ERROR &&
+      Field(failed_result, PG_DIAG_SQLSTATE) == "57014") {
     // Keep the server's SQLSTATE, but report why we stopped it.
     absl::Status s = WithSuffix(*stop_reason_, "; cancelled on the server");
     if (auto info = status_.GetPayload(kErrorInfoTypeUrl)) {
@@ -403,8 +508,11 @@ void AsyncQuery::DecideStatus() {
     }
     status_ = std::move(s);
   }
-  if (!status_.ok()) response_->Clear();
-  statement_result_.reset();
+  if (!status_.ok() && stmts_.size() > 1 && failed >= 0) {
+    status_ = WithStatementIndex(status_, failed);
+  }
+  if (!status_.ok()) ClearResponses();
+  for (Stmt& stmt : stmts_) stmt.result.reset();
 }
 
 void AsyncQuery::Fail(absl::Status status) {
@@ -412,18 +520,18 @@ void AsyncQuery::Fail(absl::Status status) {
   pipeline_.MarkBroken();
   // Once the caller's outcome is decided (cleanup), it stands.
   if (phase_ == Phase::kStatement || phase_ == Phase::kTypeNames) {
-    const PGresult* r = statement_result_.get();
+    const Stmt* failed = FirstFailed();
     if (stop_reason_) {
       status_ = WithSuffix(*stop_reason_, "; connection closed");
     } else if (statement_error_) {
       status_ = *statement_error_;
-    } else if (r != nullptr && PQresultStatus(r) == PGRES_FATAL_ERROR) {
+    } else if (failed != nullptr) {
       // The server's own reason, rather than the lost socket.
-      status_ = ErrorFromResult(conn_, r);
+      status_ = ErrorFromResult(conn_, failed->result.get());
     } else {
       status_ = std::move(status);
     }
-    response_->Clear();
+    ClearResponses();
   }
   Finish();
 }

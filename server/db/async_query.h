@@ -20,6 +20,13 @@
 // request could stop another caller's statement): the caller is answered
 // at once and the Pipeline drops the statement's replies.
 //
+// A query is one statement or a batch (ExecuteBatch), framed for where it
+// runs (Framing): on its own, cleaned afterwards; as a batch in a
+// transaction of its own, all or nothing; inside a caller's open
+// transaction, neither wrapped nor cleaned (what it leaves is reported, for
+// the transaction's end to clean); or as the BEGIN, COMMIT or ROLLBACK of
+// such a transaction.
+//
 // The query reports that it has finished through Pipeline::TakeFinished.
 //
 // Owned by the event loop that drives it; not thread-safe: every method
@@ -29,9 +36,11 @@
 #define DBPOOL_SERVER_DB_ASYNC_QUERY_H_
 
 #include <atomic>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -46,12 +55,44 @@
 
 namespace dbpool::db {
 
+// One statement of a query and where its result goes.
+struct StatementRef {
+  const v1::QueryRequest* request;
+  const std::vector<EncodedParam>* params;
+  v1::QueryResponse* response;
+};
+
+enum class Framing {
+  // One autocommit statement (in BEGIN READ ONLY … ROLLBACK when read
+  // only); whatever it leaves in the session is cleaned afterwards.
+  kOwn,
+  // Statements in BEGIN … COMMIT, all or nothing, stopping at the first
+  // failure; cleaned afterwards.
+  kBatch,
+  // Inside the caller's open transaction: sent as they are, and what they
+  // leave in the session is reported (effects()), not cleaned.
+  kInTransaction,
+  // BEGIN of an interactive transaction: sent unprepared, nothing cleaned.
+  kBeginTransaction,
+  // COMMIT or ROLLBACK of an interactive transaction, sent unprepared; then
+  // the session is cleaned of what the transaction left (`carried`).
+  kEndTransaction,
+};
+
+struct QueryFrame {
+  Framing framing = Framing::kOwn;
+  // kOwn and kBatch: in a READ ONLY transaction.
+  bool read_only = false;
+  // kEndTransaction: what the transaction's statements may have left.
+  SessionEffects carried = kNoEffect;
+};
+
 class AsyncQuery {
  public:
-  AsyncQuery(Pipeline& pipeline, const v1::QueryRequest& request,
-             const std::vector<EncodedParam>& params, bool read_only,
-             absl::Time deadline, const QueryLimits& limits,
-             v1::QueryResponse* response);
+  // `statements` holds one statement, or several for kBatch and
+  // kInTransaction.
+  AsyncQuery(Pipeline& pipeline, std::vector<StatementRef> statements,
+             QueryFrame frame, absl::Time deadline, const QueryLimits& limits);
   AsyncQuery(const AsyncQuery&) = delete;
   AsyncQuery& operator=(const AsyncQuery&) = delete;
 
@@ -73,9 +114,28 @@ class AsyncQuery {
   // when the reply before it arrived if that was later, to its result.
   // Infinite when no result came.
   absl::Duration service_time() const { return service_time_; }
+  // What the statements may have left in the session (kInTransaction
+  // reports it; the other framings clean it).
+  SessionEffects effects() const;
 
  private:
   friend class Pipeline;
+  struct Stmt {
+    Stmt(const StatementRef& ref)
+        : request(*ref.request),
+          bound(*ref.params),
+          key(StatementKey(ref.request->sql(), bound)),
+          response(ref.response) {}
+    const v1::QueryRequest& request;
+    const Bound bound;
+    const std::string key;
+    v1::QueryResponse* const response;
+    SessionEffects effects = kNoEffect;
+    // The prepared statement it ran as; empty when sent unprepared.
+    std::string prepared;
+    Result result;
+  };
+
   enum class Phase { kStatement, kTypeNames, kCleanup, kDone };
 
   // From the Pipeline: a reply, the last reply of a flight, the end of the
@@ -86,7 +146,7 @@ class AsyncQuery {
 
   // The flights. Each ends the query (Fail) when the connection cannot
   // take it.
-  // `stale`: a prepared statement of ours to deallocate first.
+  // `stale`: a prepared statement of ours to deallocate.
   void SendStatementFlight(const std::string& stale);
   void SendTypeNamesFlight(std::vector<Oid> types);
   // Cleans the session if the statement left anything, else finishes.
@@ -101,6 +161,12 @@ class AsyncQuery {
   bool InTransaction() const;
   // The caller's outcome from the statement flight's results.
   void DecideStatus();
+  // The first statement whose result is an error.
+  const Stmt* FirstFailed() const;
+  // Sends the statement flight again after an error that preparing anew
+  // cures; false when it does not apply.
+  bool MayRetry();
+  void ClearResponses();
 
   // Ends the statement for `reason`: cancels it on the server when it is
   // alone on its connection, else drops it.
@@ -110,31 +176,40 @@ class AsyncQuery {
   void Fail(absl::Status status);
   void Finish();
 
+  // Wrapped in a transaction of ours (BEGIN … COMMIT or ROLLBACK).
+  bool Wrapped() const;
+  // Sent as they are, never prepared.
+  bool Control() const;
+  // The session is cleaned afterwards.
+  bool Cleans() const;
+  // Sends statement `index` (preparing it when seen before); names it
+  // evicted from the cache go to `deallocate`. False when the connection
+  // could not take it.
+  bool SendOne(Stmt& stmt, size_t index, std::vector<std::string>& deallocate);
+
   Pipeline& pipeline_;
   PgConnection& pg_;
   PGconn* const conn_;
-  const v1::QueryRequest& request_;
-  const Bound bound_;
-  const bool read_only_;
+  std::vector<Stmt> stmts_;
+  const QueryFrame frame_;
   const absl::Time deadline_;
   const QueryLimits limits_;
-  v1::QueryResponse* const response_;
-  const std::string key_;
 
   Phase phase_ = Phase::kStatement;
-  bool joined_ = false;
   absl::Time sent_at_;
   absl::Duration service_time_ = absl::InfiniteDuration();
-  // The statement flight's outcome: the first error in it, or the
-  // statement's own result.
+  // The statement flight's outcome: the first error in it that is not a
+  // statement's own result (BEGIN, Parse), and the statement it belongs
+  // to (-1: none).
   std::optional<absl::Status> statement_error_;
-  Result statement_result_;
-  // The ROLLBACK of our read-only transaction failed.
+  int error_index_ = -1;
+  // The statement whose reply comes next.
+  size_t next_result_ = 0;
+  // The ROLLBACK of our read-only transaction, or the COMMIT of a batch,
+  // failed.
   std::optional<absl::Status> end_error_;
-  SessionEffects effects_ = kNoEffect;
-  // The name being prepared in this flight, and the one that ran.
-  std::string preparing_;
-  std::string prepared_;
+  // Statements being prepared in this flight, in order: index and name.
+  std::deque<std::pair<size_t, std::string>> preparing_;
   bool retried_ = false;
   bool cleanup_failed_ = false;
   absl::Time cleanup_deadline_ = absl::InfiniteFuture();

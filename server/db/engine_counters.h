@@ -18,6 +18,11 @@ namespace dbpool::db {
 
 // Pipeline depths counted one by one, up to this many.
 inline constexpr size_t kPipelineDepthSlots = 65;
+// Interactive transactions end in one of this many ways
+// (engine::TransactionOutcome).
+inline constexpr size_t kTransactionOutcomeSlots = 5;
+// Upper bounds of the batch-size buckets; the last slot counts larger ones.
+inline constexpr std::array<uint64_t, 5> kBatchSizeBounds = {1, 10, 100, 1000, 10000};
 
 struct EngineCounters {
   // A statement ran prepared (hit), or unprepared or being prepared (miss).
@@ -37,6 +42,14 @@ struct EngineCounters {
   std::array<std::atomic<uint64_t>, kPipelineDepthSlots> pipeline_depth{};
   // Statements on a connection now, sent and not finished.
   std::atomic<int64_t> pipeline_in_flight{0};
+  // Interactive transactions ended, by outcome.
+  std::array<std::atomic<uint64_t>, kTransactionOutcomeSlots> transactions_ended{};
+  // Batches run, by size bucket (kBatchSizeBounds), and their statements.
+  std::array<std::atomic<uint64_t>, kBatchSizeBounds.size() + 1> batch_sizes{};
+  std::atomic<uint64_t> batch_statements{0};
+  // Rows and bytes of cell data sent by StreamQuery.
+  std::atomic<uint64_t> streamed_rows{0};
+  std::atomic<uint64_t> streamed_bytes{0};
 };
 
 EngineCounters& Counters();

@@ -15,6 +15,9 @@ struct QueryLimits {
   // How long a cancelled statement may take to stop before the connection
   // is given up.
   absl::Duration cancel_grace = absl::Seconds(2);
+  // The server's statement timeout (DB_STATEMENT_TIMEOUT_MS): also bounds
+  // what the engine sends of its own, such as a transaction's COMMIT.
+  absl::Duration statement_timeout = absl::Seconds(30);
 };
 
 }  // namespace dbpool::db

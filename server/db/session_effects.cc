@@ -231,6 +231,26 @@ bool Pipelinable(absl::string_view sql) {
   return any;
 }
 
+bool EndsTransaction(absl::string_view sql) {
+  Lexer lexer(sql);
+  std::vector<std::string> words;
+  while (lexer.NextStatement(&words)) {
+    if (words.empty()) continue;
+    const std::string& w = words[0];
+    if (w == "commit" || w == "end" || w == "abort") return true;
+    if (w == "prepare" && words.size() > 1 && words[1] == "transaction") return true;
+    if (w == "rollback") {
+      // ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] name stays inside.
+      const bool to_savepoint =
+          (words.size() > 1 && words[1] == "to") ||
+          (words.size() > 2 && (words[1] == "work" || words[1] == "transaction") &&
+           words[2] == "to");
+      if (!to_savepoint) return true;
+    }
+  }
+  return false;
+}
+
 std::vector<std::vector<std::string>> ResetCommands(SessionEffects effects) {
   std::vector<std::string> first;
   // Identity first, so that RESET ALL runs as the pool's own login.

@@ -72,6 +72,12 @@ SessionEffects ClassifySessionEffects(absl::string_view sql);
 // a session effect run alone.
 bool Pipelinable(absl::string_view sql);
 
+// Whether `sql` may end the transaction it runs in: COMMIT, END, ABORT,
+// ROLLBACK (not ROLLBACK TO SAVEPOINT), PREPARE TRANSACTION. Such
+// statements have no place in a batch or an interactive transaction, whose
+// end is the engine's.
+bool EndsTransaction(absl::string_view sql);
+
 // The statements that undo `effects`, in the order they must run, in
 // groups that each run as a transaction of their own: settings and
 // identity come first, on their own, because a caller's SET

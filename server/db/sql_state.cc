@@ -1,5 +1,6 @@
 #include "server/db/sql_state.h"
 
+#include "absl/strings/str_cat.h"
 #include "google/rpc/error_details.pb.h"
 
 namespace dbpool::db {
@@ -41,6 +42,36 @@ absl::Status SqlError(absl::string_view sqlstate, absl::string_view message,
   }
   status.SetPayload(kErrorInfoTypeUrl, absl::Cord(info.SerializeAsString()));
   return status;
+}
+
+absl::Status DbpoolError(absl::StatusCode code, absl::string_view reason,
+                         absl::string_view message,
+                         const std::map<std::string, std::string>& metadata) {
+  absl::Status status(code, message);
+  google::rpc::ErrorInfo info;
+  info.set_reason(std::string(reason));
+  info.set_domain(std::string(kDbpoolDomain));
+  for (const auto& [key, value] : metadata) (*info.mutable_metadata())[key] = value;
+  status.SetPayload(kErrorInfoTypeUrl, absl::Cord(info.SerializeAsString()));
+  return status;
+}
+
+absl::Status WithStatementIndex(const absl::Status& status, int index) {
+  absl::Status out(status.code(),
+                   absl::StrCat("statement ", index, " of the batch: ", status.message()));
+  google::rpc::ErrorInfo info;
+  const auto payload = status.GetPayload(kErrorInfoTypeUrl);
+  if (!payload.has_value() || !info.ParseFromString(std::string(*payload))) {
+    info.Clear();
+    info.set_reason("BATCH_STATEMENT_FAILED");
+    info.set_domain(std::string(kDbpoolDomain));
+  }
+  (*info.mutable_metadata())[kStatementIndexKey] = absl::StrCat(index);
+  status.ForEachPayload([&out](absl::string_view url, const absl::Cord& value) {
+    out.SetPayload(url, value);
+  });
+  out.SetPayload(kErrorInfoTypeUrl, absl::Cord(info.SerializeAsString()));
+  return out;
 }
 
 std::optional<std::string> SqlStateOf(const absl::Status& status) {

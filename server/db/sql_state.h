@@ -20,6 +20,12 @@ namespace dbpool::db {
 inline constexpr absl::string_view kErrorInfoTypeUrl =
     "type.googleapis.com/google.rpc.ErrorInfo";
 inline constexpr absl::string_view kPostgresDomain = "postgresql";
+// The domain of ErrorInfo reasons that are dbpool's own (transactions,
+// batches), as opposed to a SQLSTATE.
+inline constexpr absl::string_view kDbpoolDomain = "dbpool";
+// The ErrorInfo metadata key naming the statement of a batch that failed
+// (0-based, in decimal).
+inline constexpr char kStatementIndexKey[] = "statement_index";
 
 // The status code for a five-character SQLSTATE.
 absl::StatusCode CodeForSqlState(absl::string_view sqlstate);
@@ -29,6 +35,17 @@ absl::StatusCode CodeForSqlState(absl::string_view sqlstate);
 // metadata.
 absl::Status SqlError(absl::string_view sqlstate, absl::string_view message,
                       const std::map<std::string, std::string>& fields = {});
+
+// A status of dbpool's own, with ErrorInfo{reason, domain "dbpool",
+// metadata}.
+absl::Status DbpoolError(absl::StatusCode code, absl::string_view reason,
+                         absl::string_view message,
+                         const std::map<std::string, std::string>& metadata = {});
+
+// `status` of statement `index` of a batch: the message says which, and
+// its ErrorInfo (made with reason BATCH_STATEMENT_FAILED if it had none)
+// carries kStatementIndexKey.
+absl::Status WithStatementIndex(const absl::Status& status, int index);
 
 // The SQLSTATE a status carries, if it came from SqlError.
 std::optional<std::string> SqlStateOf(const absl::Status& status);

@@ -13,6 +13,7 @@
 #include <string>
 #include <thread>
 #include <utility>
+#include <variant>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
@@ -20,6 +21,8 @@
 #include "server/db/async_query.h"
 #include "server/db/engine_counters.h"
 #include "server/db/pg_connection.h"
+#include "server/db/session_effects.h"
+#include "server/db/sql_state.h"
 
 namespace dbpool::engine {
 namespace {
@@ -29,6 +32,20 @@ namespace {
 constexpr absl::Duration kShareBelow = absl::Milliseconds(2);
 // SQL texts whose profile the engine keeps.
 constexpr size_t kProfiledStatements = 10000;
+
+// Bounds a COMMIT or ROLLBACK the engine sends for a transaction.
+absl::Time EndDeadline(const db::QueryLimits& limits) {
+  return absl::Now() + limits.statement_timeout;
+}
+
+// `status` with `suffix` on its message, payloads and all.
+absl::Status WithSuffix(const absl::Status& status, absl::string_view suffix) {
+  absl::Status out(status.code(), absl::StrCat(status.message(), suffix));
+  status.ForEachPayload([&out](absl::string_view url, const absl::Cord& payload) {
+    out.SetPayload(url, payload);
+  });
+  return out;
+}
 
 void RecordDepth(int depth) {
   db::EngineCounters& c = db::Counters();
@@ -42,15 +59,39 @@ void RecordDepth(int depth) {
 class LoopEngine::Call final : public QueryHandle,
                                public std::enable_shared_from_this<Call> {
  public:
-  Call(LoopEngine& engine, QueryJob job, QueryDone done)
-      : engine_(engine), job_(std::move(job)), done_(std::move(done)) {}
+  enum class Kind {
+    kQuery,
+    // The BEGIN of an interactive transaction.
+    kBegin,
+    // A statement (or batch) inside one.
+    kInTransaction,
+    // Its COMMIT or ROLLBACK.
+    kEnd,
+  };
+  using Done = std::variant<QueryDone, BeginDone, EndDone>;
+
+  Call(LoopEngine& engine, QueryJob job, Kind kind, Done done)
+      : engine_(engine), job_(std::move(job)), kind_(kind), done_(std::move(done)) {
+    responses_.resize(job_.statements.size());
+  }
 
   void Cancel() override;
   void OnLease(absl::StatusOr<pool::Lease> lease);
+  // Hands the caller its outcome.
+  void Deliver(QueryResult result);
 
   LoopEngine& engine_;
   QueryJob job_;
-  QueryDone done_;
+  const Kind kind_;
+  Done done_;
+  // kBegin, kInTransaction and kEnd: the transaction.
+  std::string tx_id_;
+  // kBegin: when it expires (set once it is open).
+  absl::Time tx_expires_;
+  // kEnd: what it does and how the transaction will have ended.
+  TransactionEnd end_ = TransactionEnd::kRollback;
+  TransactionOutcome outcome_ = TransactionOutcome::kRolledBack;
+  std::string why_;
   // May join another caller's connection.
   bool shareable_ = false;
   absl::Time submitted_;
@@ -67,14 +108,14 @@ class LoopEngine::Call final : public QueryHandle,
   // The loop has the call among its connection's calls.
   bool running_here_ = false;
   std::unique_ptr<db::AsyncQuery> query_;
-  v1::QueryResponse response_;
+  std::vector<v1::QueryResponse> responses_;
   absl::Time started_;
   absl::Duration acquire_wait_;
   int queue_depth_on_arrival_ = 0;
 };
 
 // One leased connection and the calls on it.
-class LoopEngine::Conn {
+class LoopEngine::Conn final : public Pinned {
  public:
   Conn(Loop& loop, pool::Lease lease, const db::QueryLimits& limits)
       : loop_(loop),
@@ -97,10 +138,20 @@ class LoopEngine::Conn {
   // The loop has it among its connections: before that, its events wait.
   std::atomic<bool> adopted_{false};
 
-  // Guarded by the engine's share_mu_: calls on it or posted to it, and
-  // whether joiners may pick it.
+  // Guarded by the engine's share_mu_: calls on it or posted to it (and
+  // the transaction pinning it, which counts as one), and whether joiners
+  // may pick it.
   int members_ = 1;
   bool listed_ = false;
+
+  // The transaction pinning it; empty when none. Set before the loop
+  // adopts it, then loop thread only.
+  std::string tx_id_;
+  // What the transaction's statements may have left in the session.
+  db::SessionEffects tx_effects_ = db::kNoEffect;
+  // An end the loop starts for the transaction (after a serialization
+  // failure, say) once the statement that called for it is collected.
+  std::shared_ptr<Call> pending_end_;
 };
 
 class LoopEngine::Loop {
@@ -153,6 +204,18 @@ class LoopEngine::Loop {
   // Takes the finished calls off `conn`, outcome and all.
   void Finish(Conn& conn, absl::Time now,
               std::vector<std::pair<std::shared_ptr<Call>, QueryResult>>& finished);
+  // After a transaction's BEGIN, statement or end: keeps the table and
+  // the connection's hold in step with what happened; may change the
+  // caller's status.
+  void OnBegun(Call& call, Conn& conn, absl::Status& status, absl::Time now);
+  void OnTransactionStatement(Call& call, const db::AsyncQuery& query, Conn& conn,
+                              absl::Status& status, absl::Time now);
+  void OnEnded(Call& call, Conn& conn, QueryResult& result);
+  // The transaction on `conn` is over without an end of its own.
+  void DropTransaction(Conn& conn, TransactionOutcome outcome, std::string why);
+  // Rolls back the transaction on `conn` once the current call is
+  // collected.
+  void EndSoon(Conn& conn, TransactionOutcome outcome, std::string why);
   void Watch(Conn& conn);
   void Release(Conn& conn);
   // Drops the connections released since the last call.
@@ -194,18 +257,44 @@ void LoopEngine::Call::Cancel() {
   if (Loop* loop = loop_.load()) loop->PostCancel(shared_from_this());
 }
 
+void LoopEngine::Call::Deliver(QueryResult result) {
+  switch (kind_) {
+    case Kind::kQuery:
+    case Kind::kInTransaction:
+      std::move(std::get<QueryDone>(done_))(std::move(result));
+      return;
+    case Kind::kBegin:
+      if (result.status.ok()) {
+        std::move(std::get<BeginDone>(done_))(BegunTransaction{tx_id_, tx_expires_});
+      } else {
+        std::move(std::get<BeginDone>(done_))(std::move(result.status));
+      }
+      return;
+    case Kind::kEnd:
+      std::move(std::get<EndDone>(done_))(std::move(result.status));
+      return;
+  }
+}
+
 void LoopEngine::Call::OnLease(absl::StatusOr<pool::Lease> lease) {
   waiting_.store(false);
   if (!lease.ok()) {
+    if (kind_ == Kind::kBegin) engine_.transactions_.Unreserve(tx_id_);
     QueryResult result;
     result.status = lease.status();
-    std::move(done_)(std::move(result));
+    Deliver(std::move(result));
     return;
   }
   acquire_wait_ = lease->wait();
   queue_depth_on_arrival_ = lease->queue_depth_on_arrival();
   Loop& loop = engine_.PickLoop();
   auto conn = std::make_unique<Conn>(loop, *std::move(lease), engine_.options_.limits);
+  if (kind_ == Kind::kBegin) {
+    // The transaction holds the connection from the start: when the BEGIN
+    // is done, the connection stays.
+    conn->tx_id_ = tx_id_;
+    conn->members_ = 2;
+  }
   if (Loop::Current() == &loop) {
     loop.Post(shared_from_this(), std::move(conn));
   } else {
@@ -426,10 +515,31 @@ void LoopEngine::Loop::Begin(Call& c, absl::Time now) {
     deadline = std::min(deadline, now + c.job_.timeout);
   }
   Conn& conn = *c.conn_;
-  c.query_ = std::make_unique<db::AsyncQuery>(conn.pipeline_, c.job_.request,
-                                              c.job_.params, c.job_.read_only,
-                                              deadline, engine_.options_.limits,
-                                              &c.response_);
+  std::vector<db::StatementRef> refs;
+  refs.reserve(c.job_.statements.size());
+  for (size_t i = 0; i < c.job_.statements.size(); ++i) {
+    refs.push_back(db::StatementRef{&c.job_.statements[i].request,
+                                    &c.job_.statements[i].params, &c.responses_[i]});
+  }
+  db::QueryFrame frame;
+  switch (c.kind_) {
+    case Call::Kind::kQuery:
+      frame.framing = c.job_.batch ? db::Framing::kBatch : db::Framing::kOwn;
+      frame.read_only = c.job_.read_only;
+      break;
+    case Call::Kind::kBegin:
+      frame.framing = db::Framing::kBeginTransaction;
+      break;
+    case Call::Kind::kInTransaction:
+      frame.framing = db::Framing::kInTransaction;
+      break;
+    case Call::Kind::kEnd:
+      frame.framing = db::Framing::kEndTransaction;
+      frame.carried = conn.tx_effects_;
+      break;
+  }
+  c.query_ = std::make_unique<db::AsyncQuery>(conn.pipeline_, std::move(refs), frame,
+                                              deadline, engine_.options_.limits);
   RecordDepth(conn.running_.fetch_add(1) + 1);
   c.query_->Start(now);
 }
@@ -465,6 +575,32 @@ void LoopEngine::Loop::Adopt(Fresh fresh, absl::Time now) {
 
 void LoopEngine::Loop::StartJoin(std::shared_ptr<Call> call, absl::Time now) {
   Conn& conn = *call->conn_;
+  const bool pinned = call->kind_ == Call::Kind::kInTransaction ||
+                      call->kind_ == Call::Kind::kEnd;
+  if (pinned && (conn.pipeline_.broken() || conn.tx_id_.empty())) {
+    // The transaction's connection failed while it idled.
+    QueryResult result;
+    result.status = db::DbpoolError(
+        absl::StatusCode::kAborted, kTransactionAborted,
+        "the transaction was rolled back: its connection to the database "
+        "was lost; begin a new one and retry");
+    DropTransaction(conn, TransactionOutcome::kAborted,
+                    "its connection to the database was lost");
+    call->conn_ = nullptr;
+    call->loop_.store(nullptr);
+    engine_.Leave(conn);
+    Collect(conn);
+    call->Deliver(std::move(result));
+    return;
+  }
+  if (pinned) {
+    // A pinned connection takes its transaction's statements whatever its
+    // pipeline says about joiners (a cancelled statement closes it to them).
+    Place(std::move(call), conn, now);
+    Collect(conn);
+    if (!conn.released_) Watch(conn);
+    return;
+  }
   if (conn.released_ || !conn.pipeline_.accepting()) {
     // The connection stopped taking statements after this call picked it.
     call->conn_ = nullptr;
@@ -504,6 +640,10 @@ void LoopEngine::Loop::Collect(Conn& conn) {
   const absl::Time now = absl::Now();
   for (;;) {
     Finish(conn, now, finished);
+    if (conn.pending_end_ != nullptr) {
+      Place(std::move(conn.pending_end_), conn, now);
+      continue;
+    }
     // Room on a shared connection goes to callers queued for one of their
     // own, oldest first: in a closed loop the queue never empties, and
     // without this nothing would ever share.
@@ -517,11 +657,33 @@ void LoopEngine::Loop::Collect(Conn& conn) {
       c.loop_.store(this);
     }
   }
+  // A transaction idling on a connection that failed (the server ended
+  // the session) is over; its next call is told so.
+  if (!conn.tx_id_.empty() && conn.calls_.empty() && conn.pipeline_.broken()) {
+    DropTransaction(conn, TransactionOutcome::kAborted,
+                    "its connection to the database was lost");
+  }
   if (!conn.pipeline_.accepting()) engine_.Unlist(conn);
   // Back to the pool before the replies, so the next waiter starts sooner
   // (on this loop, when the connection goes straight to a waiter).
   if (conn.pipeline_.Idle() && engine_.Vacate(conn)) Release(conn);
-  for (auto& [call, result] : finished) std::move(call->done_)(std::move(result));
+  for (auto& [call, result] : finished) call->Deliver(std::move(result));
+}
+
+void LoopEngine::Loop::DropTransaction(Conn& conn, TransactionOutcome outcome,
+                                       std::string why) {
+  if (conn.tx_id_.empty()) return;
+  engine_.transactions_.Close(conn.tx_id_, outcome, std::move(why));
+  db::Bump(db::Counters().transactions_ended[static_cast<int>(outcome)]);
+  conn.tx_id_.clear();
+  // The transaction's own hold on the connection.
+  engine_.Leave(conn);
+}
+
+void LoopEngine::Loop::EndSoon(Conn& conn, TransactionOutcome outcome, std::string why) {
+  engine_.transactions_.MarkEnding(conn.tx_id_, outcome, why);
+  conn.pending_end_ = engine_.MakeEnd(conn.tx_id_, conn, TransactionEnd::kRollback,
+                                      outcome, std::move(why), [](absl::Status) {});
 }
 
 void LoopEngine::Loop::Finish(
@@ -539,11 +701,25 @@ void LoopEngine::Loop::Finish(
     db::Counters().pipeline_in_flight.fetch_sub(1, std::memory_order_relaxed);
     QueryResult result;
     result.status = query->status();
-    if (result.status.ok()) result.response = std::move(call->response_);
+    if (result.status.ok()) result.responses = std::move(call->responses_);
     result.timings = QueryTimings{call->acquire_wait_, call->queue_depth_on_arrival_,
                                   now - call->started_};
-    if (query->service_time() != absl::InfiniteDuration()) {
-      engine_.profiles_.Record(call->job_.request.sql(), query->service_time());
+    switch (call->kind_) {
+      case Call::Kind::kQuery:
+        if (!call->job_.batch && query->service_time() != absl::InfiniteDuration()) {
+          engine_.profiles_.Record(call->job_.statements[0].request.sql(),
+                                   query->service_time());
+        }
+        break;
+      case Call::Kind::kBegin:
+        OnBegun(*call, conn, result.status, now);
+        break;
+      case Call::Kind::kInTransaction:
+        OnTransactionStatement(*call, *query, conn, result.status, now);
+        break;
+      case Call::Kind::kEnd:
+        OnEnded(*call, conn, result);
+        break;
     }
     call->query_.reset();
     call->conn_ = nullptr;
@@ -551,6 +727,77 @@ void LoopEngine::Loop::Finish(
     engine_.Leave(conn);
     finished.emplace_back(std::move(call), std::move(result));
   }
+}
+
+void LoopEngine::Loop::OnBegun(Call& call, Conn& conn, absl::Status& status,
+                               absl::Time now) {
+  if (!status.ok()) {
+    engine_.transactions_.Unreserve(conn.tx_id_);
+    // No transaction came of it; whatever BEGIN left, nobody may inherit.
+    if (PQtransactionStatus(conn.pipeline_.raw()) != PQTRANS_IDLE) {
+      conn.pipeline_.MarkBroken();
+    }
+    conn.tx_id_.clear();
+    engine_.Leave(conn);
+    return;
+  }
+  call.tx_expires_ = engine_.transactions_.Open(conn.tx_id_, &conn, now);
+  engine_.WakeReaper();
+  if (call.cancelled_.load()) {
+    // The caller gave up after the BEGIN had run: nobody will ever know
+    // the id, so it ends now rather than at its idle timeout.
+    status = absl::CancelledError("cancelled by the caller; the transaction was rolled back");
+    EndSoon(conn, TransactionOutcome::kRolledBack, "its Begin was cancelled");
+  }
+}
+
+void LoopEngine::Loop::OnTransactionStatement(Call& call, const db::AsyncQuery& query,
+                                              Conn& conn, absl::Status& status,
+                                              absl::Time now) {
+  conn.tx_effects_ |= query.effects();
+  if (conn.pipeline_.broken()) {
+    DropTransaction(conn, TransactionOutcome::kAborted,
+                    "its connection to the database was lost");
+    return;
+  }
+  const std::optional<std::string> sqlstate = db::SqlStateOf(status);
+  if (sqlstate == "40001" || sqlstate == "40P01") {
+    // PostgreSQL has aborted the transaction; only all of it again can
+    // succeed, so it is rolled back now and the caller told to retry.
+    status = WithSuffix(status, "; the transaction was rolled back: retry it whole");
+    EndSoon(conn, TransactionOutcome::kAborted,
+            absl::StrCat("a statement failed with SQLSTATE ", *sqlstate));
+    return;
+  }
+  if (PQtransactionStatus(conn.pipeline_.raw()) == PQTRANS_IDLE) {
+    // Refused up front (EndsTransaction), but a procedure may still end it.
+    EndSoon(conn, TransactionOutcome::kAborted, "a statement ended the transaction");
+    return;
+  }
+  engine_.transactions_.Idle(call.tx_id_, now);
+  engine_.WakeReaper();
+}
+
+void LoopEngine::Loop::OnEnded(Call& call, Conn& conn, QueryResult& result) {
+  TransactionOutcome outcome = call.outcome_;
+  std::string why = call.why_;
+  if (result.status.ok() && call.end_ == TransactionEnd::kCommit &&
+      !result.responses.empty() && result.responses[0].command_tag() == "ROLLBACK") {
+    // PostgreSQL answers COMMIT of a failed transaction with ROLLBACK.
+    outcome = TransactionOutcome::kAborted;
+    why = "a statement in it had failed, so COMMIT rolled it back";
+    result.status = db::DbpoolError(
+        absl::StatusCode::kAborted, kTransactionAborted,
+        "the transaction was rolled back, not committed: a statement in it "
+        "had failed; begin a new one and retry");
+  } else if (!result.status.ok()) {
+    outcome = TransactionOutcome::kAborted;
+    why = absl::StrCat("its ", call.end_ == TransactionEnd::kCommit ? "COMMIT" : "ROLLBACK",
+                       " failed: ", result.status.message());
+    // Whatever state the session is in, nobody may inherit it.
+    conn.pipeline_.MarkBroken();
+  }
+  DropTransaction(conn, outcome, std::move(why));
 }
 
 void LoopEngine::Loop::Release(Conn& conn) {
@@ -569,15 +816,155 @@ void LoopEngine::Loop::Release(Conn& conn) {
 LoopEngine::LoopEngine(pool::ConnectionPool& pool, LoopEngineOptions options)
     : pool_(pool),
       options_(std::move(options)),
-      profiles_(kShareBelow, kProfiledStatements) {
+      profiles_(kShareBelow, kProfiledStatements),
+      transactions_(options_.transactions) {
   for (int i = 0; i < std::max(1, options_.io_threads); ++i) {
     loops_.push_back(std::make_unique<Loop>(*this, i));
   }
+  reaper_ = std::thread([this] { ReapLoop(); });
 }
 
 LoopEngine::~LoopEngine() {
+  // Open transactions are rolled back (their connections cleaned and
+  // returned) before the loops stop, which they do once nothing is left.
+  transactions_.ExpireAll();
+  WakeReaper();
+  const absl::Time give_up =
+      absl::Now() + options_.limits.statement_timeout + options_.limits.cancel_grace;
+  while (transactions_.held() > 0 && absl::Now() < give_up) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  {
+    std::lock_guard<std::mutex> lock(reap_mu_);
+    reap_stop_ = true;
+  }
+  reap_wake_.notify_all();
+  reaper_.join();
   for (auto& loop : loops_) loop->Stop();
   loops_.clear();
+}
+
+void LoopEngine::WakeReaper() { reap_wake_.notify_all(); }
+
+void LoopEngine::ReapLoop() {
+  pthread_setname_np(pthread_self(), "dbpool-tx-reaper");
+  std::unique_lock<std::mutex> lock(reap_mu_);
+  while (!reap_stop_) {
+    // Idle timeouts are at least 100 ms: a tenth of a second late at
+    // most, and asleep while nothing is open.
+    const absl::Time next = transactions_.NextExpiry();
+    const absl::Time now = absl::Now();
+    if (next > now) {
+      const absl::Duration wait = std::min(next - now, absl::Milliseconds(100));
+      reap_wake_.wait_for(lock, absl::ToChronoMilliseconds(
+                                    std::max(wait, absl::Milliseconds(1))));
+      continue;
+    }
+    lock.unlock();
+    const bool draining = transactions_.draining();
+    for (auto& [id, pinned] : transactions_.TakeExpired(now)) {
+      End(id, static_cast<Conn&>(*pinned), TransactionEnd::kRollback,
+          draining ? TransactionOutcome::kDrained : TransactionOutcome::kExpired,
+          draining ? "the server shut down"
+                   : "it stayed idle past its idle timeout or outlived "
+                     "DB_TX_MAX_LIFETIME_MS",
+          [](absl::Status) {});
+    }
+    lock.lock();
+  }
+}
+
+std::shared_ptr<LoopEngine::Call> LoopEngine::MakeEnd(const std::string& id, Conn& conn,
+                                                      TransactionEnd end,
+                                                      TransactionOutcome outcome,
+                                                      std::string why, EndDone done) {
+  QueryJob job;
+  job.statements.resize(1);
+  job.statements[0].request.set_sql(end == TransactionEnd::kCommit ? "COMMIT" : "ROLLBACK");
+  job.transaction_id = id;
+  job.deadline = EndDeadline(options_.limits);
+  auto call = std::make_shared<Call>(*this, std::move(job), Call::Kind::kEnd, std::move(done));
+  call->tx_id_ = id;
+  call->end_ = end;
+  call->outcome_ = outcome;
+  call->why_ = std::move(why);
+  call->submitted_ = absl::Now();
+  {
+    std::lock_guard<std::mutex> lock(share_mu_);
+    ++conn.members_;
+  }
+  call->conn_ = &conn;
+  call->loop_.store(&conn.loop_);
+  return call;
+}
+
+void LoopEngine::End(const std::string& id, Conn& conn, TransactionEnd end,
+                     TransactionOutcome outcome, std::string why, EndDone done) {
+  std::shared_ptr<Call> call = MakeEnd(id, conn, end, outcome, std::move(why), std::move(done));
+  conn.loop_.PostJoin(std::move(call));
+}
+
+void LoopEngine::JoinPinned(std::shared_ptr<Call> call, Conn& conn) {
+  {
+    std::lock_guard<std::mutex> lock(share_mu_);
+    ++conn.members_;
+  }
+  call->conn_ = &conn;
+  call->loop_.store(&conn.loop_);
+  conn.loop_.PostJoin(std::move(call));
+}
+
+std::shared_ptr<QueryHandle> LoopEngine::BeginTransaction(TransactionOptions options,
+                                                          BeginDone done) {
+  absl::StatusOr<std::string> id = transactions_.Reserve(options);
+  if (!id.ok()) {
+    std::move(done)(id.status());
+    return nullptr;
+  }
+  std::string sql = "BEGIN";
+  switch (options.isolation) {
+    case v1::ISOLATION_LEVEL_READ_COMMITTED:
+      sql += " ISOLATION LEVEL READ COMMITTED";
+      break;
+    case v1::ISOLATION_LEVEL_REPEATABLE_READ:
+      sql += " ISOLATION LEVEL REPEATABLE READ";
+      break;
+    case v1::ISOLATION_LEVEL_SERIALIZABLE:
+      sql += " ISOLATION LEVEL SERIALIZABLE";
+      break;
+    default:
+      break;
+  }
+  sql += options.read_only ? " READ ONLY" : " READ WRITE";
+  if (options.deferrable) sql += " DEFERRABLE";
+  QueryJob job;
+  job.statements.resize(1);
+  job.statements[0].request.set_sql(std::move(sql));
+  job.caller = options.caller;
+  job.deadline = options.deadline;
+  auto call = std::make_shared<Call>(*this, std::move(job), Call::Kind::kBegin, std::move(done));
+  call->tx_id_ = *std::move(id);
+  call->submitted_ = absl::Now();
+  Acquire(call);
+  return call;
+}
+
+void LoopEngine::EndTransaction(std::string transaction_id, std::string caller,
+                                TransactionEnd end, EndDone done) {
+  absl::StatusOr<Pinned*> pinned = transactions_.Use(transaction_id, caller, /*end=*/true);
+  if (!pinned.ok()) {
+    std::move(done)(pinned.status());
+    return;
+  }
+  End(transaction_id, static_cast<Conn&>(**pinned), end,
+      end == TransactionEnd::kCommit ? TransactionOutcome::kCommitted
+                                     : TransactionOutcome::kRolledBack,
+      end == TransactionEnd::kCommit ? "it was committed" : "it was rolled back",
+      std::move(done));
+}
+
+absl::Duration LoopEngine::OldestTransactionAge() const {
+  return transactions_.OldestAge(absl::Now());
 }
 
 LoopEngine::Loop& LoopEngine::PickLoop() {
@@ -678,9 +1065,49 @@ void LoopEngine::Acquire(std::shared_ptr<Call> call) {
 }
 
 std::shared_ptr<QueryHandle> LoopEngine::Submit(QueryJob job, QueryDone done) {
-  auto call = std::make_shared<Call>(*this, std::move(job), std::move(done));
+  const bool in_transaction = !job.transaction_id.empty();
+  if (job.batch || in_transaction) {
+    // Their end is the engine's: COMMIT here would end a batch half-way or
+    // a transaction behind its id.
+    for (size_t i = 0; i < job.statements.size(); ++i) {
+      if (db::EndsTransaction(job.statements[i].request.sql())) {
+        absl::Status status = absl::InvalidArgumentError(
+            in_transaction
+                ? "a statement that ends the transaction (COMMIT, ROLLBACK, END, "
+                  "ABORT, PREPARE TRANSACTION) cannot run inside one: use "
+                  "CommitTransaction or RollbackTransaction"
+                : "a statement that ends a transaction (COMMIT, ROLLBACK, END, "
+                  "ABORT, PREPARE TRANSACTION) cannot run in a batch, which is "
+                  "one transaction");
+        if (job.statements.size() > 1) status = db::WithStatementIndex(status, static_cast<int>(i));
+        QueryResult result;
+        result.status = std::move(status);
+        std::move(done)(std::move(result));
+        return nullptr;
+      }
+    }
+  }
+  if (in_transaction) {
+    absl::StatusOr<Pinned*> pinned =
+        transactions_.Use(job.transaction_id, job.caller, /*end=*/false);
+    if (!pinned.ok()) {
+      QueryResult result;
+      result.status = pinned.status();
+      std::move(done)(std::move(result));
+      return nullptr;
+    }
+    std::string id = job.transaction_id;
+    auto call = std::make_shared<Call>(*this, std::move(job), Call::Kind::kInTransaction,
+                                       std::move(done));
+    call->tx_id_ = std::move(id);
+    call->submitted_ = absl::Now();
+    JoinPinned(call, static_cast<Conn&>(**pinned));
+    return call;
+  }
+  auto call = std::make_shared<Call>(*this, std::move(job), Call::Kind::kQuery, std::move(done));
   call->submitted_ = absl::Now();
-  if (options_.pipeline_depth > 1 && profiles_.MayShare(call->job_.request.sql())) {
+  if (options_.pipeline_depth > 1 && !call->job_.batch &&
+      profiles_.MayShare(call->job_.statements[0].request.sql())) {
     call->shareable_ = true;
     if (pool_.Saturated() && TryJoin(call)) return call;
   }
@@ -689,7 +1116,19 @@ std::shared_ptr<QueryHandle> LoopEngine::Submit(QueryJob job, QueryDone done) {
   return call;
 }
 
-pool::PoolStats LoopEngine::Snapshot() const { return pool_.Snapshot(); }
+std::shared_ptr<StreamHandle> LoopEngine::SubmitStream(QueryJob job, StreamSink& sink) {
+  (void)job;
+  QueryResult result;
+  result.status = absl::UnimplementedError("StreamQuery");
+  sink.OnDone(std::move(result));
+  return nullptr;
+}
+
+pool::PoolStats LoopEngine::Snapshot() const {
+  pool::PoolStats stats = pool_.Snapshot();
+  stats.transactions = transactions_.open();
+  return stats;
+}
 
 bool LoopEngine::Serving() const { return pool_.Serving(); }
 

@@ -19,25 +19,40 @@
 // the queue (oldest first) by a shared connection that has room. A
 // connection goes back to the pool once its last statement is done.
 //
+// Batches (ExecuteBatch) run alone on a connection of their own, in one
+// flight: BEGIN, the statements, COMMIT, one Sync (db::AsyncQuery).
+//
+// Interactive transactions pin a leased connection on its loop: the lease
+// counts one member of the connection for as long as the transaction is
+// open, so it never goes back to the pool or takes joiners; each statement
+// joins it on its loop like any other, and holds no thread while it waits
+// or idles. What the statements leave in the session is collected and
+// cleaned after COMMIT or ROLLBACK, as for any caller. A reaper thread
+// rolls back transactions past their idle timeout or lifetime
+// (TransactionTable).
+//
 // Owned by whoever builds the server. The pool must outlive it, and it
 // must outlive every call submitted to it (the gRPC server's Wait sees to
 // that). Thread-safe. Submit, Snapshot and Serving never block; the
-// destructor blocks until the statements in flight have finished and the
-// I/O threads have exited.
+// destructor rolls back the transactions still open and blocks until they
+// and the statements in flight have finished and the threads have exited.
 #ifndef DBPOOL_SERVER_ENGINE_LOOP_ENGINE_H_
 #define DBPOOL_SERVER_ENGINE_LOOP_ENGINE_H_
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "server/db/query_limits.h"
 #include "server/engine/query_engine.h"
 #include "server/engine/statement_profiles.h"
+#include "server/engine/transactions.h"
 #include "server/pool/connection_pool.h"
 
 namespace dbpool::engine {
@@ -49,6 +64,7 @@ struct LoopEngineOptions {
   // 1 turns pipelining off.
   int pipeline_depth = 1;
   db::QueryLimits limits;
+  TransactionLimits transactions;
 };
 
 class LoopEngine final : public QueryEngine {
@@ -60,8 +76,17 @@ class LoopEngine final : public QueryEngine {
   LoopEngine& operator=(const LoopEngine&) = delete;
 
   std::shared_ptr<QueryHandle> Submit(QueryJob job, QueryDone done) override;
+  std::shared_ptr<StreamHandle> SubmitStream(QueryJob job, StreamSink& sink) override;
+  std::shared_ptr<QueryHandle> BeginTransaction(TransactionOptions options,
+                                                BeginDone done) override;
+  void EndTransaction(std::string transaction_id, std::string caller, TransactionEnd end,
+                      EndDone done) override;
   pool::PoolStats Snapshot() const override;
   bool Serving() const override;
+
+  // Open transactions and the age of the oldest, for metrics.
+  int OpenTransactions() const { return transactions_.open(); }
+  absl::Duration OldestTransactionAge() const;
 
  private:
   class Call;
@@ -88,15 +113,33 @@ class LoopEngine final : public QueryEngine {
   void Leave(Conn& conn);
   // No call is on `conn` or on its way to it; from then on none can join.
   bool Vacate(Conn& conn);
+  // Sends `call` to `conn`, pinned by a transaction, on its loop.
+  void JoinPinned(std::shared_ptr<Call> call, Conn& conn);
+  // The COMMIT or ROLLBACK of the transaction on `conn`, counted as one of
+  // its members, ready to post to (or place on) its loop.
+  std::shared_ptr<Call> MakeEnd(const std::string& id, Conn& conn, TransactionEnd end,
+                                TransactionOutcome outcome, std::string why, EndDone done);
+  // Ends the transaction on `conn` for `done`, from any thread.
+  void End(const std::string& id, Conn& conn, TransactionEnd end,
+           TransactionOutcome outcome, std::string why, EndDone done);
+  void WakeReaper();
+  // Rolls back expired transactions; the reaper thread.
+  void ReapLoop();
 
   pool::ConnectionPool& pool_;
   const LoopEngineOptions options_;
   StatementProfiles profiles_;
+  TransactionTable transactions_;
   std::mutex share_mu_;
   std::vector<Conn*> shareable_ ABSL_GUARDED_BY(share_mu_);
   std::deque<std::shared_ptr<Call>> share_waiters_ ABSL_GUARDED_BY(share_mu_);
   std::vector<std::unique_ptr<Loop>> loops_;
   std::atomic<uint32_t> next_loop_{0};
+
+  std::mutex reap_mu_;
+  std::condition_variable reap_wake_;
+  bool reap_stop_ ABSL_GUARDED_BY(reap_mu_) = false;
+  std::thread reaper_;
 };
 
 }  // namespace dbpool::engine

@@ -20,6 +20,7 @@
 #include "server/db/pg_connection.h"
 #include "server/db/sql_state.h"
 #include "server/pool/connection_pool.h"
+#include "tests/integration/engine_fixture.h"
 #include "tests/support/pg_cluster.h"
 
 namespace dbpool::engine {
@@ -27,86 +28,8 @@ namespace {
 
 using testing::PgCluster;
 
-// Set once, waited for with a deadline. std::mutex, not absl::Notification,
-// so that ThreadSanitizer sees the hand-off (scripts/sanitize).
-class Flag {
- public:
-  void Set() {
-    std::lock_guard<std::mutex> lock(mu_);
-    set_ = true;
-    cv_.notify_all();
-  }
-  bool WaitFor(absl::Duration limit) {
-    std::unique_lock<std::mutex> lock(mu_);
-    return cv_.wait_for(lock, absl::ToChronoNanoseconds(limit), [this] { return set_; });
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool set_ = false;
-};
-
-class LoopEngineTest : public ::testing::Test {
+class LoopEngineTest : public EngineTest {
  protected:
-  void Make(int connections, int io_threads, int max_waiting = 1000,
-            int pipeline_depth = 1) {
-    pool::PoolOptions po;
-    po.max_connections = connections;
-    po.max_waiting = max_waiting;
-    po.min_connections = 1;
-    pool_ = std::make_unique<pool::ConnectionPool>(
-        po, std::make_shared<db::PgConnector>(db::ConnectionSettings{
-                PgCluster::Get().conninfo(), "dbpool-engine-test",
-                absl::Seconds(30), 64}));
-    LoopEngineOptions eo;
-    eo.io_threads = io_threads;
-    eo.pipeline_depth = pipeline_depth;
-    eo.limits.cancel_grace = absl::Seconds(2);
-    engine_ = std::make_unique<LoopEngine>(*pool_, eo);
-  }
-  void TearDown() override {
-    engine_.reset();
-    pool_.reset();
-  }
-
-  QueryJob Job(const std::string& sql, absl::Duration deadline = absl::Seconds(10)) {
-    QueryJob job;
-    job.request.set_sql(sql);
-    job.deadline = absl::Now() + deadline;
-    return job;
-  }
-
-  // Runs `job` and waits for its outcome (at most 20 s).
-  QueryResult Run(QueryJob job) {
-    struct State {
-      Flag done;
-      QueryResult result;
-    };
-    auto state = std::make_shared<State>();
-    engine_->Submit(std::move(job), [state](QueryResult r) {
-      state->result = std::move(r);
-      state->done.Set();
-    });
-    EXPECT_TRUE(state->done.WaitFor(absl::Seconds(20)));
-    return state->result;
-  }
-
-  static QueryJob IntJob(const std::string& sql, std::vector<int64_t> values,
-                         absl::Duration deadline = absl::Seconds(30)) {
-    QueryJob job;
-    job.request.set_sql(sql);
-    job.deadline = absl::Now() + deadline;
-    for (int64_t value : values) {
-      db::EncodedParam p;
-      v1::Value v;
-      v.set_int64_value(value);
-      EXPECT_TRUE(db::EncodeParam(v, &p).ok());
-      job.params.push_back(p);
-    }
-    return job;
-  }
-
   // Statements sent while others were on their connection, so far in this
   // process.
   static uint64_t SharedSends() {
@@ -124,8 +47,6 @@ class LoopEngineTest : public ::testing::Test {
     return deepest;
   }
 
-  std::unique_ptr<pool::ConnectionPool> pool_;
-  std::unique_ptr<LoopEngine> engine_;
 };
 
 // A closed loop of callers: each completion submits that caller's next
@@ -175,14 +96,14 @@ TEST_F(LoopEngineTest, RunsStatementsAndReportsErrors) {
   v1::Value v;
   v.set_int64_value(41);
   ASSERT_TRUE(db::EncodeParam(v, &p).ok());
-  job.params.push_back(p);
+  job.statements[0].params.push_back(p);
   for (int i = 0; i < 3; ++i) {  // unnamed, then prepared, then from the cache
     QueryResult r = Run(job);
     ASSERT_TRUE(r.status.ok()) << r.status;
-    ASSERT_EQ(r.response.rows_size(), 1);
-    EXPECT_EQ(r.response.rows(0).values(0).int64_value(), 42);
-    EXPECT_EQ(r.response.columns(1).type_name(), "integer[]");
-    EXPECT_EQ(r.response.command_tag(), "SELECT 1");
+    ASSERT_EQ(Reply(r).rows_size(), 1);
+    EXPECT_EQ(Reply(r).rows(0).values(0).int64_value(), 42);
+    EXPECT_EQ(Reply(r).columns(1).type_name(), "integer[]");
+    EXPECT_EQ(Reply(r).command_tag(), "SELECT 1");
     ASSERT_TRUE(r.timings.has_value());
   }
   QueryResult bad = Run(Job("SELECT 1/0"));
@@ -203,18 +124,18 @@ TEST_F(LoopEngineTest, ReadOnlyCallsCannotWrite) {
   job.read_only = true;
   QueryResult r = Run(job);
   ASSERT_TRUE(r.status.ok()) << r.status;
-  EXPECT_EQ(r.response.rows(0).values(0).int64_value(), 0);
+  EXPECT_EQ(Reply(r).rows(0).values(0).int64_value(), 0);
 }
 
 TEST_F(LoopEngineTest, DeadlineCancelsOnTheServerAndKeepsTheConnection) {
   Make(1, 1);
-  const std::string pid = Run(Job("SELECT pg_backend_pid()::text")).response.rows(0).values(0).string_value();
+  const std::string pid = Reply(Run(Job("SELECT pg_backend_pid()::text"))).rows(0).values(0).string_value();
   QueryResult r = Run(Job("SELECT pg_sleep(30)", absl::Milliseconds(300)));
   EXPECT_EQ(r.status.code(), absl::StatusCode::kDeadlineExceeded) << r.status;
   EXPECT_EQ(db::SqlStateOf(r.status).value_or(""), "57014");
   QueryResult again = Run(Job("SELECT pg_backend_pid()::text"));
   ASSERT_TRUE(again.status.ok()) << again.status;
-  EXPECT_EQ(again.response.rows(0).values(0).string_value(), pid);
+  EXPECT_EQ(Reply(again).rows(0).values(0).string_value(), pid);
 }
 
 TEST_F(LoopEngineTest, CancelEndsARunningStatement) {
@@ -246,9 +167,9 @@ TEST_F(LoopEngineTest, ManyCallersOnFewConnections) {
     v1::Value v;
     v.set_int64_value(i);
     ASSERT_TRUE(db::EncodeParam(v, &p).ok());
-    job.params.push_back(p);
+    job.statements[0].params.push_back(p);
     engine_->Submit(std::move(job), [&, i](QueryResult r) {
-      if (r.status.ok() && r.response.rows(0).values(0).int64_value() == 2 * i) {
+      if (r.status.ok() && Reply(r).rows(0).values(0).int64_value() == 2 * i) {
         ++ok;
       } else {
         std::lock_guard<std::mutex> lock(mu);
@@ -284,8 +205,8 @@ TEST_F(LoopEngineTest, ShortStatementsShareBusyConnectionsAndKeepTheirOwnOutcome
       good = db::SqlStateOf(r.status).value_or("") == "22012";
       if (good) ++divided_by_zero;
     } else {
-      good = r.status.ok() && r.response.rows_size() == 1 &&
-             r.response.rows(0).values(0).int64_value() == 2 * int64_t{i};
+      good = r.status.ok() && Reply(r).rows_size() == 1 &&
+             Reply(r).rows(0).values(0).int64_value() == 2 * int64_t{i};
     }
     if (!good) {
       std::lock_guard<std::mutex> lock(mu);
@@ -333,9 +254,9 @@ TEST_F(LoopEngineTest, StatementsThatChangeTheSessionNeverShare) {
   load.make = [&](int i) { return i % 2 == 0 ? IntJob(set, {i}) : Job(read); };
   load.check = [&](int i, const QueryResult& r) {
     if (!r.status.ok()) return false;
-    if (i % 2 == 1 && r.response.rows(0).values(0).string_value() != "dbpool-engine-test") {
+    if (i % 2 == 1 && Reply(r).rows(0).values(0).string_value() != "dbpool-engine-test") {
       std::lock_guard<std::mutex> lock(mu);
-      leaked = r.response.rows(0).values(0).string_value();
+      leaked = Reply(r).rows(0).values(0).string_value();
       return false;
     }
     return true;
@@ -389,9 +310,9 @@ TEST_F(LoopEngineTest, CancelsAndDeadlinesNeverFailOtherCallers) {
         return true;
       }
       // Finished before the cancel or the deadline.
-      return r.status.ok() && r.response.rows(0).values(0).int64_value() == i + 1;
+      return r.status.ok() && Reply(r).rows(0).values(0).int64_value() == i + 1;
     }
-    if (r.status.ok() && r.response.rows(0).values(0).int64_value() == i + 1) return true;
+    if (r.status.ok() && Reply(r).rows(0).values(0).int64_value() == i + 1) return true;
     ++victims;
     std::lock_guard<std::mutex> lock(mu);
     if (first_victim.empty()) first_victim = r.status.ToString();
