@@ -20,13 +20,15 @@ absl::Status WithSuffix(const absl::Status& reason, absl::string_view suffix) {
 }  // namespace
 
 AsyncQuery::AsyncQuery(Pipeline& pipeline, std::vector<StatementRef> statements,
-                       QueryFrame frame, absl::Time deadline, const QueryLimits& limits)
+                       QueryFrame frame, absl::Time deadline, const QueryLimits& limits,
+                       ChunkSink* sink)
     : pipeline_(pipeline),
       pg_(pipeline.connection()),
       conn_(pipeline.raw()),
       frame_(frame),
       deadline_(deadline),
-      limits_(limits) {
+      limits_(limits),
+      sink_(sink) {
   stmts_.reserve(statements.size());
   for (const StatementRef& ref : statements) stmts_.emplace_back(ref);
 }
@@ -72,8 +74,14 @@ void AsyncQuery::Start(absl::Time now) {
     return;
   }
   sent_at_ = now;
+  if (sink_ != nullptr) {
+    SendDescribeFlight();
+    return;
+  }
   SendStatementFlight(/*stale=*/"");
 }
+
+void AsyncQuery::Resume(absl::Time now) { pipeline_.Resume(now); }
 
 void AsyncQuery::OnTimer(absl::Time now) {
   if (phase_ == Phase::kDone) return;
@@ -132,6 +140,9 @@ void AsyncQuery::Stop(absl::Status reason, absl::Time now) {
   }
   give_up_ = now + limits_.cancel_grace;
   cancel_settled_ = pg_.StartCancel();
+  // A streamed statement waiting for its reader: what is left is read and
+  // dropped until the server has stopped it.
+  if (sink_ != nullptr) pipeline_.Resume(now);
   if (cancel_settled_ == nullptr) {
     // The statement may still be running, and a cancel request that
     // arrived late would hit the next statement on this connection.
@@ -372,11 +383,43 @@ void AsyncQuery::OnResult(Part part, Result result, absl::Time now) {
     case Part::kCleanup:
       if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) cleanup_failed_ = true;
       break;
+    case Part::kDescribe:
+      if (failed && !statement_error_) {
+        statement_error_ = ErrorFromResult(conn_, result.get());
+      } else if (st == PGRES_COMMAND_OK) {
+        described_ = std::move(result);
+      }
+      break;
+    case Part::kRows:
+      if (st == PGRES_SINGLE_TUPLE) {
+        OnRow(std::move(result));
+        break;
+      }
+      // The last: TUPLES_OK without rows, COMMAND_OK, or the error.
+      service_time_ = now - std::max(sent_at_, pipeline_.previous_reply_at());
+      if (st != PGRES_PIPELINE_ABORTED && stmts_[0].result == nullptr) {
+        stmts_[0].result = std::move(result);
+      }
+      break;
   }
 }
 
 void AsyncQuery::OnFlightDone(absl::Time now) {
   switch (phase_) {
+    case Phase::kDescribe: {
+      if (statement_error_ || described_ == nullptr || stop_reason_) {
+        DecideStatus();
+        SendCleanupFlight(now);
+        return;
+      }
+      std::vector<Oid> unknown = UnknownTypes(described_.get());
+      if (!unknown.empty()) {
+        SendTypeNamesFlight(std::move(unknown));
+        return;
+      }
+      SendRowsFlight();
+      return;
+    }
     case Phase::kStatement: {
       if (cancel_settled_ != nullptr &&
           !cancel_settled_->load(std::memory_order_acquire)) {
@@ -384,6 +427,13 @@ void AsyncQuery::OnFlightDone(absl::Time now) {
         // request; sending more now could get the request instead. It
         // settles within a round trip or two on a healthy server.
         settle_check_at_ = now + kCancelSettlePoll;
+        return;
+      }
+      if (sink_ != nullptr) {
+        DecideStatus();
+        // The last rows, or the columns of a result without any.
+        if (status_.ok() && (chunk_.rows_size() > 0 || !chunk_sent_)) EmitChunk(/*hold=*/false);
+        SendCleanupFlight(now);
         return;
       }
       if (MayRetry()) return;
@@ -408,6 +458,10 @@ void AsyncQuery::OnFlightDone(absl::Time now) {
       return;
     }
     case Phase::kTypeNames:
+      if (described_ != nullptr) {
+        SendRowsFlight();
+        return;
+      }
       DecideStatus();
       SendCleanupFlight(now);
       return;
@@ -469,7 +523,121 @@ void AsyncQuery::ClearResponses() {
   for (Stmt& stmt : stmts_) stmt.response->Clear();
 }
 
+void AsyncQuery::SendDescribeFlight() {
+  phase_ = Phase::kDescribe;
+  Stmt& stmt = stmts_[0];
+  stmt.effects = ClassifySessionEffects(stmt.request.sql());
+  // A name of its own, outside the cache: the statement is described now
+  // and executed by the next flight, whatever else the cache does.
+  stream_name_ = pg_.statements().NextName();
+  bool sent = true;
+  if (Wrapped()) sent = Send(Part::kBegin, "BEGIN READ ONLY");
+  sent = sent && PQsendPrepare(conn_, stream_name_.c_str(), stmt.request.sql().c_str(),
+                               stmt.bound.count(), stmt.bound.types.data()) == 1;
+  if (sent) {
+    preparing_.emplace_back(0, stream_name_);
+    pipeline_.Expect(this, Part::kPrepare);
+  }
+  sent = sent && PQsendDescribePrepared(conn_, stream_name_.c_str()) == 1;
+  if (sent) pipeline_.Expect(this, Part::kDescribe);
+  if (!sent || !Sync()) {
+    SendFailed();
+    return;
+  }
+  pipeline_.Flush();
+}
+
+void AsyncQuery::SendRowsFlight() {
+  phase_ = Phase::kStatement;
+  FillColumns(described_.get(), &chunk_);
+  described_.reset();
+  Stmt& stmt = stmts_[0];
+  bool sent = PQsendQueryPrepared(conn_, stream_name_.c_str(), stmt.bound.count(),
+                                  stmt.bound.values.data(), stmt.bound.lengths.data(),
+                                  stmt.bound.formats.data(), 0) == 1;
+  // Nothing else is in flight on the connection (a streamed statement
+  // shares it with nobody, and its describe flight is done), so the
+  // statement is at the head of the line, where single-row mode applies.
+  if (sent && PQsetSingleRowMode(conn_) != 1) {
+    pipeline_.Lose(SqlError("08006", "cannot read the result row by row"));
+    return;
+  }
+  if (sent) pipeline_.Expect(this, Part::kRows);
+  sent = sent && Sync();
+  if (sent && Wrapped()) sent = Send(Part::kEnd, "ROLLBACK") && Sync();
+  sent = sent &&
+         Send(Part::kHousekeeping, absl::StrCat("DEALLOCATE ", stream_name_).c_str()) &&
+         Sync();
+  if (!sent) {
+    SendFailed();
+    return;
+  }
+  pipeline_.Flush();
+}
+
+void AsyncQuery::OnRow(Result result) {
+  if (stop_reason_) return;  // being stopped: what is left is dropped
+  const PGresult* r = result.get();
+  const int64_t max_rows = stmts_[0].request.max_rows();
+  if (max_rows > 0 && streamed_rows_ >= max_rows) {
+    Stop(absl::ResourceExhaustedError(absl::StrCat(
+             "the result has more than max_rows (", max_rows, ") rows")),
+         absl::Now());
+    return;
+  }
+  if (absl::Status s = AppendRows(r, &chunk_); !s.ok()) {
+    Stop(std::move(s), absl::Now());
+    return;
+  }
+  for (int j = 0; j < PQnfields(r); ++j) chunk_bytes_ += PQgetlength(r, 0, j);
+  ++streamed_rows_;
+  if (chunk_.rows_size() >= kChunkRows || chunk_bytes_ >= kChunkBytes) EmitChunk(/*hold=*/true);
+}
+
+void AsyncQuery::EmitChunk(bool hold) {
+  EngineCounters& counters = Counters();
+  counters.streamed_rows.fetch_add(static_cast<uint64_t>(chunk_.rows_size()),
+                                   std::memory_order_relaxed);
+  counters.streamed_bytes.fetch_add(static_cast<uint64_t>(chunk_bytes_),
+                                    std::memory_order_relaxed);
+  v1::QueryResponse out = std::move(chunk_);
+  chunk_.Clear();
+  chunk_bytes_ = 0;
+  chunk_sent_ = true;
+  if (hold) pipeline_.Hold();
+  sink_->OnChunk(std::move(out));
+}
+
+void AsyncQuery::DecideStreamStatus() {
+  Stmt& stmt = stmts_[0];
+  const PGresult* r = stmt.result.get();
+  const bool cancelled_there = r != nullptr && PQresultStatus(r) == PGRES_FATAL_ERROR &&
+                               Field(r, PG_DIAG_SQLSTATE) == "57014";
+  if (statement_error_) {
+    status_ = *statement_error_;
+  } else if (stop_reason_ && (r == nullptr || cancelled_there)) {
+    status_ = WithSuffix(*stop_reason_, r != nullptr ? "; cancelled on the server" : "");
+  } else if (r == nullptr) {
+    status_ = SqlError("08006", "no result from the database");
+    pipeline_.MarkBroken();
+  } else if (PQresultStatus(r) == PGRES_FATAL_ERROR) {
+    status_ = ErrorFromResult(conn_, r);
+  } else {
+    status_ = absl::OkStatus();
+    stmt.response->set_command_tag(PQcmdStatus(const_cast<PGresult*>(r)));
+    const char* affected = PQcmdTuples(const_cast<PGresult*>(r));
+    stmt.response->set_rows_affected(*affected != '\0' ? std::atoll(affected) : 0);
+  }
+  if (status_.ok() && end_error_) status_ = *end_error_;
+  if (!status_.ok()) stmt.response->Clear();
+  stmt.result.reset();
+}
+
 void AsyncQuery::DecideStatus() {
+  if (sink_ != nullptr) {
+    DecideStreamStatus();
+    return;
+  }
   status_ = absl::OkStatus();
   int failed = -1;
   const PGresult* failed_result = nullptr;

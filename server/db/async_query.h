@@ -79,6 +79,19 @@ enum class Framing {
   kEndTransaction,
 };
 
+// Where a streamed statement's rows go, on the loop's thread. After each
+// chunk the query holds its pipeline (reads nothing more) until Resume.
+class ChunkSink {
+ public:
+  virtual ~ChunkSink() = default;
+  virtual void OnChunk(v1::QueryResponse chunk) = 0;
+};
+
+// A streamed chunk ends at this many rows or bytes of cell data, whichever
+// comes first.
+inline constexpr int kChunkRows = 1000;
+inline constexpr int64_t kChunkBytes = int64_t{1} << 20;
+
 struct QueryFrame {
   Framing framing = Framing::kOwn;
   // kOwn and kBatch: in a READ ONLY transaction.
@@ -90,9 +103,13 @@ struct QueryFrame {
 class AsyncQuery {
  public:
   // `statements` holds one statement, or several for kBatch and
-  // kInTransaction.
+  // kInTransaction. With a `sink` (one statement, kOwn or kInTransaction)
+  // the result is streamed: the statement is described first (columns and
+  // their type names), then read row by row in chunks, and the statement's
+  // response gets only the command tag and rows affected.
   AsyncQuery(Pipeline& pipeline, std::vector<StatementRef> statements,
-             QueryFrame frame, absl::Time deadline, const QueryLimits& limits);
+             QueryFrame frame, absl::Time deadline, const QueryLimits& limits,
+             ChunkSink* sink = nullptr);
   AsyncQuery(const AsyncQuery&) = delete;
   AsyncQuery& operator=(const AsyncQuery&) = delete;
 
@@ -102,6 +119,8 @@ class AsyncQuery {
   void OnTimer(absl::Time now);
   // The caller gave up.
   void Cancel(absl::Time now);
+  // The caller has taken the last chunk: reading goes on.
+  void Resume(absl::Time now);
 
   // When OnTimer must run next.
   absl::Time Timer() const;
@@ -136,7 +155,7 @@ class AsyncQuery {
     Result result;
   };
 
-  enum class Phase { kStatement, kTypeNames, kCleanup, kDone };
+  enum class Phase { kDescribe, kStatement, kTypeNames, kCleanup, kDone };
 
   // From the Pipeline: a reply, the last reply of a flight, the end of the
   // connection.
@@ -149,6 +168,14 @@ class AsyncQuery {
   // `stale`: a prepared statement of ours to deallocate.
   void SendStatementFlight(const std::string& stale);
   void SendTypeNamesFlight(std::vector<Oid> types);
+  // Streaming: Parse and Describe first, then the rows.
+  void SendDescribeFlight();
+  void SendRowsFlight();
+  void OnRow(Result result);
+  // Hands the chunk so far to the sink; with `hold`, reading stops until
+  // Resume.
+  void EmitChunk(bool hold);
+  void DecideStreamStatus();
   // Cleans the session if the statement left anything, else finishes.
   void SendCleanupFlight(absl::Time now);
   bool Send(Part part, const char* sql);
@@ -213,6 +240,15 @@ class AsyncQuery {
   bool retried_ = false;
   bool cleanup_failed_ = false;
   absl::Time cleanup_deadline_ = absl::InfiniteFuture();
+
+  // Streaming.
+  ChunkSink* const sink_;
+  std::string stream_name_;
+  Result described_;
+  v1::QueryResponse chunk_;
+  int64_t chunk_bytes_ = 0;
+  int64_t streamed_rows_ = 0;
+  bool chunk_sent_ = false;
 
   // Set once the caller's time is up or it cancelled.
   std::optional<absl::Status> stop_reason_;

@@ -43,7 +43,8 @@ absl::Status FillRows(const PGresult* r, int64_t max_rows, int64_t max_bytes,
   if (rows > max_rows) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "result has ", rows, " rows, more than the limit of ", max_rows,
-        "; add LIMIT or raise max_rows (server cap DBPOOL_MAX_ROWS)"));
+        "; add LIMIT, raise max_rows (server cap DBPOOL_MAX_ROWS), or read it "
+        "with StreamQuery"));
   }
   int64_t bytes = 0;
   for (int i = 0; i < rows; ++i) {
@@ -52,33 +53,10 @@ absl::Status FillRows(const PGresult* r, int64_t max_rows, int64_t max_bytes,
   if (bytes > max_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "result has ", bytes, " bytes, more than DBPOOL_MAX_RESULT_BYTES (",
-        max_bytes, ")"));
+        max_bytes, "); read it with StreamQuery"));
   }
-  std::vector<Oid> types(cols);
-  for (int j = 0; j < cols; ++j) {
-    types[j] = PQftype(r, j);
-    auto* column = response->add_columns();
-    column->set_name(PQfname(r, j));
-    column->set_type_oid(types[j]);
-    column->set_type_name(KnownTypeName(types[j]).value_or(""));
-  }
-  response->mutable_rows()->Reserve(rows);
-  for (int i = 0; i < rows; ++i) {
-    auto* row = response->add_rows();
-    row->mutable_values()->Reserve(cols);
-    for (int j = 0; j < cols; ++j) {
-      v1::Value* value = row->add_values();
-      if (PQgetisnull(r, i, j)) {
-        value->set_null_value(google::protobuf::NULL_VALUE);
-        continue;
-      }
-      absl::Status s = DecodeCell(
-          types[j], absl::string_view(PQgetvalue(r, i, j), PQgetlength(r, i, j)),
-          value);
-      if (!s.ok()) return s;
-    }
-  }
-  return absl::OkStatus();
+  FillColumns(r, response);
+  return AppendRows(r, response);
 }
 
 }  // namespace
@@ -129,6 +107,38 @@ std::string StatementKey(const std::string& sql, const Bound& bound) {
   key.append(reinterpret_cast<const char*>(bound.types.data()),
              bound.types.size() * sizeof(Oid));
   return key;
+}
+
+void FillColumns(const PGresult* r, v1::QueryResponse* response) {
+  for (int j = 0; j < PQnfields(r); ++j) {
+    const Oid type = PQftype(r, j);
+    auto* column = response->add_columns();
+    column->set_name(PQfname(r, j));
+    column->set_type_oid(type);
+    column->set_type_name(KnownTypeName(type).value_or(""));
+  }
+}
+
+absl::Status AppendRows(const PGresult* r, v1::QueryResponse* response) {
+  const int rows = PQntuples(r);
+  const int cols = PQnfields(r);
+  response->mutable_rows()->Reserve(response->rows_size() + rows);
+  for (int i = 0; i < rows; ++i) {
+    auto* row = response->add_rows();
+    row->mutable_values()->Reserve(cols);
+    for (int j = 0; j < cols; ++j) {
+      v1::Value* value = row->add_values();
+      if (PQgetisnull(r, i, j)) {
+        value->set_null_value(google::protobuf::NULL_VALUE);
+        continue;
+      }
+      absl::Status s = DecodeCell(
+          PQftype(r, j), absl::string_view(PQgetvalue(r, i, j), PQgetlength(r, i, j)),
+          value);
+      if (!s.ok()) return s;
+    }
+  }
+  return absl::OkStatus();
 }
 
 std::optional<std::string> KnownTypeName(Oid type) {

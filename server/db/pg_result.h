@@ -54,6 +54,13 @@ void RememberTypeName(Oid type, std::string name);
 // The column types of `r` whose names are not known yet.
 std::vector<Oid> UnknownTypes(const PGresult* r);
 
+// Adds the columns of `r` (a result or a statement's description) to
+// `response`; type names not known by now are left empty.
+void FillColumns(const PGresult* r, v1::QueryResponse* response);
+// Adds the rows of `r` to `response` (a streamed chunk takes them one
+// single-row result at a time).
+absl::Status AppendRows(const PGresult* r, v1::QueryResponse* response);
+
 // Fills `response` from a statement's result: columns, rows, command tag
 // and rows affected, or the error the result carries. Refuses results over
 // `max_rows` or `max_bytes` of cell data. Type names not known by now are

@@ -150,6 +150,12 @@ void Pipeline::OnSocket(absl::Time now) {
   if (members_.empty() && entries_.empty()) next_cancel_at_ = now;
 }
 
+void Pipeline::Resume(absl::Time now) {
+  if (!held_) return;
+  held_ = false;
+  Pump(now);
+}
+
 void Pipeline::Settle(AsyncQuery* owner, absl::Time now) {
   if (owner == nullptr) {
     --dropped_;
@@ -160,11 +166,12 @@ void Pipeline::Settle(AsyncQuery* owner, absl::Time now) {
 }
 
 void Pipeline::Pump(absl::Time now) {
+  if (held_) return;
   PGconn* conn = pg_.raw();
   // A server that ends the session says why first (57P01 for a terminated
   // backend): what arrived is read even when the socket is already closed.
   const bool read = PQconsumeInput(conn) != 0;
-  while (!entries_.empty() && PQisBusy(conn) == 0) {
+  while (!entries_.empty() && !held_ && PQisBusy(conn) == 0) {
     PGresult* raw = PQgetResult(conn);
     const Entry entry = entries_.front();
     if (entry.part == Part::kSync) {

@@ -56,6 +56,8 @@ enum class Part : uint8_t {
   kEnd,           // ROLLBACK of our read-only transaction
   kTypeNames,     // format_type of result types not seen before
   kCleanup,       // ROLLBACK or a reset: any error closes the connection
+  kDescribe,      // Describe of a statement about to be streamed
+  kRows,          // a streamed statement, read row by row (single-row mode)
 };
 
 class Pipeline {
@@ -77,6 +79,14 @@ class Pipeline {
   // When OnTimer must run next: the pipeline's own work (cancelling and
   // draining dropped statements), not its queries' deadlines.
   absl::Time Timer() const;
+
+  // Stops reading replies (and the socket) until Resume: a streamed
+  // statement's reader is behind, and PostgreSQL is left to wait on a full
+  // socket rather than this process growing a buffer.
+  void Hold() { held_ = true; }
+  void Resume(absl::Time now);
+  // Replies are wanted from the socket (not held).
+  bool WantsRead() const { return !held_; }
 
   // Queries that have finished since the last call, in order.
   std::vector<AsyncQuery*> TakeFinished();
@@ -144,6 +154,7 @@ class Pipeline {
   bool wants_write_ = false;
   bool accepting_ = true;
   bool broken_ = false;
+  bool held_ = false;
   absl::Time previous_reply_at_;
   absl::Time last_reply_at_;
 

@@ -47,6 +47,13 @@ absl::Status WithSuffix(const absl::Status& status, absl::string_view suffix) {
   return out;
 }
 
+// The handle of a call answered at once (refused before it ran).
+class Answered final : public StreamHandle {
+ public:
+  void Cancel() override {}
+  void Next() override {}
+};
+
 void RecordDepth(int depth) {
   db::EngineCounters& c = db::Counters();
   db::Bump(c.pipeline_depth[std::min<size_t>(static_cast<size_t>(depth),
@@ -56,7 +63,8 @@ void RecordDepth(int depth) {
 
 }  // namespace
 
-class LoopEngine::Call final : public QueryHandle,
+class LoopEngine::Call final : public StreamHandle,
+                               public db::ChunkSink,
                                public std::enable_shared_from_this<Call> {
  public:
   enum class Kind {
@@ -76,6 +84,9 @@ class LoopEngine::Call final : public QueryHandle,
   }
 
   void Cancel() override;
+  void Next() override;
+  // A chunk of a streamed result, on the loop's thread.
+  void OnChunk(v1::QueryResponse chunk) override { sink_->OnChunk(std::move(chunk)); }
   void OnLease(absl::StatusOr<pool::Lease> lease);
   // Hands the caller its outcome.
   void Deliver(QueryResult result);
@@ -84,6 +95,8 @@ class LoopEngine::Call final : public QueryHandle,
   QueryJob job_;
   const Kind kind_;
   Done done_;
+  // Streams its result there (StreamQuery).
+  StreamSink* sink_ = nullptr;
   // kBegin, kInTransaction and kEnd: the transaction.
   std::string tx_id_;
   // kBegin: when it expires (set once it is open).
@@ -132,6 +145,7 @@ class LoopEngine::Conn final : public Pinned {
   std::atomic<int> running_{0};
   int registered_fd_ = -1;
   bool watching_writes_ = false;
+  bool watching_reads_ = true;
   // The lease went back to the pool; the object goes at the end of the
   // loop's turn, since events of this turn may still point at it.
   bool released_ = false;
@@ -174,6 +188,8 @@ class LoopEngine::Loop {
   void PostJoin(std::shared_ptr<Call> call);
   // From any thread.
   void PostCancel(std::shared_ptr<Call> call);
+  // From any thread: the reader of `call`'s stream is ready for more.
+  void PostResume(std::shared_ptr<Call> call);
   // The loop ends once nothing is running or posted.
   void Stop();
 
@@ -239,6 +255,7 @@ class LoopEngine::Loop {
   std::vector<Fresh> posted_ ABSL_GUARDED_BY(mu_);
   std::vector<std::shared_ptr<Call>> joins_ ABSL_GUARDED_BY(mu_);
   std::vector<std::shared_ptr<Call>> cancels_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::shared_ptr<Call>> resumes_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 
   // Loop thread only.
@@ -258,6 +275,10 @@ void LoopEngine::Call::Cancel() {
 }
 
 void LoopEngine::Call::Deliver(QueryResult result) {
+  if (sink_ != nullptr) {
+    sink_->OnDone(std::move(result));
+    return;
+  }
   switch (kind_) {
     case Kind::kQuery:
     case Kind::kInTransaction:
@@ -274,6 +295,10 @@ void LoopEngine::Call::Deliver(QueryResult result) {
       std::move(std::get<EndDone>(done_))(std::move(result.status));
       return;
   }
+}
+
+void LoopEngine::Call::Next() {
+  if (Loop* loop = loop_.load()) loop->PostResume(shared_from_this());
 }
 
 void LoopEngine::Call::OnLease(absl::StatusOr<pool::Lease> lease) {
@@ -384,6 +409,14 @@ void LoopEngine::Loop::PostCancel(std::shared_ptr<Call> call) {
   if (Current() != this) Wake();
 }
 
+void LoopEngine::Loop::PostResume(std::shared_ptr<Call> call) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    resumes_.push_back(std::move(call));
+  }
+  if (Current() != this) Wake();
+}
+
 void LoopEngine::Loop::Stop() {
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -414,7 +447,7 @@ void LoopEngine::Loop::Run() {
     }
     if (stopping && conns_.empty()) {
       std::lock_guard<std::mutex> lock(mu_);
-      if (posted_.empty() && joins_.empty() && cancels_.empty()) return;
+      if (posted_.empty() && joins_.empty() && cancels_.empty() && resumes_.empty()) return;
       continue;
     }
     // Deadlines: a loop runs at most as many statements as its connections
@@ -434,7 +467,10 @@ void LoopEngine::Loop::Run() {
         conn.pipeline_.OnTimer(now);
         fired = true;
       }
-      if (fired) Collect(conn);
+      if (fired) {
+        Collect(conn);
+        if (!conn.released_) Watch(conn);
+      }
       if (conn.released_) continue;
       for (const std::shared_ptr<Call>& call : conn.calls_) {
         next = std::min(next, call->query_->Timer());
@@ -454,7 +490,7 @@ void LoopEngine::Loop::Run() {
     {
       // Whatever was posted before sleeping_ was set did not wake us.
       std::lock_guard<std::mutex> lock(mu_);
-      if (!posted_.empty() || !joins_.empty() || !cancels_.empty() ||
+      if (!posted_.empty() || !joins_.empty() || !cancels_.empty() || !resumes_.empty() ||
           stopping_ != stopping) {
         timeout_ms = 0;
       }
@@ -490,11 +526,13 @@ void LoopEngine::Loop::TakePosted(absl::Time now) {
   std::vector<Fresh> posted;
   std::vector<std::shared_ptr<Call>> joins;
   std::vector<std::shared_ptr<Call>> cancels;
+  std::vector<std::shared_ptr<Call>> resumes;
   {
     std::lock_guard<std::mutex> lock(mu_);
     posted.swap(posted_);
     joins.swap(joins_);
     cancels.swap(cancels_);
+    resumes.swap(resumes_);
   }
   // Fresh connections first: a joiner may be headed for one of them.
   for (Fresh& fresh : posted) Adopt(std::move(fresh), now);
@@ -503,8 +541,18 @@ void LoopEngine::Loop::TakePosted(absl::Time now) {
     // A call that finished meanwhile, went elsewhere, or has not reached
     // its connection yet (it reads cancelled_ when it does) is left alone.
     if (call->loop_.load() != this || !call->running_here_) continue;
+    Conn& conn = *call->conn_;
     call->query_->Cancel(now);
-    Collect(*call->conn_);
+    Collect(conn);
+    // A held stream reads again to drain what the server still sends.
+    if (!conn.released_) Watch(conn);
+  }
+  for (auto& call : resumes) {
+    if (call->loop_.load() != this || !call->running_here_) continue;
+    Conn& conn = *call->conn_;
+    call->query_->Resume(now);
+    Collect(conn);
+    if (!conn.released_) Watch(conn);
   }
 }
 
@@ -539,7 +587,8 @@ void LoopEngine::Loop::Begin(Call& c, absl::Time now) {
       break;
   }
   c.query_ = std::make_unique<db::AsyncQuery>(conn.pipeline_, std::move(refs), frame,
-                                              deadline, engine_.options_.limits);
+                                              deadline, engine_.options_.limits,
+                                              c.sink_ != nullptr ? &c : nullptr);
   RecordDepth(conn.running_.fetch_add(1) + 1);
   c.query_->Start(now);
 }
@@ -619,9 +668,16 @@ void LoopEngine::Loop::Watch(Conn& conn) {
   const int fd = conn.pipeline_.socket();
   if (fd < 0) return;
   const bool writes = conn.pipeline_.WantsWrite();
-  if (fd == conn.registered_fd_ && writes == conn.watching_writes_) return;
+  // A held stream leaves its socket unread: watching it would wake the
+  // loop for nothing.
+  const bool reads = conn.pipeline_.WantsRead();
+  if (fd == conn.registered_fd_ && writes == conn.watching_writes_ &&
+      reads == conn.watching_reads_) {
+    return;
+  }
   epoll_event ev{};
-  ev.events = EPOLLIN | (writes ? static_cast<uint32_t>(EPOLLOUT) : 0u);
+  ev.events = (reads ? static_cast<uint32_t>(EPOLLIN) : 0u) |
+              (writes ? static_cast<uint32_t>(EPOLLOUT) : 0u);
   ev.data.ptr = &conn;
   if (conn.registered_fd_ < 0) {
     if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) != 0) {
@@ -633,6 +689,7 @@ void LoopEngine::Loop::Watch(Conn& conn) {
     epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &ev);
   }
   conn.watching_writes_ = writes;
+  conn.watching_reads_ = reads;
 }
 
 void LoopEngine::Loop::Collect(Conn& conn) {
@@ -919,7 +976,7 @@ std::shared_ptr<QueryHandle> LoopEngine::BeginTransaction(TransactionOptions opt
   absl::StatusOr<std::string> id = transactions_.Reserve(options);
   if (!id.ok()) {
     std::move(done)(id.status());
-    return nullptr;
+    return std::make_shared<Answered>();
   }
   std::string sql = "BEGIN";
   switch (options.isolation) {
@@ -1083,7 +1140,7 @@ std::shared_ptr<QueryHandle> LoopEngine::Submit(QueryJob job, QueryDone done) {
         QueryResult result;
         result.status = std::move(status);
         std::move(done)(std::move(result));
-        return nullptr;
+        return std::make_shared<Answered>();
       }
     }
   }
@@ -1094,7 +1151,7 @@ std::shared_ptr<QueryHandle> LoopEngine::Submit(QueryJob job, QueryDone done) {
       QueryResult result;
       result.status = pinned.status();
       std::move(done)(std::move(result));
-      return nullptr;
+      return std::make_shared<Answered>();
     }
     std::string id = job.transaction_id;
     auto call = std::make_shared<Call>(*this, std::move(job), Call::Kind::kInTransaction,
@@ -1117,11 +1174,42 @@ std::shared_ptr<QueryHandle> LoopEngine::Submit(QueryJob job, QueryDone done) {
 }
 
 std::shared_ptr<StreamHandle> LoopEngine::SubmitStream(QueryJob job, StreamSink& sink) {
-  (void)job;
-  QueryResult result;
-  result.status = absl::UnimplementedError("StreamQuery");
-  sink.OnDone(std::move(result));
-  return nullptr;
+  job.batch = false;
+  job.statements.resize(1);
+  std::shared_ptr<Call> call;
+  if (!job.transaction_id.empty()) {
+    if (db::EndsTransaction(job.statements[0].request.sql())) {
+      QueryResult result;
+      result.status = absl::InvalidArgumentError(
+          "a statement that ends the transaction cannot run inside one: use "
+          "CommitTransaction or RollbackTransaction");
+      sink.OnDone(std::move(result));
+      return std::make_shared<Answered>();
+    }
+    absl::StatusOr<Pinned*> pinned =
+        transactions_.Use(job.transaction_id, job.caller, /*end=*/false);
+    if (!pinned.ok()) {
+      QueryResult result;
+      result.status = pinned.status();
+      sink.OnDone(std::move(result));
+      return std::make_shared<Answered>();
+    }
+    std::string id = job.transaction_id;
+    call = std::make_shared<Call>(*this, std::move(job), Call::Kind::kInTransaction,
+                                  QueryDone());
+    call->tx_id_ = std::move(id);
+    call->sink_ = &sink;
+    call->submitted_ = absl::Now();
+    JoinPinned(call, static_cast<Conn&>(**pinned));
+    return call;
+  }
+  // Streams never share: their connection is held while the reader is
+  // behind.
+  call = std::make_shared<Call>(*this, std::move(job), Call::Kind::kQuery, QueryDone());
+  call->sink_ = &sink;
+  call->submitted_ = absl::Now();
+  Acquire(call);
+  return call;
 }
 
 pool::PoolStats LoopEngine::Snapshot() const {
