@@ -171,6 +171,10 @@ absl::StatusOr<std::unique_ptr<Server>> BuildServer(const config::Config& cfg) {
                          : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   engine_options.limits = limits;
   server->engine_ = std::make_unique<engine::LoopEngine>(*server->pool_, engine_options);
+  server->metrics_->AddTransactions([engine = server->engine_.get()] {
+    return metrics::Metrics::TransactionGauges{engine->OpenTransactions(),
+                                               engine->OldestTransactionAge()};
+  });
 
   // Lets the service trust the client names the REST gateway forwards.
   const std::string forwarding_secret = security::NewForwardingSecret();

@@ -54,6 +54,16 @@ class Answered final : public StreamHandle {
   void Next() override {}
 };
 
+void CountBatch(size_t statements) {
+  db::EngineCounters& c = db::Counters();
+  size_t bucket = 0;
+  while (bucket < db::kBatchSizeBounds.size() && statements > db::kBatchSizeBounds[bucket]) {
+    ++bucket;
+  }
+  db::Bump(c.batch_sizes[bucket]);
+  c.batch_statements.fetch_add(statements, std::memory_order_relaxed);
+}
+
 void RecordDepth(int depth) {
   db::EngineCounters& c = db::Counters();
   db::Bump(c.pipeline_depth[std::min<size_t>(static_cast<size_t>(depth),
@@ -1144,6 +1154,7 @@ std::shared_ptr<QueryHandle> LoopEngine::Submit(QueryJob job, QueryDone done) {
       }
     }
   }
+  if (job.batch) CountBatch(job.statements.size());
   if (in_transaction) {
     absl::StatusOr<Pinned*> pinned =
         transactions_.Use(job.transaction_id, job.caller, /*end=*/false);

@@ -148,6 +148,11 @@ void Metrics::AddPool(const pool::ConnectionPool& pool) {
   if (exposer_ != nullptr) exposer_->RegisterCollectable(collectors_.back());
 }
 
+void Metrics::AddTransactions(std::function<TransactionGauges()> source) {
+  collectors_.push_back(std::make_shared<TransactionCollector>(std::move(source)));
+  if (exposer_ != nullptr) exposer_->RegisterCollectable(collectors_.back());
+}
+
 void Metrics::StopExposing() { exposer_.reset(); }
 
 absl::StatusOr<int> Metrics::Expose(const std::string& address) {

@@ -11,6 +11,7 @@
 #ifndef DBPOOL_SERVER_METRICS_METRICS_H_
 #define DBPOOL_SERVER_METRICS_METRICS_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -36,6 +37,15 @@ class Metrics {
 
   // Reports `pool` at every scrape. `pool` must outlive this object.
   void AddPool(const pool::ConnectionPool& pool);
+
+  // Open interactive transactions now and the age of the oldest.
+  struct TransactionGauges {
+    int open = 0;
+    absl::Duration oldest_age;
+  };
+  // Reports what `source` says at every scrape; it must be cheap, must not
+  // block, and must outlive this object.
+  void AddTransactions(std::function<TransactionGauges()> source);
 
   // Starts the exporter on `address` (host:port, port 0 picks a free one);
   // returns the bound port.

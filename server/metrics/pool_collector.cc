@@ -166,6 +166,56 @@ std::vector<MetricFamily> EngineCollector::Collect() const {
   d.histogram.sample_sum = sum;
   depth.metric.push_back(std::move(d));
   out.push_back(std::move(depth));
+
+  MetricFamily ended{"db_transactions_ended_total",
+                     "Interactive transactions ended, by outcome: committed, "
+                     "rolled_back, expired (idle or lifetime limit), aborted "
+                     "(serialization failure, deadlock, failed statement, lost "
+                     "connection), drained (shutdown).",
+                     MetricType::Counter, {}};
+  static constexpr std::array<const char*, db::kTransactionOutcomeSlots> kOutcomes = {
+      "committed", "rolled_back", "expired", "aborted", "drained"};
+  for (size_t k = 0; k < kOutcomes.size(); ++k) {
+    ended.metric.push_back(Labelled("outcome", kOutcomes[k], read(c.transactions_ended[k])));
+  }
+  out.push_back(std::move(ended));
+
+  MetricFamily batches{"db_batch_statements",
+                       "Statements per ExecuteBatch call.", MetricType::Histogram, {}};
+  ClientMetric b;
+  uint64_t batch_count = 0;
+  for (size_t k = 0; k < db::kBatchSizeBounds.size(); ++k) {
+    batch_count += c.batch_sizes[k].load(std::memory_order_relaxed);
+    b.histogram.bucket.push_back({batch_count, static_cast<double>(db::kBatchSizeBounds[k])});
+  }
+  batch_count += c.batch_sizes.back().load(std::memory_order_relaxed);
+  b.histogram.bucket.push_back({batch_count, std::numeric_limits<double>::infinity()});
+  b.histogram.sample_count = batch_count;
+  b.histogram.sample_sum = read(c.batch_statements);
+  batches.metric.push_back(std::move(b));
+  out.push_back(std::move(batches));
+  out.push_back(Single("db_streamed_rows_total", "Rows sent by StreamQuery.",
+                       MetricType::Counter, read(c.streamed_rows)));
+  out.push_back(Single("db_streamed_bytes_total",
+                       "Bytes of cell data sent by StreamQuery.", MetricType::Counter,
+                       read(c.streamed_bytes)));
+  return out;
+}
+
+std::vector<MetricFamily> TransactionCollector::Collect() const {
+  const auto [open, oldest] = source_();
+  std::vector<MetricFamily> out;
+  out.push_back(Single("db_transactions_open",
+                       "Interactive transactions open now (BeginTransaction); each "
+                       "pins one pooled connection.",
+                       MetricType::Gauge, open));
+  out.push_back(Single("db_pool_transaction_connections",
+                       "Connections pinned by open transactions, idle in them or "
+                       "running their statements (part of db_pool_active_connections).",
+                       MetricType::Gauge, open));
+  out.push_back(Single("db_transaction_oldest_seconds",
+                       "Age of the oldest open transaction; 0 when none is open.",
+                       MetricType::Gauge, oldest));
   return out;
 }
 

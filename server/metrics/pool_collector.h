@@ -6,11 +6,14 @@
 #ifndef DBPOOL_SERVER_METRICS_POOL_COLLECTOR_H_
 #define DBPOOL_SERVER_METRICS_POOL_COLLECTOR_H_
 
+#include <functional>
+#include <utility>
 #include <vector>
 
 #include <prometheus/collectable.h>
 #include <prometheus/metric_family.h>
 
+#include "absl/time/time.h"
 #include "server/pool/connection_pool.h"
 #include "server/pool/pool_stats.h"
 
@@ -36,6 +39,22 @@ class EngineCollector final : public prometheus::Collectable {
 };
 
 // process_* families for this process, read from /proc.
+// Open transactions and the oldest one's age, from the engine.
+class TransactionCollector final : public prometheus::Collectable {
+ public:
+  using Source = std::function<std::pair<int, double>()>;
+  template <typename F>
+  explicit TransactionCollector(F source)
+      : source_([source = std::move(source)] {
+          const auto g = source();
+          return std::pair<int, double>(g.open, absl::ToDoubleSeconds(g.oldest_age));
+        }) {}
+  std::vector<prometheus::MetricFamily> Collect() const override;
+
+ private:
+  Source source_;
+};
+
 class ProcessCollector final : public prometheus::Collectable {
  public:
   std::vector<prometheus::MetricFamily> Collect() const override;
