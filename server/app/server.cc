@@ -170,11 +170,12 @@ absl::StatusOr<std::unique_ptr<Server>> BuildServer(const config::Config& cfg) {
       cfg.io_threads > 0 ? cfg.io_threads
                          : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   engine_options.limits = limits;
-  server->engine_ = std::make_unique<engine::LoopEngine>(*server->pool_, engine_options);
-  server->metrics_->AddTransactions([engine = server->engine_.get()] {
+  auto loop_engine = std::make_unique<engine::LoopEngine>(*server->pool_, engine_options);
+  server->metrics_->AddTransactions([engine = loop_engine.get()] {
     return metrics::Metrics::TransactionGauges{engine->OpenTransactions(),
                                                engine->OldestTransactionAge()};
   });
+  server->engine_ = std::move(loop_engine);
 
   // Lets the service trust the client names the REST gateway forwards.
   const std::string forwarding_secret = security::NewForwardingSecret();
@@ -270,6 +271,13 @@ void Server::Shutdown(absl::Duration grace) {
   });
   if (metrics_ != nullptr) metrics_->StopExposing();
   stop_http.join();
+  // No call can reach them any more; the engine rolls them back as it
+  // stops, and the log says so for their callers.
+  if (engine_ != nullptr) {
+    if (const int open = engine_->Snapshot().transactions; open > 0) {
+      spdlog::warn("shutting down: {} open transactions are rolled back", open);
+    }
+  }
   if (pool_ != nullptr) pool_->Drain();
 }
 
