@@ -188,7 +188,19 @@ class SqlSurfaceTest(unittest.TestCase):
         err = self.assert_code(lambda: self.query("SELECT 1", tx), grpc.StatusCode.ABORTED)
         self.assertEqual(error_info(err).reason, "TRANSACTION_EXPIRED")
 
+    def wait_no_transactions(self):
+        """Transactions other tests ended are rolled back in the background;
+        waits (at most 5 s) until none is open."""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            stats = self.db.GetPoolStats(pb.GetPoolStatsRequest(), timeout=RPC_TIMEOUT_S)
+            if stats.transaction_connections == 0:
+                return
+            time.sleep(0.05)
+        self.fail("transactions still open: %s" % stats)
+
     def test_the_open_transaction_cap_refuses_at_once(self):
+        self.wait_no_transactions()
         txs = [self.begin() for _ in range(3)]
         started = time.monotonic()
         err = self.assert_code(self.begin, grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -260,8 +272,9 @@ class SqlSurfaceTest(unittest.TestCase):
         status, begun = self.http("POST", "/v1/transactions",
                                   {"isolation": "ISOLATION_LEVEL_REPEATABLE_READ"})
         self.assertEqual(status, 200, begun)
-        tx = begun["transactionId"]
-        self.assertIn("expireTime", begun)
+        # Replies keep the proto's field names; requests may use either form.
+        tx = begun["transaction_id"]
+        self.assertIn("expire_time", begun)
         status, body = self.http("POST", "/v1/query", {
             "sql": "UPDATE accounts SET balance = 7 WHERE id = 1", "transactionId": tx})
         self.assertEqual(status, 200, body)
@@ -276,19 +289,21 @@ class SqlSurfaceTest(unittest.TestCase):
         self.assertEqual([r["columns"][0]["name"] for r in body["results"]], ["one", "two"])
 
     def test_buf_curl_begins_and_commits(self):
-        if not harness.BUF_BIN.exists():
-            self.fail("buf is missing: scripts/install-deps installs it (npm)")
-        base = [str(harness.BUF_BIN), "curl", "--protocol", "grpc", "--http2-prior-knowledge",
-                "--schema", str(harness.PROTO_DIR)]
-        url = "http://%s/dbpool.v1.DatabaseService/" % self.server.address
-        begun = subprocess.run(base + ["--data", '{"readOnly": true}', url + "BeginTransaction"],
-                               capture_output=True, text=True, timeout=60)
-        self.assertEqual(begun.returncode, 0, begun.stderr)
-        tx = json.loads(begun.stdout)["transactionId"]
-        done = subprocess.run(base + ["--data", json.dumps({"transactionId": tx}),
-                                      url + "CommitTransaction"],
-                              capture_output=True, text=True, timeout=60)
-        self.assertEqual(done.returncode, 0, done.stderr)
+        # Outside the repository, so that the schema comes from reflection.
+        cwd = tempfile.mkdtemp(prefix="dbpool-e2e-bufcurl-")
+        self.addCleanup(shutil.rmtree, cwd, True)
+        url = "%s/dbpool.v1.DatabaseService/" % self.server.url
+
+        def call(method, data):
+            res = harness.run_buf(["curl", "--protocol", "grpc", "--http2-prior-knowledge",
+                                   "-d", json.dumps(data), url + method], cwd=cwd)
+            self.assertEqual(res.returncode, 0, res.stderr)
+            return json.loads(res.stdout)
+        tx = call("BeginTransaction", {"readOnly": True})["transactionId"]
+        got = call("Query", {"sql": "SELECT current_setting('transaction_read_only') AS ro",
+                             "transactionId": tx})
+        self.assertEqual(got["rows"][0]["values"][0]["stringValue"], "on")
+        self.assertEqual(call("CommitTransaction", {"transactionId": tx}), {})
 
 
 class ShutdownWithOpenTransactionsTest(unittest.TestCase):

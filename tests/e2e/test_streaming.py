@@ -197,7 +197,7 @@ class StreamingTest(unittest.TestCase):
         conn.close()
         self.assertEqual(lines[0]["columns"][0]["name"], "n")
         self.assertEqual(sum(len(m.get("rows", [])) for m in lines), 2500)
-        self.assertEqual(lines[-1]["commandTag"], "SELECT 2500")
+        self.assertEqual(lines[-1]["command_tag"], "SELECT 2500")
 
     def test_rest_client_that_disconnects_cancels_its_stream(self):
         conn = http.client.HTTPConnection(self.server.http_host, self.server.http_port,
