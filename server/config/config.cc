@@ -179,8 +179,9 @@ const std::vector<Option>& Options() {
        "largest gRPC request message and HTTP body",
        Int(&Config::max_request_bytes, 1024, int64_t{1} << 30)},
       {"DBPOOL_MAX_CALLS_PER_CALLER", "0",
-       "Query calls one caller (token name, else client certificate or address) "
-       "may have in flight; beyond it RESOURCE_EXHAUSTED at once; 0: no limit",
+       "Query, StreamQuery, ExecuteBatch and BeginTransaction calls one caller "
+       "(token name, else client certificate or address) may have in flight; "
+       "beyond it RESOURCE_EXHAUSTED at once; 0: no limit",
        Int(&Config::max_calls_per_caller, 0, 1000000)},
       {"DBPOOL_TLS_CERT_FILE", "",
        "PEM certificate chain: gRPC and HTTP serve TLS only when set",

@@ -17,6 +17,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "google/api/annotations.pb.h"
@@ -28,8 +31,11 @@ namespace dbpool::http {
 namespace {
 
 using google::protobuf::DescriptorPool;
+using google::protobuf::FieldDescriptor;
 using google::protobuf::Message;
 using google::protobuf::MessageFactory;
+
+using Vars = std::vector<std::pair<std::string, std::string>>;
 
 struct Reply {
   int status = 200;
@@ -115,7 +121,172 @@ bool IsJson(const char* content_type) {
   return absl::EqualsIgnoreCase(absl::StripAsciiWhitespace(media), "application/json");
 }
 
+// A google.api.http path template, parsed.
+struct PathTemplate {
+  struct Segment {
+    std::string literal;
+    std::string variable;  // set: a variable, not a literal
+  };
+  std::vector<Segment> segments;
+  std::string verb;  // after the final ':', without it
+};
+
+std::optional<PathTemplate> ParseTemplate(absl::string_view pattern) {
+  if (!absl::ConsumePrefix(&pattern, "/")) return std::nullopt;
+  PathTemplate t;
+  // The verb: a ':' in the last segment, after its variable if it has one.
+  const size_t last = pattern.rfind('/') == absl::string_view::npos ? 0 : pattern.rfind('/');
+  const size_t close = pattern.find('}', last);
+  const size_t colon = pattern.find(':', close == absl::string_view::npos ? last : close);
+  if (colon != absl::string_view::npos) {
+    t.verb = std::string(pattern.substr(colon + 1));
+    if (t.verb.empty()) return std::nullopt;
+    pattern = pattern.substr(0, colon);
+  }
+  const std::vector<absl::string_view> parts = absl::StrSplit(pattern, '/');
+  for (size_t i = 0; i < parts.size(); ++i) {
+    absl::string_view part = parts[i];
+    PathTemplate::Segment segment;
+    if (absl::ConsumePrefix(&part, "{")) {
+      if (!absl::ConsumeSuffix(&part, "}")) return std::nullopt;
+      const std::vector<absl::string_view> name_and_match = absl::StrSplit(part, '=');
+      if (name_and_match.size() > 2 || name_and_match[0].empty()) return std::nullopt;
+      const absl::string_view match = name_and_match.size() == 2 ? name_and_match[1] : "*";
+      // "**" takes the rest of the path, so only the last segment may.
+      if (match != "*" && !(match == "**" && i + 1 == parts.size())) return std::nullopt;
+      segment.variable = std::string(name_and_match[0]);
+    } else {
+      if (absl::StrContains(part, '{') || absl::StrContains(part, '}')) return std::nullopt;
+      segment.literal = std::string(part);
+    }
+    t.segments.push_back(std::move(segment));
+  }
+  return t;
+}
+
+std::string ToString(const grpc::ByteBuffer& buffer) {
+  std::vector<grpc::Slice> slices;
+  std::string bytes;
+  if (buffer.Dump(&slices).ok()) {
+    for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
+  return bytes;
+}
+
+grpc::ByteBuffer ToBuffer(const std::string& bytes) {
+  grpc::Slice slice(bytes);
+  return grpc::ByteBuffer(&slice, 1);
+}
+
+// Trailing metadata that says where a call's time went, as X-dbpool-*
+// headers.
+void AddTimingHeaders(const grpc::ClientContext& context, Reply* reply) {
+  for (const auto& [key, value] : context.GetServerTrailingMetadata()) {
+    if (absl::StartsWith(absl::string_view(key.data(), key.size()), "dbpool-")) {
+      reply->headers.push_back({absl::StrCat("X-", std::string(key.data(), key.size())),
+                                 std::string(value.data(), value.size())});
+    }
+  }
+}
+
+// One server-streaming call made for an HTTP request, through the generic
+// stub (a bidi call that sends one message). The civetweb thread takes each
+// message with Next and asks gRPC for another with ReadNext only once it
+// has written the last one: a slow HTTP client slows the stream.
+//
+// Lives on the civetweb thread's stack: the owner must call Finish, which
+// waits for gRPC to be done with it, before it goes. Next and Finish block.
+class StreamingCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  StreamingCall(grpc::GenericStub& stub, grpc::ClientContext* context,
+                const std::string& method, grpc::ByteBuffer request)
+      : request_(std::move(request)) {
+    stub.PrepareBidiStreamingCall(context, method, grpc::StubOptions(), this);
+    StartWriteLast(&request_, grpc::WriteOptions());
+    StartRead(&incoming_);
+    StartCall();
+  }
+
+  // The next message, or false at the end of the stream.
+  bool Next(grpc::ByteBuffer* message) {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(
+        +[](StreamingCall* c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->mu_) {
+          return c->ready_ || c->ended_;
+        },
+        this));
+    if (!ready_) return false;
+    ready_ = false;
+    *message = incoming_;  // shares the slices
+    incoming_.Clear();
+    return true;
+  }
+  // Asks for the message after the one Next returned.
+  void ReadNext() { StartRead(&incoming_); }
+
+  // Waits until gRPC is done with the call; its status.
+  grpc::Status Finish() {
+    done_.WaitForNotification();
+    return status_;
+  }
+
+  void OnReadDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    if (ok) {
+      ready_ = true;
+    } else {
+      ended_ = true;
+    }
+  }
+  void OnDone(const grpc::Status& status) override {
+    {
+      absl::MutexLock lock(&mu_);
+      ended_ = true;
+    }
+    status_ = status;
+    done_.Notify();
+  }
+
+ private:
+  grpc::ByteBuffer request_;
+  absl::Mutex mu_;
+  grpc::ByteBuffer incoming_;  // gRPC's while a read is out
+  bool ready_ ABSL_GUARDED_BY(mu_) = false;
+  bool ended_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::Status status_;
+  absl::Notification done_;
+};
+
 }  // namespace
+
+std::optional<Vars> MatchPath(absl::string_view pattern, absl::string_view path) {
+  const std::optional<PathTemplate> t = ParseTemplate(pattern);
+  if (!t.has_value()) return std::nullopt;
+  if (!t->verb.empty() && !absl::ConsumeSuffix(&path, absl::StrCat(":", t->verb))) {
+    return std::nullopt;
+  }
+  if (!absl::ConsumePrefix(&path, "/")) return std::nullopt;
+  const std::vector<absl::string_view> parts = absl::StrSplit(path, '/');
+  Vars vars;
+  for (size_t i = 0; i < t->segments.size(); ++i) {
+    const PathTemplate::Segment& segment = t->segments[i];
+    if (i >= parts.size()) return std::nullopt;
+    if (segment.variable.empty()) {
+      if (parts[i] != segment.literal) return std::nullopt;
+      continue;
+    }
+    // The last variable takes the rest: civetweb has already decoded a
+    // %2F inside it into a '/'.
+    std::string value = i + 1 == t->segments.size()
+                            ? absl::StrJoin(parts.begin() + i, parts.end(), "/")
+                            : std::string(parts[i]);
+    if (value.empty()) return std::nullopt;
+    vars.emplace_back(segment.variable, std::move(value));
+    if (i + 1 == t->segments.size()) return vars;
+  }
+  if (parts.size() != t->segments.size()) return std::nullopt;
+  return vars;
+}
 
 std::vector<Route> RoutesOf(const std::string& service_name) {
   std::vector<Route> routes;
@@ -124,6 +295,11 @@ std::vector<Route> RoutesOf(const std::string& service_name) {
   for (int i = 0; i < service->method_count(); ++i) {
     const auto* method = service->method(i);
     if (!method->options().HasExtension(google::api::http)) continue;
+    if (method->client_streaming()) {
+      spdlog::error("http: {} streams requests, which HTTP/JSON cannot carry; no route",
+                    method->full_name());
+      continue;
+    }
     const google::api::HttpRule& rule = method->options().GetExtension(google::api::http);
     Route r;
     switch (rule.pattern_case()) {
@@ -138,6 +314,23 @@ std::vector<Route> RoutesOf(const std::string& service_name) {
     r.input_type = method->input_type()->full_name();
     r.output_type = method->output_type()->full_name();
     r.has_body = rule.body() == "*";
+    r.server_streaming = method->server_streaming();
+    // Checked once here, so that a request never finds a template it
+    // cannot fill.
+    const std::optional<PathTemplate> t = ParseTemplate(r.path);
+    bool fillable = t.has_value();
+    for (size_t k = 0; fillable && k < t->segments.size(); ++k) {
+      const std::string& name = t->segments[k].variable;
+      if (name.empty()) continue;
+      const FieldDescriptor* field = method->input_type()->FindFieldByName(name);
+      fillable = field != nullptr && field->type() == FieldDescriptor::TYPE_STRING &&
+                 !field->is_repeated();
+    }
+    if (!fillable) {
+      spdlog::error("http: path template {} of {} is not supported; no route", r.path,
+                    method->full_name());
+      continue;
+    }
     routes.push_back(std::move(r));
   }
   return routes;
@@ -171,26 +364,35 @@ class RestGateway::Handler final : public CivetHandler {
  private:
   bool Handle(mg_connection* conn) {
     const bool head = std::strcmp(mg_get_request_info(conn)->request_method, "HEAD") == 0;
-    Send(conn, Serve(conn), head);
+    if (std::optional<Reply> reply = Serve(conn)) Send(conn, *reply, head);
     return true;
   }
 
-  Reply Serve(mg_connection* conn) {
+  // The reply, or nullopt when the request has been answered already (a
+  // stream writes its own).
+  std::optional<Reply> Serve(mg_connection* conn) {
     const mg_request_info* info = mg_get_request_info(conn);
     const std::string method = info->request_method;
     // HEAD is answered as GET without a body.
     const std::string verb = method == "HEAD" ? "GET" : method;
-    const std::string path = info->local_uri != nullptr ? info->local_uri : "";
+    // The path as sent (decoded), not cleaned of "..": templates match what
+    // the client wrote.
+    const char* uri = info->local_uri_raw != nullptr ? info->local_uri_raw : info->local_uri;
+    const std::string path = uri != nullptr ? uri : "";
     if (path == "/healthz" || path == "/readyz") {
-      if (verb != "GET") return {405, R"({"code":3,"message":"use GET"})", {{"Allow", "GET"}}};
-      if (path == "/healthz") return {200, R"({"status":"ok"})", {}};
+      if (verb != "GET") return Reply{405, R"({"code":3,"message":"use GET"})", {{"Allow", "GET"}}};
+      if (path == "/healthz") return Reply{200, R"({"status":"ok"})", {}};
       return ready_() ? Reply{200, R"({"status":"serving"})", {}}
                       : Reply{503, R"({"status":"not_serving"})", {}};
     }
     std::vector<std::string> allowed;
     for (const Route& route : routes_) {
-      if (route.path != path) continue;
-      if (route.verb == verb) return Call(conn, route);
+      std::optional<Vars> vars = MatchPath(route.path, path);
+      if (!vars.has_value()) continue;
+      if (route.verb == verb) {
+        if (!route.server_streaming) return Call(conn, route, *vars);
+        return Stream(conn, route, *vars);
+      }
       allowed.push_back(route.verb);
     }
     if (!allowed.empty()) {
@@ -203,20 +405,22 @@ class RestGateway::Handler final : public CivetHandler {
     return StatusReply(5, absl::StrCat("no route for ", verb, " ", path));
   }
 
-  Reply Call(mg_connection* conn, const Route& route) {
-    const auto* pool = DescriptorPool::generated_pool();
-    const Message* in_proto = MessageFactory::generated_factory()->GetPrototype(
-        pool->FindMessageTypeByName(route.input_type));
-    const Message* out_proto = MessageFactory::generated_factory()->GetPrototype(
-        pool->FindMessageTypeByName(route.output_type));
-    std::unique_ptr<Message> request(in_proto->New());
-    if (route.has_body) {
+  // Fills `request` from the JSON body and the path's variables; the
+  // reply that refuses the HTTP request otherwise.
+  std::optional<Reply> ReadRequest(mg_connection* conn, const Route& route, const Vars& vars,
+                                   Message* request) {
+    const mg_request_info* info = mg_get_request_info(conn);
+    const int64_t length = info->content_length;
+    // The path may say all there is to say ("POST .../{id}:commit").
+    const bool bodiless = !vars.empty() &&
+                          (length == 0 || (length < 0 && mg_get_header(
+                                                             conn, "Transfer-Encoding") == nullptr));
+    if (route.has_body && !bodiless) {
       if (!IsJson(mg_get_header(conn, "Content-Type"))) {
         Reply r = StatusReply(3, "Content-Type must be application/json");
         r.status = 415;
         return r;
       }
-      const int64_t length = mg_get_request_info(conn)->content_length;
       if (length > options_.max_body_bytes) {
         Reply r = StatusReply(3, absl::StrCat("body of ", length, " bytes is over the limit of ",
                                               options_.max_body_bytes));
@@ -231,31 +435,61 @@ class RestGateway::Handler final : public CivetHandler {
         return r;
       }
       if (absl::StripAsciiWhitespace(body).empty()) {
-        return StatusReply(3, "request body is empty; send a JSON object");
-      }
-      google::protobuf::util::JsonParseOptions parse;
-      parse.ignore_unknown_fields = false;
-      const auto parsed = google::protobuf::util::JsonStringToMessage(body, request.get(), parse);
-      if (!parsed.ok()) {
-        return StatusReply(3, absl::StrCat("malformed JSON request: ", parsed.message().as_string()));
+        if (vars.empty()) return StatusReply(3, "request body is empty; send a JSON object");
+      } else {
+        google::protobuf::util::JsonParseOptions parse;
+        parse.ignore_unknown_fields = false;
+        const auto parsed = google::protobuf::util::JsonStringToMessage(body, request, parse);
+        if (!parsed.ok()) {
+          return StatusReply(3, absl::StrCat("malformed JSON request: ",
+                                             parsed.message().as_string()));
+        }
       }
     }
-    std::string wire;
-    request->SerializeToString(&wire);
-    grpc::Slice slice(wire);
-    grpc::ByteBuffer request_buffer(&slice, 1);
+    // RoutesOf made sure each variable names a string field.
+    const google::protobuf::Reflection* reflection = request->GetReflection();
+    for (const auto& [name, value] : vars) {
+      const FieldDescriptor* field = request->GetDescriptor()->FindFieldByName(name);
+      const std::string in_body = reflection->GetString(*request, field);
+      if (!in_body.empty() && in_body != value) {
+        return StatusReply(3, absl::StrCat(name, " is \"", in_body, "\" in the body but \"",
+                                           value, "\" in the path"));
+      }
+      reflection->SetString(request, field, value);
+    }
+    return std::nullopt;
+  }
+
+  // Deadline, credentials and the HTTP client's name, as for every call.
+  void PrepareContext(mg_connection* conn, grpc::ClientContext* context) {
+    context->set_deadline(absl::ToChronoTime(absl::Now() + options_.call_timeout));
+    if (const char* authorization = mg_get_header(conn, "Authorization")) {
+      context->AddMetadata("authorization", authorization);
+    }
+    context->AddMetadata(security::kForwardedClientKey,
+                         security::ForwardedClientValue(
+                             options_.forwarding_secret,
+                             ClientIdentity(mg_get_request_info(conn))));
+  }
+
+  static const Message* Prototype(const std::string& type) {
+    return MessageFactory::generated_factory()->GetPrototype(
+        DescriptorPool::generated_pool()->FindMessageTypeByName(type));
+  }
+
+  Reply Call(mg_connection* conn, const Route& route, const Vars& vars) {
+    std::unique_ptr<Message> request(Prototype(route.input_type)->New());
+    if (std::optional<Reply> refused = ReadRequest(conn, route, vars, request.get())) {
+      return *std::move(refused);
+    }
+    grpc::ByteBuffer request_buffer = ToBuffer(request->SerializeAsString());
     grpc::ByteBuffer response_buffer;
     grpc::ClientContext context;
-    context.set_deadline(absl::ToChronoTime(absl::Now() + options_.call_timeout));
-    if (const char* authorization = mg_get_header(conn, "Authorization")) {
-      context.AddMetadata("authorization", authorization);
-    }
-    context.AddMetadata(security::kForwardedClientKey,
-                        security::ForwardedClientValue(
-                            options_.forwarding_secret,
-                            ClientIdentity(mg_get_request_info(conn))));
+    PrepareContext(conn, &context);
     grpc::Status status;
     absl::Notification done;
+    // civetweb gives no way to notice a client that leaves meanwhile: the
+    // call runs on to its end or its deadline (see the header).
     stub_.UnaryCall(&context, route.grpc_method, grpc::StubOptions(), &request_buffer,
                     &response_buffer, [&](grpc::Status s) {
                       status = std::move(s);
@@ -264,24 +498,80 @@ class RestGateway::Handler final : public CivetHandler {
     done.WaitForNotification();
     Reply reply;
     if (status.ok()) {
-      std::vector<grpc::Slice> slices;
-      std::string bytes;
-      if (response_buffer.Dump(&slices).ok()) {
-        for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+      std::unique_ptr<Message> response(Prototype(route.output_type)->New());
+      if (!response->ParseFromString(ToString(response_buffer))) {
+        return StatusReply(13, "unreadable response");
       }
-      std::unique_ptr<Message> response(out_proto->New());
-      if (!response->ParseFromString(bytes)) return StatusReply(13, "unreadable response");
       reply = {200, ToJson(*response), {}};
     } else {
       reply = ErrorReply(status);
     }
-    for (const auto& [key, value] : context.GetServerTrailingMetadata()) {
-      if (absl::StartsWith(absl::string_view(key.data(), key.size()), "dbpool-")) {
-        reply.headers.push_back({absl::StrCat("X-", std::string(key.data(), key.size())),
-                                 std::string(value.data(), value.size())});
-      }
-    }
+    AddTimingHeaders(context, &reply);
     return reply;
+  }
+
+  // Answers with NDJSON as the messages come (see the header); nullopt
+  // once it has written the reply itself.
+  std::optional<Reply> Stream(mg_connection* conn, const Route& route, const Vars& vars) {
+    std::unique_ptr<Message> request(Prototype(route.input_type)->New());
+    if (std::optional<Reply> refused = ReadRequest(conn, route, vars, request.get())) {
+      return refused;
+    }
+    grpc::ClientContext context;
+    PrepareContext(conn, &context);
+    StreamingCall call(stub_, &context, route.grpc_method, ToBuffer(request->SerializeAsString()));
+    const Message* out_proto = Prototype(route.output_type);
+    bool started = false;
+    bool client_gone = false;
+    std::optional<grpc::Status> failure;
+    grpc::ByteBuffer message;
+    while (call.Next(&message)) {
+      std::unique_ptr<Message> response(out_proto->New());
+      if (!response->ParseFromString(ToString(message))) {
+        failure = grpc::Status(grpc::StatusCode::INTERNAL, "unreadable response");
+        context.TryCancel();
+        break;
+      }
+      if (!started) {
+        started = true;
+        static constexpr char kHead[] =
+            "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+            "Cache-Control: no-store\r\nTransfer-Encoding: chunked\r\n\r\n";
+        client_gone = mg_write(conn, kHead, sizeof kHead - 1) <= 0;
+      }
+      const std::string line = absl::StrCat(ToJson(*response), "\n");
+      if (client_gone || mg_send_chunk(conn, line.data(), line.size()) <= 0) {
+        // Nobody is reading: the statement stops, its connection is freed.
+        client_gone = true;
+        context.TryCancel();
+        break;
+      }
+      call.ReadNext();
+    }
+    grpc::Status status = call.Finish();
+    if (failure.has_value()) status = *failure;
+    if (client_gone) return std::nullopt;
+    if (!started && !status.ok()) {
+      // Nothing sent yet: answered as a unary call would be.
+      Reply reply = ErrorReply(status);
+      AddTimingHeaders(context, &reply);
+      return reply;
+    }
+    if (!started) {
+      // A stream without messages: an empty NDJSON body.
+      static constexpr char kEmpty[] =
+          "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+          "Cache-Control: no-store\r\nContent-Length: 0\r\n\r\n";
+      mg_write(conn, kEmpty, sizeof kEmpty - 1);
+      return std::nullopt;
+    }
+    if (!status.ok()) {
+      const std::string line =
+          absl::StrCat(R"({"error":)", ErrorReply(status).body, "}\n");
+      mg_send_chunk(conn, line.data(), line.size());
+    }
+    mg_send_chunk(conn, "", 0);
+    return std::nullopt;
   }
 
   // Reads the body, refusing more than max_body_bytes even when the

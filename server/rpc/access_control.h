@@ -1,5 +1,6 @@
 // AccessControl: who is calling DatabaseService, what they may do, and how
-// many queries they may have in flight.
+// many queries (Query, StreamQuery, ExecuteBatch, BeginTransaction) they may
+// have in flight.
 //
 // With a token table, a caller is the name its bearer token maps to, and
 // its role decides: monitor reads stats, read_only also queries (every

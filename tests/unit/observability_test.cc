@@ -94,14 +94,24 @@ TEST(Metrics, RpcMetricsUseGoGrpcPrometheusNames) {
 
 TEST(RestGateway, RoutesComeFromTheProtoAnnotations) {
   const auto routes = http::RoutesOf("dbpool.v1.DatabaseService");
-  ASSERT_EQ(routes.size(), 2u);
   std::map<std::string, http::Route> by_path;
   for (const auto& r : routes) by_path[r.path] = r;
+  ASSERT_EQ(routes.size(), 7u);
   EXPECT_EQ(by_path["/v1/query"].verb, "POST");
   EXPECT_TRUE(by_path["/v1/query"].has_body);
+  EXPECT_FALSE(by_path["/v1/query"].server_streaming);
   EXPECT_EQ(by_path["/v1/query"].grpc_method, "/dbpool.v1.DatabaseService/Query");
   EXPECT_EQ(by_path["/api/metrics/database/pool"].verb, "GET");
   EXPECT_EQ(by_path["/api/metrics/database/pool"].output_type, "dbpool.v1.PoolStats");
+  EXPECT_EQ(by_path["/v1/query:stream"].grpc_method, "/dbpool.v1.DatabaseService/StreamQuery");
+  EXPECT_TRUE(by_path["/v1/query:stream"].server_streaming);
+  EXPECT_EQ(by_path["/v1/batch"].grpc_method, "/dbpool.v1.DatabaseService/ExecuteBatch");
+  EXPECT_EQ(by_path["/v1/transactions"].grpc_method,
+            "/dbpool.v1.DatabaseService/BeginTransaction");
+  EXPECT_EQ(by_path["/v1/transactions/{transaction_id}:commit"].grpc_method,
+            "/dbpool.v1.DatabaseService/CommitTransaction");
+  EXPECT_EQ(by_path["/v1/transactions/{transaction_id}:rollback"].input_type,
+            "dbpool.v1.RollbackTransactionRequest");
   EXPECT_TRUE(http::RoutesOf("no.such.Service").empty());
 }
 
