@@ -182,6 +182,7 @@ absl::StatusOr<std::unique_ptr<Server>> BuildServer(const config::Config& cfg) {
   rpc::ServiceOptions service_options;
   service_options.request.max_sql_bytes = cfg.max_sql_bytes;
   service_options.request.max_params = cfg.max_params;
+  service_options.request.max_batch_statements = cfg.max_batch_statements;
   service_options.statement_timeout = cfg.statement_timeout;
   service_options.max_stats_streams = cfg.max_stats_streams;
   service_options.tokens = secured->tokens;

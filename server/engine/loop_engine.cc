@@ -330,6 +330,11 @@ void LoopEngine::Call::OnLease(absl::StatusOr<pool::Lease> lease) {
     conn->tx_id_ = tx_id_;
     conn->members_ = 2;
   }
+  // A stream's reader asks for more (Next) from the first chunk on, which
+  // the loop may send before this thread would get past the start: the
+  // loop must be known by then. A cancel posted this early is harmless:
+  // the loop reads cancelled_ when it places the call.
+  if (sink_ != nullptr) loop_.store(&loop);
   if (Loop::Current() == &loop) {
     loop.Post(shared_from_this(), std::move(conn));
   } else {

@@ -36,7 +36,9 @@ std::string AnonymousName(const grpc::ServerContextBase& context,
                                                    names.front().size()));
     }
   }
-  return PeerHost(context.peer());
+  std::string host = PeerHost(context.peer());
+  // Never empty: an empty name would look like "nobody" to a transaction.
+  return host.empty() ? std::string("unknown") : host;
 }
 
 }  // namespace
@@ -56,13 +58,14 @@ AccessControl::AccessControl(security::TokenTable tokens, int max_calls_per_call
       forwarding_secret_(std::move(forwarding_secret)) {}
 
 absl::StatusOr<security::Caller> AccessControl::Check(
-    const grpc::ServerContextBase& context, Need need) const {
+    const grpc::ServerContextBase& context, Need need, Naming naming) const {
   if (tokens_.empty()) {
-    // Only the per-caller limit needs the name; working it out on every
-    // call (the peer string, an auth context) would cost for nothing.
+    // Only the per-caller limit and transactions need the name; working it
+    // out on every call (the peer string, an auth context) would cost for
+    // nothing.
+    const bool named = max_calls_per_caller_ > 0 || naming == Naming::kAlways;
     return security::Caller{
-        max_calls_per_caller_ > 0 ? AnonymousName(context, forwarding_secret_)
-                                  : std::string(),
+        named ? AnonymousName(context, forwarding_secret_) : std::string(),
         security::Role::kReadWrite};
   }
   absl::StatusOr<security::Caller> caller =

@@ -29,6 +29,12 @@ namespace dbpool::rpc {
 
 enum class Need { kStats, kQuery };
 
+// Whether a call needs the caller's name even when nothing else would
+// (no tokens, no per-caller limit). Calls that touch a transaction do: a
+// transaction belongs to the caller that began it, and the engine compares
+// names.
+enum class Naming { kIfUsed, kAlways };
+
 // A gRPC peer string without its port ("ipv4:127.0.0.1:53422" ->
 // "ipv4:127.0.0.1", "ipv6:[::1]:5000" -> "ipv6:[::1]"), so that an anonymous
 // caller is one per host, not one per connection.
@@ -43,10 +49,15 @@ class AccessControl {
                 std::string forwarding_secret);
 
   // UNAUTHENTICATED without a valid token (when tokens are configured),
-  // PERMISSION_DENIED when the caller's role does not cover `need`. Without
-  // tokens or a per-caller limit the caller has no name: nothing uses it.
+  // PERMISSION_DENIED when the caller's role does not cover `need`.
+  // The caller's name is the token's; without tokens it is the client
+  // certificate's ("cn:NAME") under mutual TLS, else the peer's host, or
+  // the HTTP client the gateway names. Working that out costs, so with
+  // Naming::kIfUsed and neither tokens nor a per-caller limit the name is
+  // left empty; with Naming::kAlways it is never empty.
   absl::StatusOr<security::Caller> Check(const grpc::ServerContextBase& context,
-                                         Need need) const;
+                                         Need need,
+                                         Naming naming = Naming::kIfUsed) const;
 
   // Holds one of a caller's in-flight query slots until destroyed.
   class Slot {

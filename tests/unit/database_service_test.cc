@@ -1,7 +1,9 @@
 // DatabaseService over a fake engine, through an in-process gRPC server: what
 // the Query reactor hands the engine, cancellation at each stage, the
 // per-caller slot on every path, the pool state in error details, and
-// access control by token, role and anonymous caller.
+// access control by token, role and anonymous caller. The calls added with
+// transactions (ExecuteBatch, StreamQuery, Begin/Commit/Rollback) are in
+// database_service_tx_test.cc.
 #include "server/rpc/database_service.h"
 
 #include <map>
@@ -22,169 +24,14 @@
 #include "google/rpc/status.pb.h"
 #include "server/rpc/health_service.h"
 #include "server/security/forwarded_client.h"
-#include "tests/unit/fake_engine.h"
+#include "tests/unit/service_fixture.h"
 
 namespace dbpool::rpc {
 namespace {
 
-using ::dbpool::testing::FakeEngine;
+using namespace ::dbpool::rpc::test;  // NOLINT: the fixture's vocabulary
 using ::testing::HasSubstr;
 using google::protobuf::util::TimeUtil;
-
-constexpr char kTokens[] =
-    "grafana monitor    mon-aaaaaaaaaaaaaaaa\n"
-    "reports read_only  ro-bbbbbbbbbbbbbbbbb\n"
-    "alice   read_write rw-ccccccccccccccccc\n"
-    "bob     read_write rw-ddddddddddddddddd\n";
-constexpr char kMonitor[] = "mon-aaaaaaaaaaaaaaaa";
-constexpr char kReader[] = "ro-bbbbbbbbbbbbbbbbb";
-constexpr char kAlice[] = "rw-ccccccccccccccccc";
-constexpr char kBob[] = "rw-ddddddddddddddddd";
-constexpr char kGatewaySecret[] = "0123456789abcdef0123456789abcdef";
-
-v1::QueryRequest Sql(const std::string& sql) {
-  v1::QueryRequest r;
-  r.set_sql(sql);
-  return r;
-}
-
-// One Query in flight on the callback API.
-class Call {
- public:
-  struct Metadata {
-    std::string token;      // sent as "authorization: Bearer TOKEN"
-    std::string forwarded;  // sent as the HTTP gateway's client name
-  };
-
-  Call(v1::DatabaseService::Stub& stub, v1::QueryRequest request, Metadata metadata = {},
-       absl::Duration deadline = absl::Seconds(10))
-      : request_(std::move(request)), deadline_(deadline) {
-    if (!metadata.token.empty()) {
-      context_.AddMetadata("authorization", "Bearer " + metadata.token);
-    }
-    if (!metadata.forwarded.empty()) {
-      context_.AddMetadata(security::kForwardedClientKey, metadata.forwarded);
-    }
-    context_.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
-    stub.async()->Query(&context_, &request_, &response_, [this](grpc::Status s) {
-      status_ = std::move(s);
-      done_.Notify();
-    });
-  }
-  ~Call() {
-    context_.TryCancel();
-    done_.WaitForNotificationWithTimeout(deadline_ + absl::Seconds(5));
-  }
-
-  // The call's status; DEADLINE_EXCEEDED-like failure of the test when it
-  // has not ended well after its own deadline.
-  grpc::Status Wait() {
-    if (!done_.WaitForNotificationWithTimeout(deadline_ + absl::Seconds(5))) {
-      ADD_FAILURE() << "the call never ended";
-      return grpc::Status(grpc::StatusCode::UNKNOWN, "never ended");
-    }
-    return status_;
-  }
-  bool done() const { return done_.HasBeenNotified(); }
-  void Cancel() { context_.TryCancel(); }
-  // Valid after Wait().
-  const v1::QueryResponse& response() const { return response_; }
-  const std::multimap<grpc::string_ref, grpc::string_ref>& trailers() const {
-    return context_.GetServerTrailingMetadata();
-  }
-
- private:
-  grpc::ClientContext context_;
-  v1::QueryRequest request_;
-  v1::QueryResponse response_;
-  const absl::Duration deadline_;
-  absl::Notification done_;
-  grpc::Status status_;
-};
-
-Call::Metadata As(const std::string& token) { return {token, ""}; }
-// A call as the HTTP gateway makes it for `http_client`.
-Call::Metadata From(const std::string& http_client) {
-  return {"", security::ForwardedClientValue(kGatewaySecret, http_client)};
-}
-
-std::string Trailer(const Call& call, const std::string& key) {
-  auto it = call.trailers().find(key);
-  if (it == call.trailers().end()) return "";
-  return std::string(it->second.data(), it->second.size());
-}
-
-// The PoolStats detail of an error, if it carries one.
-std::optional<v1::PoolStats> PoolStateOf(const grpc::Status& status) {
-  google::rpc::Status details;
-  if (!details.ParseFromString(status.error_details())) return std::nullopt;
-  for (const auto& any : details.details()) {
-    v1::PoolStats stats;
-    if (any.UnpackTo(&stats)) return stats;
-  }
-  return std::nullopt;
-}
-
-engine::QueryResult Ok() {
-  engine::QueryResult r;
-  r.response.set_command_tag("SELECT 1");
-  r.response.add_rows()->add_values()->set_int64_value(1);
-  r.timings = engine::QueryTimings{absl::Microseconds(1500), 3, absl::Milliseconds(2)};
-  return r;
-}
-
-engine::QueryResult Failed(absl::Status status, bool ran) {
-  engine::QueryResult r;
-  r.status = std::move(status);
-  if (ran) r.timings = engine::QueryTimings{absl::ZeroDuration(), 0, absl::Milliseconds(1)};
-  return r;
-}
-
-class DatabaseServiceTest : public ::testing::Test {
- protected:
-  void Start(bool tokens = false, int max_calls_per_caller = 0) {
-    ServiceOptions options;
-    options.request.max_sql_bytes = 1 << 10;
-    options.request.max_params = 10;
-    options.statement_timeout = absl::Seconds(30);
-    options.max_stats_streams = 4;
-    options.max_calls_per_caller = max_calls_per_caller;
-    options.forwarding_secret = kGatewaySecret;
-    if (tokens) {
-      auto table = security::TokenTable::Parse(kTokens);
-      ASSERT_TRUE(table.ok()) << table.status();
-      options.tokens = *std::move(table);
-    }
-    service_ = std::make_unique<DatabaseService>(engine_, options);
-    health_service_ = std::make_unique<HealthService>(engine_, 4);
-    grpc::ServerBuilder builder;
-    builder.RegisterService(service_.get());
-    builder.RegisterService(health_service_.get());
-    server_ = builder.BuildAndStart();
-    ASSERT_NE(server_, nullptr);
-    channel_ = server_->InProcessChannel(grpc::ChannelArguments());
-    stub_ = v1::DatabaseService::NewStub(channel_);
-  }
-
-  void TearDown() override {
-    if (server_ == nullptr) return;
-    // A job still held would hold its call, and the server's Wait, forever.
-    for (int i = 0; i < engine_.submitted(); ++i) {
-      engine_.Complete(i, Failed(absl::CancelledError("test over"), false));
-    }
-    server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
-    server_->Wait();
-  }
-
-  v1::DatabaseService::Stub& stub() { return *stub_; }
-
-  FakeEngine engine_;
-  std::unique_ptr<DatabaseService> service_;
-  std::unique_ptr<HealthService> health_service_;
-  std::unique_ptr<grpc::Server> server_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::DatabaseService::Stub> stub_;
-};
 
 TEST_F(DatabaseServiceTest, AValidCallReachesTheEngineAndItsResultTheCaller) {
   Start();
@@ -195,8 +42,12 @@ TEST_F(DatabaseServiceTest, AValidCallReachesTheEngineAndItsResultTheCaller) {
   Call call(stub(), request, {}, absl::Seconds(10));
   ASSERT_TRUE(engine_.WaitForSubmitted(1));
   const engine::QueryJob job = engine_.job(0);
-  EXPECT_EQ(job.request.sql(), "SELECT $1::int");
-  EXPECT_EQ(job.params.size(), 1u);
+  ASSERT_EQ(job.statements.size(), 1u);
+  EXPECT_EQ(job.statements[0].request.sql(), "SELECT $1::int");
+  EXPECT_EQ(job.statements[0].params.size(), 1u);
+  EXPECT_FALSE(job.batch);
+  EXPECT_TRUE(job.transaction_id.empty());
+  EXPECT_TRUE(job.caller.empty()) << "no tokens, no limit, no transaction: no name needed";
   EXPECT_FALSE(job.read_only);
   EXPECT_EQ(job.timeout, absl::Milliseconds(300)) << "the request shortens the default";
   // The call's deadline, as gRPC carries it (rounded up on the wire).

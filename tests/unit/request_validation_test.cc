@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
 #include "server/db/sql_state.h"
 #include "server/rpc/status_conversion.h"
@@ -51,6 +52,51 @@ TEST(ValidateQuery, RejectsBadRequestsWithClearMessages) {
   absl::Status s = Check(r);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(s.message()), HasSubstr("parameter $2"));
+}
+
+TEST(ValidateBatch, ChecksEveryStatementAndTheSize) {
+  RequestLimits limits;
+  limits.max_batch_statements = 2;
+  v1::ExecuteBatchRequest r;
+  EXPECT_THAT(std::string(ValidateBatch(r, limits).status().message()), HasSubstr("empty"));
+  r.add_statements()->set_sql("SELECT $1");
+  r.mutable_statements(0)->add_params()->set_int64_value(7);
+  r.add_statements()->set_sql("SELECT 2");
+  v1::ExecuteBatchRequest consumed = r;  // a valid batch is moved out
+  auto ok = ValidateBatch(consumed, limits);
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  ASSERT_EQ(ok->size(), 2u);
+  EXPECT_EQ((*ok)[0].request.sql(), "SELECT $1");
+  EXPECT_EQ((*ok)[0].params.size(), 1u);
+  EXPECT_EQ((*ok)[1].request.sql(), "SELECT 2");
+
+  r.add_statements()->set_sql("SELECT 3");
+  EXPECT_THAT(std::string(ValidateBatch(r, limits).status().message()),
+              HasSubstr("DBPOOL_MAX_BATCH_STATEMENTS"));
+  limits.max_batch_statements = 10;
+  r.mutable_statements(2)->set_sql("");
+  absl::Status bad = ValidateBatch(r, limits).status();
+  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.message()), HasSubstr("statements[2]: sql is empty"));
+  google::rpc::ErrorInfo info;
+  ASSERT_TRUE(info.ParseFromString(std::string(*bad.GetPayload(db::kErrorInfoTypeUrl))));
+  EXPECT_EQ(info.metadata().at(engine::kStatementIndexKey), "2");
+  EXPECT_FALSE(db::SqlStateOf(bad).has_value()) << "not PostgreSQL's error";
+}
+
+TEST(ValidateBegin, RefusesUnknownIsolationAndBadIdleTimeouts) {
+  v1::BeginTransactionRequest r;
+  EXPECT_TRUE(ValidateBegin(r).ok());
+  r.set_isolation(v1::ISOLATION_LEVEL_REPEATABLE_READ);
+  *r.mutable_idle_timeout() = google::protobuf::Duration();
+  EXPECT_TRUE(ValidateBegin(r).ok()) << "zero: the server's default";
+  r.set_isolation(static_cast<v1::IsolationLevel>(-1));
+  EXPECT_THAT(std::string(ValidateBegin(r).message()), HasSubstr("isolation"));
+  r.set_isolation(v1::ISOLATION_LEVEL_READ_COMMITTED);
+  r.mutable_idle_timeout()->set_nanos(-5);
+  EXPECT_THAT(std::string(ValidateBegin(r).message()), HasSubstr("idle_timeout"));
+  EXPECT_FALSE(ValidateTransactionId("").ok());
+  EXPECT_TRUE(ValidateTransactionId("tx").ok());
 }
 
 TEST(ToGrpcStatus, CarriesPayloadsAsStatusDetails) {
