@@ -483,7 +483,8 @@ def goal_figures(name, g, summary):
     if name == "cpu":
         return (f"{fixed(g['numerator'], 1)} vs {fixed(g['denominator'], 1)} µs: "
                 f"**{fixed(g['value'])}×** {spread(g)}")
-    return (f"{thousands(g['numerator'])} vs {thousands(g['denominator'])} statements/s: "
+    unit = "rows/s" if name == "insert" else "statements/s"
+    return (f"{thousands(g['numerator'])} vs {thousands(g['denominator'])} {unit}: "
             f"**{fixed(g['value'])}×** {spread(g)}")
 
 
@@ -540,13 +541,14 @@ def cpu_reading(g, summary, st):
     if split:
         fixed_us, each, n = split
         q = summary["Q"]
-        body += (f" From the unary select beside them (Q: "
-                 f"{fixed(q['cpu_us_per_call_median']['dbpool_server'], 0)} µs per call of one "
-                 f"statement) dbpool-server's cost splits into about {fixed(fixed_us, 0)} µs per "
-                 f"call (gRPC, the transaction, the connection's turn) and "
+        body += (f" Fitting a fixed cost per call plus a cost per statement to the unary "
+                 f"select beside them (Q: {fixed(q['cpu_us_per_call_median']['dbpool_server'], 0)} "
+                 f"µs for a call of one statement) and to S gives about {fixed(fixed_us, 0)} µs "
+                 f"per call (gRPC, the call's turn on a connection, the transaction) and "
                  f"{fixed(each, 1)} µs per statement (its part of the pipeline and of the "
-                 f"result), so a batch of {n} costs it "
-                 f"{fixed(fixed_us / n + each, 1)} µs a statement.")
+                 f"result), so a batch of {n} costs dbpool-server "
+                 f"{fixed(fixed_us / n + each, 1)} µs a statement. (An estimate: Query and "
+                 f"ExecuteBatch are not the same code path.)")
         if g["verdict"] == NOT_MET and each > 0:
             body += (f" The per-statement part alone is {fixed(ratio(each, g['denominator']))}× "
                      "PgBouncer's cost per query"

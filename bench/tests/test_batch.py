@@ -258,7 +258,7 @@ class Report(unittest.TestCase):
         self.assertIn("[`bench/results/batch-x.json`](../bench/results/batch-x.json)", md)
         rows = [line for line in md.splitlines() if line.startswith("| A 1,000-row insert")]
         self.assertEqual(len(rows), 1)
-        self.assertIn("90,000 vs 5,000 statements/s: **18.00×** [18.00–18.00]", rows[0])
+        self.assertIn("90,000 vs 5,000 rows/s: **18.00×** [18.00–18.00]", rows[0])
         self.assertIn("| **MET** | 1.80× the target |", rows[0])
         self.assertIn("15.0 vs 27.0 µs: **0.56×**", md)
         self.assertNotIn("Quick mode", md)
