@@ -569,7 +569,11 @@ def pipeline_reading(g, summary, st, nproc):
             f"(S: {cost_parts(s, 'S')}) and {fixed(p['cpu_us_per_statement_median']['total'], 1)} "
             f"µs in pgbench's pipeline (P: {cost_parts(p, 'P')}). Everything shares the "
             f"machine's {nproc} cores (S kept {cores_text(summary, 'S')} busy, P "
-            f"{cores_text(summary, 'P')}), so statements/s follow cores ÷ CPU per statement.")
+            f"{cores_text(summary, 'P')}), so statements/s follow cores ÷ CPU per statement. "
+            f"PostgreSQL spent {fixed(s['cpu_us_per_statement_median']['postgres'], 1)} µs a "
+            f"statement in S, whose round trips to it carry {s['per_call']} statements each, "
+            f"and {fixed(p['cpu_us_per_statement_median']['postgres'], 1)} µs in P, whose "
+            f"pipelines carry {p['per_call']}.")
     if g["verdict"] == NOT_MET and g["value"] is not None:
         k, x, y = biggest_gap(summary, "S", "P")
         body += (f" The largest difference is {PROCESSES[k]}: {fixed(x, 1)} µs per statement "
@@ -644,7 +648,6 @@ def render(doc, json_path, md_path):
     w("")
     w("## Method\n")
     w(method(st, systems))
-    w("## Noise\n")
     w(noise_note(runs, st) + "\n")
     w("## Machine\n")
     w("| | |\n|---|---|")
