@@ -54,8 +54,15 @@ constexpr absl::string_view kDefaultTarget = "127.0.0.1:50051";
 // and counts as a client_overload error.
 constexpr int64_t kMaxOutstanding = 10000;
 constexpr int kMaxChannels = 4;
+// Statements in one ExecuteBatch call at most (--batch); the server's own
+// bound is DBPOOL_MAX_BATCH_STATEMENTS.
+constexpr int64_t kMaxBatch = 100000;
 constexpr int kMaxLoadThreads = 4;
 constexpr absl::string_view kClientOverload = "client_overload";
+// An ExecuteBatch answered OK with another number of results than
+// statements: counted as an error, so that no statement is counted that
+// did not run.
+constexpr absl::string_view kBatchMismatch = "batch_results_mismatch";
 // How long to wait for calls that were cancelled at the end of the run.
 constexpr absl::Duration kCancelGrace = absl::Seconds(5);
 // How long to wait for the pool stats stream to end once cancelled.
@@ -63,21 +70,30 @@ constexpr absl::Duration kWatcherGrace = absl::Seconds(2);
 
 constexpr absl::string_view kBenchUsage =
     R"(usage: dbpool bench --target HOST:PORT --sql SQL [--param VALUE [--param-type TYPE]]...
-                    [--concurrency N | --rate R] [--duration 10s] [--warmup 0s]
+                    [--batch N] [--concurrency N | --rate R] [--duration 10s] [--warmup 0s]
                     [--timeout 5s] [--max-error-rate X] [--json]
        dbpool bench --rpc stats [--concurrency N | --rate R] ...
 )";
 
 constexpr absl::string_view kBenchDetails = R"(
-Load-tests Query with one SQL statement and reports throughput, latency
-percentiles (p50, p95, p99, p99.9, max) and pool snapshots sampled once a
-second from StreamPoolStats.
+Load-tests Query with one SQL statement (or ExecuteBatch with --batch) and
+reports throughput, latency percentiles (p50, p95, p99, p99.9, max) and
+pool snapshots sampled once a second from StreamPoolStats.
 
   --target HOST:PORT    server (default $DBPOOL_TARGET, else 127.0.0.1:50051)
   --sql SQL             the statement; $1..$n are bound to the --param values
   --param VALUE         as for `dbpool query` (int:42, str:x, null, ...), plus
-                        rand:MIN:MAX, a uniform random int64 drawn per call
+                        rand:MIN:MAX, a uniform random int64 drawn per
+                        statement, and seq:START, the int64 START + k for the
+                        run's k-th statement (k = 0, 1, 2, ... over all calls,
+                        threads and batches, warm-up included): distinct keys
+                        for INSERTs
   --param-type TYPE     binds the preceding --param as that PostgreSQL type
+  --batch N             each call is one ExecuteBatch of N copies of the
+                        statement (rand: and seq: values drawn for each copy)
+                        instead of a Query: the N run in one transaction, in
+                        one pipeline; the report adds statements and
+                        statements/s, latency stays per call
   --concurrency N       closed loop: N calls in flight, each completion sends
                         the next (default 8)
   --rate R              open loop: R calls per second on a fixed schedule,
@@ -96,6 +112,9 @@ second from StreamPoolStats.
 
 requests counts the calls sent in the measured time that completed, failed
 ones included; latency covers every completed call (not client_overload).
+With --batch, statements counts the statements of the OK calls (N each);
+an OK batch with a result count other than N is an error
+(batch_results_mismatch).
 
 exit status: 0 done, 1 target unreachable, 2 usage error,
              3 error rate above --max-error-rate
@@ -105,11 +124,13 @@ exit status: 0 done, 1 target unreachable, 2 usage error,
 // Options
 
 struct ParamSpec {
-  // The value sent; for rand: the type hint only.
+  // The value sent; for rand: and seq: the type hint only.
   v1::Value value;
   bool random = false;
   int64_t min = 0;
   int64_t max = 0;
+  bool seq = false;  // seq:START, START + the statement's number
+  int64_t start = 0;
 };
 
 struct BenchOptions {
@@ -129,6 +150,7 @@ struct BenchOptions {
   bool json = false;
   bool help = false;
   bool stats_rpc = false;  // --rpc stats
+  int64_t batch = 0;       // --batch N: statements per ExecuteBatch; 0: Query
 
   bool open_loop() const { return rate_set; }
 };
@@ -158,6 +180,15 @@ absl::StatusOr<ParamSpec> ParseBenchParam(absl::string_view text,
     }
     spec.random = true;
     spec.value.set_int64_value(spec.min);
+    return spec;
+  }
+  if (absl::ConsumePrefix(&rest, "seq:")) {
+    if (!absl::SimpleAtoi(rest, &spec.start)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("want seq:START with an int64 START, got \"", text, "\""));
+    }
+    spec.seq = true;
+    spec.value.set_int64_value(spec.start);
     return spec;
   }
   absl::StatusOr<v1::Value> value = parse_param(text);
@@ -193,6 +224,14 @@ absl::Status ApplyBenchFlag(absl::string_view name, const std::string& value,
     }
     o->concurrency = n;
     o->concurrency_set = true;
+  } else if (name == "--batch") {
+    int64_t n;
+    if (!absl::SimpleAtoi(value, &n) || n <= 0 || n > kMaxBatch) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "want statements per call, an integer from 1 to ", kMaxBatch,
+          ", got \"", value, "\""));
+    }
+    o->batch = n;
   } else if (name == "--rate") {
     double r;
     if (!absl::SimpleAtod(value, &r) || !std::isfinite(r) || r <= 0 ||
@@ -233,7 +272,7 @@ absl::Status ApplyBenchFlag(absl::string_view name, const std::string& value,
 constexpr absl::string_view kValueFlags[] = {
     "--target",   "--sql",      "--param",   "--param-type",
     "--concurrency", "--rate", "--duration", "--warmup",
-    "--timeout",  "--max-error-rate", "--rpc"};
+    "--timeout",  "--max-error-rate", "--rpc", "--batch"};
 
 absl::StatusOr<BenchOptions> ParseBenchArgs(const std::vector<std::string>& args,
                                             ParamParser parse_param) {
@@ -277,8 +316,9 @@ absl::StatusOr<BenchOptions> ParseBenchArgs(const std::vector<std::string>& args
     }
   }
   if (o.help) return o;
-  if (o.stats_rpc && (o.sql_set || !o.params.empty())) {
-    return absl::InvalidArgumentError("--rpc stats takes no --sql or --param");
+  if (o.stats_rpc && (o.sql_set || !o.params.empty() || o.batch > 0)) {
+    return absl::InvalidArgumentError(
+        "--rpc stats takes no --sql, --param or --batch");
   }
   if (!o.sql_set && !o.stats_rpc) {
     return absl::InvalidArgumentError("--sql is required");
@@ -490,6 +530,7 @@ struct Results {
   int64_t requests = 0;
   int64_t ok = 0;
   int64_t errors = 0;
+  int64_t statements = 0;  // of the OK calls: --batch each, else one each
   std::map<std::string, int64_t> errors_by_code;
 
   void Merge(const Results& other) {
@@ -497,6 +538,7 @@ struct Results {
     requests += other.requests;
     ok += other.ok;
     errors += other.errors;
+    statements += other.statements;
     for (const auto& [code, n] : other.errors_by_code) errors_by_code[code] += n;
   }
 };
@@ -506,12 +548,19 @@ std::string CodeName(grpc::StatusCode code) {
   return absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
 }
 
-// What every load thread reads and nobody writes once the run has started.
+// What every load thread reads and nobody writes once the run has started
+// (but for the seq: counter, which they share).
 struct LoadPlan {
   const BenchOptions* options = nullptr;
   const Connection* connection = nullptr;
-  v1::QueryRequest request;  // the template: rand: values are drawn per call
+  // The template: rand: and seq: values are set per statement.
+  v1::QueryRequest request;
+  // --batch N: N copies of request.
+  v1::ExecuteBatchRequest batch_request;
   std::vector<int> random_params;  // indexes into request.params()
+  std::vector<int> seq_params;     // indexes into request.params()
+  // Statements numbered so far, for seq: (shared by the sending threads).
+  std::atomic<int64_t>* seq_counter = nullptr;
   v1::GetPoolStatsRequest stats_request;  // --rpc stats
   Clock::time_point t0;
   Clock::time_point measure_start;
@@ -614,17 +663,21 @@ class LoadThread {
 
  private:
   // One call in flight at a time, reused from call to call: its request
-  // keeps the statement and the fixed params, only rand: values change.
-  // Filled by the sending thread, finished by the load thread; gRPC orders
-  // the two.
+  // keeps the statement and the fixed params, only rand: and seq: values
+  // change. Filled by the sending thread, finished by the load thread; gRPC
+  // orders the two.
   struct Slot {
     // A context serves one call: a new one is made in place for each.
     std::optional<grpc::ClientContext> context;
     v1::QueryRequest request;
     v1::QueryResponse response;
+    v1::ExecuteBatchRequest batch_request;    // --batch
+    v1::ExecuteBatchResponse batch_response;  // --batch
     v1::PoolStats stats;  // --rpc stats
     // Live in the call's arena: released before the context that owns it.
     std::unique_ptr<grpc::ClientAsyncResponseReader<v1::QueryResponse>> query;
+    std::unique_ptr<grpc::ClientAsyncResponseReader<v1::ExecuteBatchResponse>>
+        batch_call;
     std::unique_ptr<grpc::ClientAsyncResponseReader<v1::PoolStats>> stats_call;
     grpc::Status status;
     // Intended send time (open loop) or actual send time (closed loop).
@@ -711,7 +764,11 @@ class LoadThread {
   // Sending thread: a new slot, owned by slots_.
   Slot* NewSlot() {
     auto slot = std::make_unique<Slot>();
-    slot->request = plan_.request;
+    if (options().batch > 0) {
+      slot->batch_request = plan_.batch_request;
+    } else {
+      slot->request = plan_.request;
+    }
     slots_.push_back(std::move(slot));
     return slots_.back().get();
   }
@@ -734,6 +791,7 @@ class LoadThread {
   // Sending thread.
   void Send(Slot* slot, Clock::time_point start) {
     slot->query.reset();
+    slot->batch_call.reset();
     slot->stats_call.reset();
     slot->context.emplace();
     grpc::ClientContext* context = &*slot->context;
@@ -750,13 +808,42 @@ class LoadThread {
       slot->stats_call->Finish(&slot->stats, &slot->status, slot);
       return;
     }
+    if (options().batch > 0) {
+      const int64_t n = options().batch;
+      int64_t seq = 0;
+      if (!plan_.seq_params.empty()) {
+        seq = plan_.seq_counter->fetch_add(n, std::memory_order_relaxed);
+      }
+      for (int64_t k = 0; k < n; ++k) {
+        SetVaryingParams(slot->batch_request.mutable_statements(static_cast<int>(k)),
+                         seq + k);
+      }
+      slot->batch_call =
+          stub->AsyncExecuteBatch(context, slot->batch_request, &cq_);
+      slot->batch_call->Finish(&slot->batch_response, &slot->status, slot);
+      return;
+    }
+    int64_t seq = 0;
+    if (!plan_.seq_params.empty()) {
+      seq = plan_.seq_counter->fetch_add(1, std::memory_order_relaxed);
+    }
+    SetVaryingParams(&slot->request, seq);
+    slot->query = stub->AsyncQuery(context, slot->request, &cq_);
+    slot->query->Finish(&slot->response, &slot->status, slot);
+  }
+
+  // Sending thread: draws the rand: params of one statement and sets its
+  // seq: params for statement number `seq` of the run.
+  void SetVaryingParams(v1::QueryRequest* request, int64_t seq) {
     for (int i : plan_.random_params) {
       const ParamSpec& spec = options().params[i];
       std::uniform_int_distribution<int64_t> dist(spec.min, spec.max);
-      slot->request.mutable_params(i)->set_int64_value(dist(rng_));
+      request->mutable_params(i)->set_int64_value(dist(rng_));
     }
-    slot->query = stub->AsyncQuery(context, slot->request, &cq_);
-    slot->query->Finish(&slot->response, &slot->status, slot);
+    for (int i : plan_.seq_params) {
+      request->mutable_params(i)->set_int64_value(options().params[i].start +
+                                                  seq);
+    }
   }
 
   void OnDone(Slot* slot) {
@@ -765,11 +852,16 @@ class LoadThread {
     ++finished_;
     if (slot->start >= plan_.measure_start) {
       ++results_.requests;
-      if (slot->status.ok()) {
-        ++results_.ok;
-      } else {
+      const int64_t batch = options().batch;
+      if (!slot->status.ok()) {
         ++results_.errors;
         ++results_.errors_by_code[CodeName(slot->status.error_code())];
+      } else if (batch > 0 && slot->batch_response.results_size() != batch) {
+        ++results_.errors;
+        ++results_.errors_by_code[std::string(kBatchMismatch)];
+      } else {
+        ++results_.ok;
+        results_.statements += batch > 0 ? batch : 1;
       }
       const int64_t ns =
           std::chrono::duration_cast<std::chrono::nanoseconds>(now - slot->start)
@@ -831,7 +923,14 @@ class Runner {
       if (options.params[i].random) {
         plan_.random_params.push_back(static_cast<int>(i));
       }
+      if (options.params[i].seq) {
+        plan_.seq_params.push_back(static_cast<int>(i));
+      }
     }
+    for (int64_t k = 0; k < options.batch; ++k) {
+      *plan_.batch_request.add_statements() = plan_.request;
+    }
+    plan_.seq_counter = &seq_counter_;
     // Closed loop: the calls in flight, split evenly; open loop: the cap on
     // them, split evenly too, as the schedule deals calls round-robin.
     const int64_t total =
@@ -894,6 +993,7 @@ class Runner {
 
   const std::vector<std::unique_ptr<v1::DatabaseService::Stub>> stubs_;
   PoolWatcher watcher_;
+  std::atomic<int64_t> seq_counter_{0};
   LoadPlan plan_;
   std::vector<std::unique_ptr<LoadThread>> threads_;
   Results results_;
@@ -913,6 +1013,10 @@ struct Report {
     return absl::ToDoubleSeconds(options->duration);
   }
   double rps() const { return results.requests / duration_s(); }
+  // --batch: the statements of the OK calls per second.
+  double statements_per_s() const {
+    return static_cast<double>(results.statements) / duration_s();
+  }
   double error_rate() const {
     return results.requests == 0
                ? 0.0
@@ -1007,6 +1111,13 @@ void PrintJsonReport(const Report& r) {
     m.push_back(absl::StrCat("\"max_error_rate\":", JsonNumber(o.max_error_rate)));
   }
   m.push_back(absl::StrCat("\"rps\":", JsonNumber(std::round(r.rps() * 1000) / 1000)));
+  if (o.batch > 0) {
+    m.push_back(absl::StrCat("\"batch\":", o.batch));
+    m.push_back(absl::StrCat("\"statements\":", r.results.statements));
+    m.push_back(absl::StrCat(
+        "\"statements_per_s\":",
+        JsonNumber(std::round(r.statements_per_s() * 1000) / 1000)));
+  }
   m.push_back(absl::StrFormat(
       "\"latency_ms\":{\"p50\":%s,\"p95\":%s,\"p99\":%s,\"p999\":%s,\"max\":%s}",
       Ms(r.LatencyMs(0.50)), Ms(r.LatencyMs(0.95)), Ms(r.LatencyMs(0.99)),
@@ -1041,11 +1152,19 @@ void PrintHumanReport(const Report& r) {
       absl::FormatDuration(o.timeout), ", ", r.channels, " channel",
       r.channels == 1 ? "" : "s", ", target ", o.target, "\n");
   absl::StrAppend(&out, "  sql: ", o.sql, "\n");
+  if (o.batch > 0) {
+    absl::StrAppend(&out, "  ExecuteBatch of ", o.batch, " statement",
+                    o.batch == 1 ? "" : "s", " per call\n");
+  }
   absl::StrAppendFormat(&out,
                         "requests   %d (%d ok, %d errors, error rate %.2f%%)\n",
                         r.results.requests, r.results.ok, r.results.errors,
                         100 * r.error_rate());
   absl::StrAppendFormat(&out, "throughput %.1f calls/s\n", r.rps());
+  if (o.batch > 0) {
+    absl::StrAppendFormat(&out, "statements %d (%.1f statements/s)\n",
+                          r.results.statements, r.statements_per_s());
+  }
   absl::StrAppendFormat(
       &out, "latency ms p50 %s  p95 %s  p99 %s  p99.9 %s  max %s\n",
       Ms(r.LatencyMs(0.50)), Ms(r.LatencyMs(0.95)), Ms(r.LatencyMs(0.99)),

@@ -1,4 +1,4 @@
-"""python3 -m dbpoolbench compare|soak|floor|max-rate|waiters|overload|pipeline-depth
+"""python3 -m dbpoolbench compare|soak|floor|max-rate|waiters|overload|pipeline-depth|batch
 python3 -m dbpoolbench render KIND RESULT.json [--md PATH]
 
 Runs from the repository root (results and reports use paths relative to
@@ -11,13 +11,13 @@ import os
 import subprocess
 import sys
 
-from . import (compare, compare_report, depth, floor, overload, rate, soak, soak_report, stack,
-               text, waiters)
+from . import (batch, compare, compare_report, depth, floor, overload, rate, soak, soak_report,
+               stack, text, waiters)
 from .settings import SettingsError
 
 COMMANDS = {"compare": compare.main, "soak": soak.main, "floor": floor.main,
             "max-rate": rate.main, "waiters": waiters.main, "overload": overload.main,
-            "pipeline-depth": depth.main}
+            "pipeline-depth": depth.main, "batch": batch.main}
 
 
 def render(kind, path, md_path):
@@ -36,6 +36,8 @@ def render(kind, path, md_path):
         return overload.render(doc)
     if kind == "pipeline-depth":
         return depth.render(doc, path, md_path or "docs/BENCHMARKS-pipeline-depth.md")
+    if kind == "batch":
+        return batch.render(doc, path, md_path or "docs/BENCHMARKS-batch.md")
     return waiters.render(doc)
 
 

@@ -290,7 +290,31 @@ def render(doc, json_path, md_path):
     w("## Reading the numbers\n")
     w(reading(summary, conc, runs, st, m["nproc"]))
     w("")
+    w("## Other benchmarks\n")
+    here = os.path.dirname(os.path.abspath(md_path)) or "."
+    for path, what in OTHER_REPORTS:
+        link = os.path.relpath(os.path.abspath(path), here)
+        w(f"* [`{path}`]({link}): {what}")
+    w("")
     return "\n".join(L) + "\n"
+
+
+# The reports of the other benchmarks, listed at the end of this one.
+OTHER_REPORTS = (
+    ("docs/BENCHMARKS-batch.md", "ExecuteBatch (`bench/batch`): a 1,000-row insert as one batch "
+     "against unary calls, and point selects in batches of 100 against PgBouncer and "
+     "pgbench's pipeline mode"),
+    ("docs/BENCHMARKS-pipeline-depth.md", "the point select at several `DB_PIPELINE_DEPTH` "
+     "settings side by side (`bench/pipeline-depth`)"),
+    ("docs/BENCHMARKS-floor.md", "what a gRPC call costs the server before any database work "
+     "(`bench/floor`)"),
+    ("docs/BENCHMARKS-rate.md", "the highest open-loop rate within 0.1 % errors and 50 ms p99 "
+     "(`bench/max-rate`)"),
+    ("docs/BENCHMARKS-waiters.md", "10,000 concurrent callers on a pool of 20 "
+     "(`bench/waiters`)"),
+    ("docs/BENCHMARKS-overload.md", "three times the capacity offered with 100 ms deadlines "
+     "(`bench/overload`)"),
+)
 
 
 def method_item(sysname, st):

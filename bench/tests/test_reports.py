@@ -4,7 +4,7 @@ import os
 import unittest
 from pathlib import Path
 
-from dbpoolbench import compare_report, depth, floor, rate, soak_report, waiters
+from dbpoolbench import batch, compare_report, depth, floor, rate, soak_report, waiters
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench" / "results"
@@ -266,3 +266,39 @@ class SmallReports(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class BatchReport(StoredRun):
+    """The stored bench/batch run and the report committed from it."""
+    NAME = "bench/results/batch-2026-12-02-0936.json"
+
+    def test_summary_and_goals_are_recomputed_from_the_runs(self):
+        st = self.doc["meta"]["settings"]
+        summary = batch.summarize(self.doc["runs"], st["systems"])
+        self.assertEqual(summary, self.doc["summary"])
+        self.assertEqual(batch.judge(self.doc["runs"], summary), self.doc["goals"])
+
+    def test_report_is_the_committed_one(self):
+        self.assertEqual(batch.render(self.doc, self.NAME, "docs/BENCHMARKS-batch.md"),
+                         committed("docs/BENCHMARKS-batch.md"))
+
+    def test_the_goals_as_measured(self):
+        g = self.doc["goals"]
+        self.assertEqual({k: v["verdict"] for k, v in g.items()},
+                         {"insert": batch.MET, "cpu": batch.MET, "pipeline": batch.MET})
+        self.assertGreaterEqual(g["insert"]["value"], 10)
+        self.assertLessEqual(g["cpu"]["value"], 1)
+        self.assertGreaterEqual(g["pipeline"]["value"], 0.5)
+        self.assertEqual([len(v["per_repeat"]) for v in g.values()], [3, 3, 3])
+
+    def test_every_run_is_valid_and_inserts_left_their_rows(self):
+        for r in self.doc["runs"]:
+            self.assertTrue(r["valid"], r["system"])
+            if r["system"] in batch.INSERTS:
+                self.assertGreaterEqual(r["table_rows"], r["ok"] * r["per_call"])
+
+    def test_the_compare_report_links_it(self):
+        md = committed("docs/BENCHMARKS.md")
+        self.assertIn("[`docs/BENCHMARKS-batch.md`](BENCHMARKS-batch.md)", md)
+        for path, _ in compare_report.OTHER_REPORTS:
+            self.assertTrue((REPO / path).is_file(), path)
