@@ -422,9 +422,8 @@ class RestGateway::Handler final : public CivetHandler {
     const mg_request_info* info = mg_get_request_info(conn);
     const int64_t length = info->content_length;
     // The path may say all there is to say ("POST .../{id}:commit").
-    const bool bodiless = !vars.empty() &&
-                          (length == 0 || (length < 0 && mg_get_header(
-                                                             conn, "Transfer-Encoding") == nullptr));
+    const bool chunked = mg_get_header(conn, "Transfer-Encoding") != nullptr;
+    const bool bodiless = !vars.empty() && (length == 0 || (length < 0 && !chunked));
     if (route.has_body && !bodiless) {
       if (!IsJson(mg_get_header(conn, "Content-Type"))) {
         Reply r = StatusReply(3, "Content-Type must be application/json");
