@@ -194,14 +194,21 @@ void AddTimingHeaders(const grpc::ClientContext& context, Reply* reply) {
 // message with Next and asks gRPC for another with ReadNext only once it
 // has written the last one: a slow HTTP client slows the stream.
 //
+// A hold keeps gRPC from ending the call while the civetweb thread, which
+// starts reads from outside any reaction, may still start one: without it
+// the call completes as soon as the last message is read and the status
+// is in, and the next StartRead would use a freed stream.
+//
 // Lives on the civetweb thread's stack: the owner must call Finish, which
-// waits for gRPC to be done with it, before it goes. Next and Finish block.
+// releases the hold and waits for gRPC to be done with it, before it goes.
+// Next and Finish block.
 class StreamingCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   StreamingCall(grpc::GenericStub& stub, grpc::ClientContext* context,
                 const std::string& method, grpc::ByteBuffer request)
       : request_(std::move(request)) {
     stub.PrepareBidiStreamingCall(context, method, grpc::StubOptions(), this);
+    AddHold();
     StartWriteLast(&request_, grpc::WriteOptions());
     StartRead(&incoming_);
     StartCall();
@@ -221,11 +228,14 @@ class StreamingCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grp
     incoming_.Clear();
     return true;
   }
-  // Asks for the message after the one Next returned.
+  // Asks for the message after the one Next returned. Not after Finish.
   void ReadNext() { StartRead(&incoming_); }
 
-  // Waits until gRPC is done with the call; its status.
+  // Once, with no read outstanding (after Next returned false, or after a
+  // cancel): lets the call end, waits until gRPC is done with it; its
+  // status.
   grpc::Status Finish() {
+    RemoveHold();
     done_.WaitForNotification();
     return status_;
   }
@@ -412,9 +422,8 @@ class RestGateway::Handler final : public CivetHandler {
     const mg_request_info* info = mg_get_request_info(conn);
     const int64_t length = info->content_length;
     // The path may say all there is to say ("POST .../{id}:commit").
-    const bool bodiless = !vars.empty() &&
-                          (length == 0 || (length < 0 && mg_get_header(
-                                                             conn, "Transfer-Encoding") == nullptr));
+    const bool chunked = mg_get_header(conn, "Transfer-Encoding") != nullptr;
+    const bool bodiless = !vars.empty() && (length == 0 || (length < 0 && !chunked));
     if (route.has_body && !bodiless) {
       if (!IsJson(mg_get_header(conn, "Content-Type"))) {
         Reply r = StatusReply(3, "Content-Type must be application/json");

@@ -179,7 +179,8 @@ class Rollback
 
 // One StreamQuery, read as the messages come; or, with `hold_reads`, not
 // read at all until Resume(), so that a test can see what the server does
-// while the reader is slow.
+// while the reader is slow. Reads are started from outside reactions only
+// by Resume, under a hold, so that the call cannot end under it.
 class StreamReader final : public grpc::ClientReadReactor<v1::QueryResponse> {
  public:
   StreamReader(v1::DatabaseService::Stub& stub, v1::QueryRequest request,
@@ -188,12 +189,21 @@ class StreamReader final : public grpc::ClientReadReactor<v1::QueryResponse> {
       : request_(std::move(request)), deadline_(deadline), held_(hold_reads) {
     Prepare(context_, metadata, deadline);
     stub.async()->StreamQuery(&context_, &request_, this);
-    if (!held_) StartRead(&incoming_);
+    if (held_) {
+      AddHold();
+    } else {
+      StartRead(&incoming_);
+    }
     StartCall();
   }
   ~StreamReader() override {
-    // No Resume: a read started after OnDone would be a use after free.
     context_.TryCancel();
+    bool held = false;
+    {
+      absl::MutexLock lock(&mu_);
+      held = std::exchange(held_, false);
+    }
+    if (held) RemoveHold();
     done_.WaitForNotificationWithTimeout(deadline_ + absl::Seconds(5));
   }
 
@@ -216,6 +226,7 @@ class StreamReader final : public grpc::ClientReadReactor<v1::QueryResponse> {
       held_ = false;
     }
     StartRead(&incoming_);
+    RemoveHold();
   }
   void Cancel() { context_.TryCancel(); }
 
@@ -231,7 +242,15 @@ class StreamReader final : public grpc::ClientReadReactor<v1::QueryResponse> {
     absl::MutexLock lock(&mu_);
     return messages_;
   }
+  // The call's status. Reads still held stay unread: the hold goes, so
+  // that a cancelled call can end.
   grpc::Status Wait() {
+    bool held = false;
+    {
+      absl::MutexLock lock(&mu_);
+      held = std::exchange(held_, false);
+    }
+    if (held) RemoveHold();
     if (!done_.WaitForNotificationWithTimeout(deadline_ + absl::Seconds(5))) {
       ADD_FAILURE() << "the stream never ended";
       return grpc::Status(grpc::StatusCode::UNKNOWN, "never ended");
