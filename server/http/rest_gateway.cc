@@ -4,6 +4,14 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include <cstdlib>
 #include <cstring>
 #include <utility>
 
@@ -29,6 +37,64 @@
 
 namespace dbpool::http {
 namespace {
+
+// How often a unary call looks whether its HTTP client is still there.
+constexpr absl::Duration kClientCheckEvery = absl::Milliseconds(100);
+
+// The address and port of a socket address, as civetweb spells a client's.
+std::pair<std::string, int> AddressOf(const sockaddr_storage& a) {
+  char text[INET6_ADDRSTRLEN] = {};
+  if (a.ss_family == AF_INET) {
+    const auto& in = reinterpret_cast<const sockaddr_in&>(a);
+    inet_ntop(AF_INET, &in.sin_addr, text, sizeof text);
+    return {text, ntohs(in.sin_port)};
+  }
+  if (a.ss_family == AF_INET6) {
+    const auto& in6 = reinterpret_cast<const sockaddr_in6&>(a);
+    inet_ntop(AF_INET6, &in6.sin6_addr, text, sizeof text);
+    return {text, ntohs(in6.sin6_port)};
+  }
+  return {"", -1};
+}
+
+// The socket of the connection `info` came on, or -1: the one whose peer
+// is the request's client and whose own port is the server's. The handler
+// holds the connection, so the descriptor stays this socket while it runs.
+int ClientSocket(const mg_request_info* info) {
+  DIR* dir = opendir("/proc/self/fd");
+  if (dir == nullptr) return -1;
+  int found = -1;
+  while (dirent* entry = readdir(dir)) {
+    char* end = nullptr;
+    const long fd = std::strtol(entry->d_name, &end, 10);
+    if (end == entry->d_name || *end != '\0') continue;
+    struct stat st {};
+    if (fstat(static_cast<int>(fd), &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
+    sockaddr_storage peer{};
+    socklen_t peer_len = sizeof peer;
+    sockaddr_storage self{};
+    socklen_t self_len = sizeof self;
+    if (getpeername(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0 ||
+        getsockname(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&self), &self_len) != 0) {
+      continue;
+    }
+    const auto [peer_addr, peer_port] = AddressOf(peer);
+    if (peer_port == info->remote_port && AddressOf(self).second == info->server_port &&
+        absl::StripPrefix(peer_addr, "::ffff:") ==
+            absl::StripPrefix(info->remote_addr, "::ffff:")) {
+      found = static_cast<int>(fd);
+      break;
+    }
+  }
+  closedir(dir);
+  return found;
+}
+
+// The client closed its end (or the connection failed).
+bool ClientGone(int fd) {
+  pollfd p{fd, POLLRDHUP, 0};
+  return poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+}
 
 using google::protobuf::DescriptorPool;
 using google::protobuf::FieldDescriptor;
@@ -497,14 +563,22 @@ class RestGateway::Handler final : public CivetHandler {
     PrepareContext(conn, &context);
     grpc::Status status;
     absl::Notification done;
-    // civetweb gives no way to notice a client that leaves meanwhile: the
-    // call runs on to its end or its deadline (see the header).
     stub_.UnaryCall(&context, route.grpc_method, grpc::StubOptions(), &request_buffer,
                     &response_buffer, [&](grpc::Status s) {
                       status = std::move(s);
                       done.Notify();
                     });
-    done.WaitForNotification();
+    // Most calls are answered before the first look; only a slower one
+    // looks for its socket.
+    int client = -2;
+    while (!done.WaitForNotificationWithTimeout(kClientCheckEvery)) {
+      if (client == -2) client = ClientSocket(mg_get_request_info(conn));
+      if (client >= 0 && ClientGone(client)) {
+        context.TryCancel();
+        done.WaitForNotification();
+        break;
+      }
+    }
     Reply reply;
     if (status.ok()) {
       std::unique_ptr<Message> response(Prototype(route.output_type)->New());

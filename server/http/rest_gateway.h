@@ -26,10 +26,11 @@
 // line {"error": <google.rpc.Status as JSON>}, the HTTP status being
 // already sent. A write to the HTTP client that fails cancels the call.
 //
-// Limits of civetweb: it gives a handler no way to see that its client has
-// gone while the handler waits, so a unary call whose HTTP client
-// disconnects runs on to its own end or its deadline (call_timeout); a
-// stream notices at its next write.
+// A client that disconnects cancels its call, as a gRPC cancel does: a
+// stream notices at its next write; a unary call watches the client's
+// socket (every 100 ms) while it waits. civetweb does not hand its socket
+// to a handler, so the gateway finds it among the process's descriptors by
+// the request's two addresses.
 //
 // Owned by app::Server; must be destroyed before the gRPC server whose
 // in-process channel it calls through.

@@ -306,6 +306,65 @@ class SqlSurfaceTest(unittest.TestCase):
         self.assertEqual(call("CommitTransaction", {"transactionId": tx}), {})
 
 
+class TransactionOwnersTest(unittest.TestCase):
+    """With bearer tokens, a transaction belongs to the token that began it;
+    a read_only token may begin only read-only transactions."""
+
+    TOKENS = {"alice": "alice-token-0123456789", "bob": "bob-token-0123456789ab",
+              "reader": "reader-token-012345678"}
+
+    @classmethod
+    def setUpClass(cls):
+        cls.stub_dir = tempfile.mkdtemp(prefix="dbpool-e2e-stubs-")
+        cls.addClassCleanup(shutil.rmtree, cls.stub_dir, True)
+        _load_stubs(cls.stub_dir)
+        tokens = os.path.join(cls.stub_dir, "tokens")
+        with open(tokens, "w") as f:
+            f.write("alice read_write %(alice)s\nbob read_write %(bob)s\n"
+                    "reader read_only %(reader)s\n" % cls.TOKENS)
+        os.chmod(tokens, 0o600)
+        harness.start_stack(cls, server_env={"DBPOOL_AUTH_TOKENS_FILE": tokens})
+        cls.channel = grpc.insecure_channel(cls.server.address)
+        cls.addClassCleanup(cls.channel.close)
+        cls.db = pb_grpc.DatabaseServiceStub(cls.channel)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.channel.close()
+        harness.stop_server_checked(cls)
+
+    def auth(self, who):
+        return [("authorization", "Bearer " + self.TOKENS[who])]
+
+    def test_another_token_cannot_use_or_end_the_transaction(self):
+        tx = self.db.BeginTransaction(pb.BeginTransactionRequest(), metadata=self.auth("alice"),
+                                      timeout=RPC_TIMEOUT_S).transaction_id
+        for call in (lambda: self.db.Query(pb.QueryRequest(sql="SELECT 1", transaction_id=tx),
+                                           metadata=self.auth("bob"), timeout=RPC_TIMEOUT_S),
+                     lambda: self.db.CommitTransaction(
+                         pb.CommitTransactionRequest(transaction_id=tx),
+                         metadata=self.auth("bob"), timeout=RPC_TIMEOUT_S)):
+            with self.assertRaises(grpc.RpcError) as ctx:
+                call()
+            self.assertEqual(ctx.exception.code(), grpc.StatusCode.PERMISSION_DENIED)
+        got = self.db.Query(pb.QueryRequest(sql="SELECT 1", transaction_id=tx),
+                            metadata=self.auth("alice"), timeout=RPC_TIMEOUT_S)
+        self.assertEqual(got.rows[0].values[0].int64_value, 1)
+        self.db.CommitTransaction(pb.CommitTransactionRequest(transaction_id=tx),
+                                  metadata=self.auth("alice"), timeout=RPC_TIMEOUT_S)
+
+    def test_a_read_only_token_begins_only_read_only_transactions(self):
+        with self.assertRaises(grpc.RpcError) as ctx:
+            self.db.BeginTransaction(pb.BeginTransactionRequest(), metadata=self.auth("reader"),
+                                     timeout=RPC_TIMEOUT_S)
+        self.assertEqual(ctx.exception.code(), grpc.StatusCode.PERMISSION_DENIED)
+        tx = self.db.BeginTransaction(pb.BeginTransactionRequest(read_only=True),
+                                      metadata=self.auth("reader"),
+                                      timeout=RPC_TIMEOUT_S).transaction_id
+        self.db.RollbackTransaction(pb.RollbackTransactionRequest(transaction_id=tx),
+                                    metadata=self.auth("reader"), timeout=RPC_TIMEOUT_S)
+
+
 class ShutdownWithOpenTransactionsTest(unittest.TestCase):
     """SIGTERM with transactions open: they are rolled back, the server
     exits 0 within its grace, and nothing they wrote remains."""

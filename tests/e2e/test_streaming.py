@@ -216,6 +216,20 @@ class StreamingTest(unittest.TestCase):
         conn.close()
         self.assertEqual(self.wait_gone("rest_disconnect", limit_s=15.0), 0)
 
+    def test_rest_client_that_disconnects_cancels_its_unary_query(self):
+        conn = http.client.HTTPConnection(self.server.http_host, self.server.http_port,
+                                          timeout=60)
+        body = json.dumps({"sql": "SELECT pg_sleep(30) AS rest_unary_disconnect"})
+        conn.request("POST", "/v1/query", body=body,
+                     headers={"Content-Type": "application/json"})
+        deadline = time.monotonic() + 10
+        while not self.running("rest_unary_disconnect") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(self.running("rest_unary_disconnect"), 1)
+        conn.sock.close()
+        conn.close()
+        self.assertEqual(self.wait_gone("rest_unary_disconnect", limit_s=5.0), 0)
+
 
 if __name__ == "__main__":
     unittest.main()
