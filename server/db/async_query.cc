@@ -180,7 +180,27 @@ void AsyncQuery::SendFailed() {
   pipeline_.Lose(ConnectionLost(conn_));
 }
 
-bool AsyncQuery::SendOne(Stmt& stmt, size_t index, std::vector<std::string>& deallocate) {
+void AsyncQuery::LookUp(std::vector<std::string>& deallocate) {
+  if (Control()) return;
+  StatementCache& cache = pg_.statements();
+  for (Stmt& stmt : stmts_) {
+    if (CachedStatement* entry = cache.Find(stmt.key)) {
+      stmt.first_sight = false;
+      stmt.effects = entry->effects;
+      continue;
+    }
+    stmt.first_sight = true;
+    stmt.effects = ClassifySessionEffects(stmt.request.sql());
+    std::string evicted;
+    cache.Insert(stmt.key, stmt.effects, &evicted);
+    if (!evicted.empty()) {
+      Bump(Counters().statement_cache_evictions);
+      deallocate.push_back(std::move(evicted));
+    }
+  }
+}
+
+bool AsyncQuery::SendOne(Stmt& stmt, size_t index) {
   const char* sql = stmt.request.sql().c_str();
   const Bound& bound = stmt.bound;
   if (Control()) {
@@ -188,23 +208,12 @@ bool AsyncQuery::SendOne(Stmt& stmt, size_t index, std::vector<std::string>& dea
   }
   EngineCounters& counters = Counters();
   StatementCache& cache = pg_.statements();
+  // Null when a later statement of a long batch has evicted it already.
   CachedStatement* entry = cache.Find(stmt.key);
-  const bool first_sight = entry == nullptr;
-  if (first_sight) {
-    stmt.effects = ClassifySessionEffects(stmt.request.sql());
-    std::string evicted;
-    entry = cache.Insert(stmt.key, stmt.effects, &evicted);
-    if (!evicted.empty()) {
-      Bump(counters.statement_cache_evictions);
-      deallocate.push_back(std::move(evicted));
-    }
-  } else {
-    stmt.effects = entry->effects;
-  }
   // SQL seen before is prepared, unless it changes the session: PREPARE or
   // DEALLOCATE ALL kept as a prepared statement of ours would act on the
   // very cache that holds it.
-  if (first_sight || entry == nullptr || stmt.effects != kNoEffect) {
+  if (stmt.first_sight || entry == nullptr || stmt.effects != kNoEffect) {
     Bump(counters.statement_cache_misses);
     stmt.prepared.clear();
     return PQsendQueryParams(conn_, sql, bound.count(), bound.types.data(),
@@ -234,19 +243,25 @@ bool AsyncQuery::SendOne(Stmt& stmt, size_t index, std::vector<std::string>& dea
 
 void AsyncQuery::SendStatementFlight(const std::string& stale) {
   next_result_ = 0;
+  // Names these statements evict from the cache go first, each behind its
+  // own Sync: a name the caller already deallocated must fail nothing.
+  std::vector<std::string> deallocate;
+  if (!stale.empty()) deallocate.push_back(stale);
+  LookUp(deallocate);
   bool sent = true;
   // A batch whose first try failed left our transaction aborted.
   if (retried_ && Wrapped() && InTransaction()) {
     sent = Send(Part::kHousekeeping, "ROLLBACK") && Sync();
   }
+  for (const std::string& name : deallocate) {
+    if (!sent) break;
+    sent = Send(Part::kHousekeeping, absl::StrCat("DEALLOCATE ", name).c_str()) && Sync();
+  }
   if (sent && Wrapped()) {
     sent = Send(Part::kBegin, frame_.read_only ? "BEGIN READ ONLY" : "BEGIN");
   }
-  // Names evicted from the cache by these statements.
-  std::vector<std::string> deallocate;
-  if (!stale.empty()) deallocate.push_back(stale);
   for (size_t i = 0; sent && i < stmts_.size(); ++i) {
-    sent = SendOne(stmts_[i], i, deallocate);
+    sent = SendOne(stmts_[i], i);
     if (sent) pipeline_.Expect(this, Part::kStatement);
   }
   if (sent && frame_.framing == Framing::kBatch) sent = Send(Part::kEnd, "COMMIT");
@@ -255,13 +270,6 @@ void AsyncQuery::SendStatementFlight(const std::string& stale) {
   // also undoes whatever settings the statement made.
   if (sent && frame_.framing == Framing::kOwn && frame_.read_only) {
     sent = Send(Part::kEnd, "ROLLBACK") && Sync();
-  }
-  // Behind the statements, each behind its own Sync: nothing in this
-  // flight uses a name that has left the cache, and a name the caller
-  // already deallocated must fail nothing.
-  for (const std::string& name : deallocate) {
-    if (!sent) break;
-    sent = Send(Part::kHousekeeping, absl::StrCat("DEALLOCATE ", name).c_str()) && Sync();
   }
   if (!sent) {
     SendFailed();

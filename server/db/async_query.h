@@ -150,6 +150,8 @@ class AsyncQuery {
     const std::string key;
     v1::QueryResponse* const response;
     SessionEffects effects = kNoEffect;
+    // Not in the connection's cache before this flight: sent unprepared.
+    bool first_sight = false;
     // The prepared statement it ran as; empty when sent unprepared.
     std::string prepared;
     Result result;
@@ -209,10 +211,12 @@ class AsyncQuery {
   bool Control() const;
   // The session is cleaned afterwards.
   bool Cleans() const;
-  // Sends statement `index` (preparing it when seen before); names it
-  // evicted from the cache go to `deallocate`. False when the connection
-  // could not take it.
-  bool SendOne(Stmt& stmt, size_t index, std::vector<std::string>& deallocate);
+  // Finds each statement in the connection's cache, or adds it (first
+  // sight); names that evicts go to `deallocate`.
+  void LookUp(std::vector<std::string>& deallocate);
+  // Sends statement `index` (preparing it when seen before). False when
+  // the connection could not take it.
+  bool SendOne(Stmt& stmt, size_t index);
 
   Pipeline& pipeline_;
   PgConnection& pg_;
