@@ -91,6 +91,31 @@ PgConnection::PgConnection(PGconn* conn, size_t prepared_cache_size)
     const char* value = PQparameterStatus(conn_, name);
     reported_at_open_.emplace_back(name, value != nullptr ? value : "");
   }
+  if (PQconninfoOption* options = PQconninfo(conn_)) {
+    for (PQconninfoOption* o = options; o->keyword != nullptr; ++o) {
+      if (std::strcmp(o->keyword, "target_session_attrs") == 0 && o->val != nullptr) {
+        wants_writable_ = std::strcmp(o->val, "read-write") == 0 ||
+                          std::strcmp(o->val, "primary") == 0;
+      }
+    }
+    PQconninfoFree(options);
+  }
+  wants_writable_ = wants_writable_ && !FencedSinceOpen();
+}
+
+bool PgConnection::FencedSinceOpen() const {
+  if (!wants_writable_) return false;
+  for (const char* name : {"default_transaction_read_only", "in_hot_standby"}) {
+    const char* value = PQparameterStatus(conn_, name);
+    if (value != nullptr && std::strcmp(value, "on") == 0) return true;
+  }
+  return false;
+}
+
+std::string PgConnection::Endpoint() const {
+  const char* host = PQhost(conn_);
+  const char* port = PQport(conn_);
+  return absl::StrCat(host != nullptr ? host : "", ":", port != nullptr ? port : "");
 }
 
 bool PgConnection::ReportedParametersChanged() const {
@@ -114,7 +139,7 @@ PgConnection::~PgConnection() { PQfinish(conn_); }
 
 bool PgConnection::IsUsable() {
   if (fatal_notice_ || PQstatus(conn_) != CONNECTION_OK ||
-      PQtransactionStatus(conn_) != PQTRANS_IDLE) {
+      PQtransactionStatus(conn_) != PQTRANS_IDLE || FencedSinceOpen()) {
     return false;
   }
   // A server that ended the session (pg_terminate_backend, a restart) has
@@ -124,7 +149,7 @@ bool PgConnection::IsUsable() {
   if (PQconsumeInput(conn_) == 0) return false;
   while (PGnotify* n = PQnotifies(conn_)) PQfreemem(n);
   return !fatal_notice_ && PQstatus(conn_) == CONNECTION_OK &&
-         PQisBusy(conn_) == 0;
+         PQisBusy(conn_) == 0 && !FencedSinceOpen();
 }
 
 

@@ -67,6 +67,15 @@ class PgConnection final : public pool::Connection {
   // that calls set_config.
   bool ReportedParametersChanged() const;
 
+  // The server has turned read-only (default_transaction_read_only or
+  // in_hot_standby now "on") since this connection opened, and the
+  // connection asked for a writable server (target_session_attrs
+  // read-write or primary): a primary fenced in place or demoted. Such a
+  // connection, and every idle one to the same server, must go, so that the
+  // next ones find the writable host through the connection string.
+  bool FencedSinceOpen() const;
+  // The server this connection reached, as host:port.
+  std::string Endpoint() const;
 
   // Asks the server to cancel whatever this connection is running, and
   // returns at once with a flag that turns true once the postmaster has
@@ -99,6 +108,8 @@ class PgConnection final : public pool::Connection {
   StatementCache statements_;
   // The reported parameters as they were at connect.
   std::vector<std::pair<std::string, std::string>> reported_at_open_;
+  // target_session_attrs asked for a writable server, and it was one.
+  bool wants_writable_ = false;
 };
 
 class PgConnector final : public pool::Connector {

@@ -882,6 +882,17 @@ void LoopEngine::Loop::Release(Conn& conn) {
   conn.registered_fd_ = -1;
   conn.released_ = true;
   if (conn.pipeline_.broken()) conn.lease_.MarkBroken();
+  db::PgConnection& pg = conn.pipeline_.connection();
+  if (pg.FencedSinceOpen()) {
+    // The server turned read-only under us (fenced or demoted): this
+    // connection and every idle one to it go, and the pool reconnects
+    // through the connection string, which finds the writable host.
+    conn.lease_.MarkBroken();
+    const std::string endpoint = pg.Endpoint();
+    engine_.pool_.CloseIdleIf([&endpoint](pool::Connection& c) {
+      return static_cast<db::PgConnection&>(c).Endpoint() == endpoint;
+    });
+  }
   conn.lease_ = pool::Lease();
 }
 

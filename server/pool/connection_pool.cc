@@ -507,6 +507,27 @@ void ConnectionPool::RunMaintenance() {
   deferred.Run();
 }
 
+int ConnectionPool::CloseIdleIf(absl::FunctionRef<bool(Connection&)> doomed) {
+  Deferred deferred(this);
+  int closed = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<std::unique_ptr<Slot>> keep;
+    keep.reserve(idle_.size());
+    for (auto& slot : idle_) {
+      if (doomed(*slot->connection)) {
+        CloseLocked(std::move(slot), CloseReason::kBroken, deferred);
+        ++closed;
+      } else {
+        keep.push_back(std::move(slot));
+      }
+    }
+    idle_ = std::move(keep);
+  }
+  deferred.Run();
+  return closed;
+}
+
 void ConnectionPool::MaintenanceLoop() {
   constexpr absl::Duration kTick = absl::Milliseconds(250);
   std::unique_lock<std::mutex> lock(mu_);

@@ -30,6 +30,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/functional/any_invocable.h"
+#include "absl/functional/function_ref.h"
 #include "absl/random/random.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -148,6 +149,11 @@ class ConnectionPool {
   // (pipelining) does better to do so; while anyone waits it must queue
   // behind them instead (FIFO).
   bool Saturated() const;
+
+  // Closes the idle connections `doomed` picks (counted as broken), such as
+  // every connection to a server that turned read-only; returns how many.
+  // `doomed` runs under the pool's lock and must not block.
+  int CloseIdleIf(absl::FunctionRef<bool(Connection&)> doomed);
 
   // Expires waiters; closes idle connections that are dead, idle for too
   // long or too old. The maintenance thread calls it; tests with a manual

@@ -124,6 +124,35 @@ TEST_F(PoolTest, OpensMinimumAndServesAtOnce) {
   EXPECT_TRUE(pool->Serving());
 }
 
+TEST_F(PoolTest, CloseIdleIfClosesOnlyWhatItPicksAndTheMinimumIsRestored) {
+  PoolOptions o;
+  o.min_connections = 3;
+  o.max_connections = 4;
+  auto pool = MakePool(o);
+  ASSERT_TRUE(Eventually([&] { return pool->Snapshot().idle == 3; }));
+  Pending held;
+  pool->Acquire(absl::InfiniteFuture(), held.Callback());
+  auto lease = held.Take();
+  ASSERT_TRUE(lease.ok());
+  const int in_use = IdOf(*lease);
+  // The one in use is never offered; of the two idle ones, one is picked.
+  int offered = 0;
+  const int closed = pool->CloseIdleIf([&](Connection& c) {
+    const int id = static_cast<FakeConnection&>(c).id();
+    EXPECT_NE(id, in_use);
+    return ++offered == 1;
+  });
+  EXPECT_EQ(offered, 2);
+  EXPECT_EQ(closed, 1);
+  const PoolStats after = pool->Snapshot();
+  EXPECT_EQ(after.connections_closed[static_cast<int>(CloseReason::kBroken)], closed);
+  EXPECT_EQ(after.active, 1);
+  // The openers bring the pool back to its minimum with a new connection.
+  EXPECT_TRUE(Eventually([&] { return pool->Snapshot().total == 3; }));
+  EXPECT_EQ(connector_->opened.load(), 4);
+  EXPECT_EQ(pool->CloseIdleIf([](Connection&) { return false; }), 0);
+}
+
 TEST_F(PoolTest, IdleConnectionsAreReusedLastInFirstOut) {
   PoolOptions o;
   o.min_connections = 2;

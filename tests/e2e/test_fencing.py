@@ -1,0 +1,139 @@
+"""End-to-end test of following the writable host: two independent
+PostgreSQL clusters A and B behind one multi-host connection string with
+target_session_attrs=read-write; A is fenced in place (turned read-only,
+still up) under write load.
+
+    /usr/bin/python3 -m unittest -v tests/e2e/test_fencing.py
+"""
+
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+import grpc  # noqa: E402
+
+RPC_TIMEOUT_S = 5.0
+POOL_SIZE = 8
+WRITERS = 16
+
+pb = None
+pb_grpc = None
+
+
+def _load_stubs(out_dir):
+    global pb, pb_grpc
+    harness.generate_python_stubs(out_dir)
+    from dbpool.v1 import database_service_pb2 as _pb
+    from dbpool.v1 import database_service_pb2_grpc as _pb_grpc
+    pb, pb_grpc = _pb, _pb_grpc
+
+
+class FencingTest(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls.stub_dir = tempfile.mkdtemp(prefix="dbpool-e2e-stubs-")
+        cls.addClassCleanup(shutil.rmtree, cls.stub_dir, True)
+        _load_stubs(cls.stub_dir)
+        binary = harness.server_bin()
+        if not binary.is_file():
+            raise harness.HarnessError("server binary %s is missing" % binary)
+        cls.a = harness.PgCluster.start(prefix="dbpool-e2e-pg-a-")
+        cls.addClassCleanup(cls.a.stop)
+        cls.b = harness.PgCluster.start(prefix="dbpool-e2e-pg-b-")
+        cls.addClassCleanup(cls.b.stop)
+        for cluster in (cls.a, cls.b):
+            cluster.psql("CREATE TABLE writes (id bigserial PRIMARY KEY, writer int)")
+        url = ("postgresql://postgres@127.0.0.1:%d,127.0.0.1:%d/postgres"
+               "?target_session_attrs=read-write" % (cls.a.port, cls.b.port))
+        cls.server = harness.DbpoolServer.start(url, extra_args=[
+            "--db-pool-max-connections=%d" % POOL_SIZE,
+            "--db-pool-min-connections=%d" % POOL_SIZE])
+        cls.addClassCleanup(cls.server.cleanup)
+        cls.channel = grpc.insecure_channel(cls.server.address)
+        cls.addClassCleanup(cls.channel.close)
+        grpc.channel_ready_future(cls.channel).result(timeout=RPC_TIMEOUT_S)
+        cls.db = pb_grpc.DatabaseServiceStub(cls.channel)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.channel.close()
+        harness.stop_server_checked(cls)
+
+    def dbpool_sessions(self, cluster):
+        return int(cluster.psql(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'dbpool'").strip())
+
+    def test_a_primary_fenced_in_place_is_left_for_the_writable_host(self):
+        # Every connection is on A, the first host, which is writable.
+        deadline = time.monotonic() + 10
+        while self.dbpool_sessions(self.a) < POOL_SIZE and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(self.dbpool_sessions(self.a), POOL_SIZE)
+        self.assertEqual(self.dbpool_sessions(self.b), 0)
+
+        stop = threading.Event()
+        lock = threading.Lock()
+        outcomes = []  # (time, ok, code)
+
+        def writer(n):
+            # Bounded: at most 20 s of writes, one call at a time.
+            end = time.monotonic() + 20
+            while not stop.is_set() and time.monotonic() < end:
+                try:
+                    self.db.Query(pb.QueryRequest(
+                        sql="INSERT INTO writes (writer) VALUES ($1)",
+                        params=[pb.Value(int64_value=n)]), timeout=RPC_TIMEOUT_S)
+                    result = (time.monotonic(), True, None)
+                except grpc.RpcError as e:
+                    result = (time.monotonic(), False, e.code())
+                with lock:
+                    outcomes.append(result)
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(WRITERS)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        fenced_at = time.monotonic()
+        self.a.psql("ALTER SYSTEM SET default_transaction_read_only = on;\n"
+                    "SELECT pg_reload_conf();")
+        time.sleep(4.0)
+        stop.set()
+        for t in threads:
+            t.join(RPC_TIMEOUT_S + 25)
+            self.assertFalse(t.is_alive())
+
+        failed = [o for o in outcomes if not o[1]]
+        after = [o for o in outcomes if o[0] > fenced_at]
+        last_failure = max((o[0] for o in failed), default=fenced_at)
+        settled = [o for o in outcomes if o[0] > last_failure]
+        print("[fencing] %d calls, %d failed (%s), last failure %.0f ms after the fence, "
+              "%d calls after it, all OK"
+              % (len(outcomes), len(failed), sorted({str(o[2]) for o in failed}),
+                 (last_failure - fenced_at) * 1000, len(settled)))
+        # Only statements already on their way when A turned read-only fail:
+        # at most one per writer (with pipelining a connection may carry
+        # several writers' statements, so the bound is the writers, not the
+        # pool's connections).
+        self.assertLessEqual(len(failed), WRITERS)
+        self.assertTrue(all(o[2] == grpc.StatusCode.PERMISSION_DENIED for o in failed), failed)
+        self.assertGreater(len(after), len(failed))
+        # Writes go on, to B, and nothing of dbpool is left on A.
+        self.assertGreater(len(settled), 100)
+        self.assertGreater(int(self.b.psql("SELECT count(*) FROM writes").strip()), 0)
+        deadline = time.monotonic() + 10
+        while self.dbpool_sessions(self.a) > 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertEqual(self.dbpool_sessions(self.a), 0)
+        self.assertGreater(self.dbpool_sessions(self.b), 0)
+
+
+if __name__ == "__main__":
+    unittest.main()
