@@ -33,6 +33,12 @@ constexpr absl::Duration kShareBelow = absl::Milliseconds(2);
 // SQL texts whose profile the engine keeps.
 constexpr size_t kProfiledStatements = 10000;
 
+// A statement refused by a server that turned read-only goes again at most
+// this often: each refusal takes one more connection to that server out of
+// use (one that was busy when the others were closed), and the call's
+// deadline still bounds it.
+constexpr int kFenceRetries = 3;
+
 // Bounds a COMMIT or ROLLBACK the engine sends for a transaction.
 absl::Time EndDeadline(const db::QueryLimits& limits) {
   return absl::Now() + limits.statement_timeout;
@@ -107,6 +113,8 @@ class LoopEngine::Call final : public StreamHandle,
   Done done_;
   // Streams its result there (StreamQuery).
   StreamSink* sink_ = nullptr;
+  // Times sent again after a server that turned read-only refused it.
+  int fence_retries_ = 0;
   // kBegin, kInTransaction and kEnd: the transaction.
   std::string tx_id_;
   // kBegin: when it expires (set once it is open).
@@ -168,6 +176,8 @@ class LoopEngine::Conn final : public Pinned {
   int members_ = 1;
   bool listed_ = false;
 
+  // Its server turned read-only under it (LeaveIfFenced); loop thread.
+  bool fenced_ = false;
   // The transaction pinning it; empty when none. Set before the loop
   // adopts it, then loop thread only.
   std::string tx_id_;
@@ -237,6 +247,10 @@ class LoopEngine::Loop {
   void OnTransactionStatement(Call& call, const db::AsyncQuery& query, Conn& conn,
                               absl::Status& status, absl::Time now);
   void OnEnded(Call& call, Conn& conn, QueryResult& result);
+  // Whether `conn`'s server has turned read-only under a connection string
+  // that wants a writable one; the first time, closes the idle
+  // connections to it and takes `conn` out of use.
+  bool LeaveIfFenced(Conn& conn);
   // The transaction on `conn` is over without an end of its own.
   void DropTransaction(Conn& conn, TransactionOutcome outcome, std::string why);
   // Rolls back the transaction on `conn` once the current call is
@@ -776,8 +790,25 @@ void LoopEngine::Loop::Finish(
     if (result.status.ok()) result.responses = std::move(call->responses_);
     result.timings = QueryTimings{call->acquire_wait_, call->queue_depth_on_arrival_,
                                   now - call->started_};
+    const bool fenced = LeaveIfFenced(conn);
     switch (call->kind_) {
       case Call::Kind::kQuery:
+        if (fenced && !call->job_.read_only && call->fence_retries_ < kFenceRetries &&
+            call->sink_ == nullptr && db::SqlStateOf(result.status) == "25006") {
+          // Refused by a server that turned read-only under us. An
+          // autocommit statement that fails leaves nothing behind, so it
+          // goes again on a connection the pool opens through the
+          // connection string (the writable host).
+          ++call->fence_retries_;
+          call->query_.reset();
+          call->conn_ = nullptr;
+          call->running_here_ = false;
+          call->loop_.store(nullptr);
+          call->responses_.assign(call->job_.statements.size(), v1::QueryResponse());
+          engine_.Leave(conn);
+          engine_.Acquire(std::move(call));
+          continue;
+        }
         if (!call->job_.batch && query->service_time() != absl::InfiniteDuration()) {
           engine_.profiles_.Record(call->job_.statements[0].request.sql(),
                                    query->service_time());
@@ -799,6 +830,23 @@ void LoopEngine::Loop::Finish(
     engine_.Leave(conn);
     finished.emplace_back(std::move(call), std::move(result));
   }
+}
+
+bool LoopEngine::Loop::LeaveIfFenced(Conn& conn) {
+  if (conn.fenced_) return true;
+  db::PgConnection& pg = conn.pipeline_.connection();
+  if (!pg.FencedSinceOpen()) return false;
+  // The server turned read-only under us (fenced or demoted): this
+  // connection and every idle one to it go, and the pool reconnects
+  // through the connection string, which finds the writable host.
+  conn.fenced_ = true;
+  conn.pipeline_.MarkBroken();
+  conn.pipeline_.CloseToJoins();
+  const std::string endpoint = pg.Endpoint();
+  engine_.pool_.CloseIdleIf([&endpoint](pool::Connection& c) {
+    return static_cast<db::PgConnection&>(c).Endpoint() == endpoint;
+  });
+  return true;
 }
 
 void LoopEngine::Loop::OnBegun(Call& call, Conn& conn, absl::Status& status,
@@ -882,17 +930,6 @@ void LoopEngine::Loop::Release(Conn& conn) {
   conn.registered_fd_ = -1;
   conn.released_ = true;
   if (conn.pipeline_.broken()) conn.lease_.MarkBroken();
-  db::PgConnection& pg = conn.pipeline_.connection();
-  if (pg.FencedSinceOpen()) {
-    // The server turned read-only under us (fenced or demoted): this
-    // connection and every idle one to it go, and the pool reconnects
-    // through the connection string, which finds the writable host.
-    conn.lease_.MarkBroken();
-    const std::string endpoint = pg.Endpoint();
-    engine_.pool_.CloseIdleIf([&endpoint](pool::Connection& c) {
-      return static_cast<db::PgConnection&>(c).Endpoint() == endpoint;
-    });
-  }
   conn.lease_ = pool::Lease();
 }
 
