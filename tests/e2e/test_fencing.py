@@ -1,13 +1,15 @@
-"""End-to-end test of following the writable host: two independent
+"""End-to-end tests of following the writable host: two independent
 PostgreSQL clusters A and B behind one multi-host connection string with
-target_session_attrs=read-write; A is fenced in place (turned read-only,
-still up) under write load.
+target_session_attrs=read-write. A is fenced in place (turned read-only,
+still up) under write load; in the second module class, A's postmaster is
+killed under write load (an unplanned failover, B already writable).
 
     /usr/bin/python3 -m unittest -v tests/e2e/test_fencing.py
 """
 
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -131,6 +133,89 @@ class FencingTest(unittest.TestCase):
             time.sleep(0.1)
         self.assertEqual(self.dbpool_sessions(self.a), 0)
         self.assertGreater(self.dbpool_sessions(self.b), 0)
+
+
+class PostmasterKilledTest(unittest.TestCase):
+    """SIGKILL to the first host's postmaster under write load: no call
+    outlives its deadline, and writes go on to B by themselves."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.stub_dir = tempfile.mkdtemp(prefix="dbpool-e2e-stubs-")
+        cls.addClassCleanup(shutil.rmtree, cls.stub_dir, True)
+        _load_stubs(cls.stub_dir)
+        cls.a = harness.PgCluster.start(prefix="dbpool-e2e-pg-a-")
+        cls.addClassCleanup(cls.a.stop)
+        cls.b = harness.PgCluster.start(prefix="dbpool-e2e-pg-b-")
+        cls.addClassCleanup(cls.b.stop)
+        for cluster in (cls.a, cls.b):
+            cluster.psql("CREATE TABLE writes (id bigserial PRIMARY KEY, writer int)")
+        url = ("postgresql://postgres@127.0.0.1:%d,127.0.0.1:%d/postgres"
+               "?target_session_attrs=read-write&connect_timeout=2" % (cls.a.port, cls.b.port))
+        cls.server = harness.DbpoolServer.start(url, extra_args=[
+            "--db-pool-max-connections=%d" % POOL_SIZE,
+            "--db-pool-min-connections=%d" % POOL_SIZE])
+        cls.addClassCleanup(cls.server.cleanup)
+        cls.channel = grpc.insecure_channel(cls.server.address)
+        cls.addClassCleanup(cls.channel.close)
+        grpc.channel_ready_future(cls.channel).result(timeout=RPC_TIMEOUT_S)
+        cls.db = pb_grpc.DatabaseServiceStub(cls.channel)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.channel.close()
+        harness.stop_server_checked(cls)
+
+    def test_writes_move_to_the_surviving_host_and_no_call_outlives_its_deadline(self):
+        deadline = time.monotonic() + 10
+        while (int(self.a.psql("SELECT count(*) FROM pg_stat_activity "
+                               "WHERE application_name = 'dbpool'").strip()) < POOL_SIZE
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
+        stop = threading.Event()
+        lock = threading.Lock()
+        outcomes = []  # (end time, ok, code, seconds taken)
+
+        def writer(n):
+            end = time.monotonic() + 20
+            while not stop.is_set() and time.monotonic() < end:
+                started = time.monotonic()
+                try:
+                    self.db.Query(pb.QueryRequest(
+                        sql="INSERT INTO writes (writer) VALUES ($1)",
+                        params=[pb.Value(int64_value=n)]), timeout=RPC_TIMEOUT_S)
+                    ok, code = True, None
+                except grpc.RpcError as e:
+                    ok, code = False, e.code()
+                now = time.monotonic()
+                with lock:
+                    outcomes.append((now, ok, code, now - started))
+
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(WRITERS)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        killed_at = time.monotonic()
+        os.kill(self.a.postmaster_pid, signal.SIGKILL)
+        time.sleep(5.0)
+        stop.set()
+        for t in threads:
+            t.join(RPC_TIMEOUT_S + 25)
+            self.assertFalse(t.is_alive())
+
+        failed = [o for o in outcomes if not o[1]]
+        last_failure = max((o[0] for o in failed), default=killed_at)
+        settled = [o for o in outcomes if o[0] > last_failure]
+        slowest = max(o[3] for o in outcomes)
+        print("[failover] A's postmaster killed: %d calls, %d failed (%s), last failure "
+              "%.0f ms after the kill, slowest call %.0f ms, %d calls after, all OK"
+              % (len(outcomes), len(failed), sorted({str(o[2]) for o in failed}),
+                 (last_failure - killed_at) * 1000, slowest * 1000, len(settled)))
+        # Every call ended by its deadline (plus scheduling slack).
+        self.assertLess(slowest, RPC_TIMEOUT_S + 1.0)
+        # Writes go on, on B, by themselves.
+        self.assertGreater(len(settled), 100)
+        self.assertGreater(int(self.b.psql("SELECT count(*) FROM writes").strip()), 0)
 
 
 if __name__ == "__main__":
