@@ -55,7 +55,7 @@ class EngineTest : public ::testing::Test {
     LoopEngineOptions eo;
     eo.io_threads = io_threads;
     eo.pipeline_depth = pipeline_depth;
-    eo.limits.cancel_grace = absl::Seconds(2);
+    eo.limits.cancel_grace = cancel_grace_;
     eo.transactions = std::move(transactions);
     engine_ = std::make_unique<LoopEngine>(*pool_, eo);
   }
@@ -167,6 +167,8 @@ class EngineTest : public ::testing::Test {
     return r.responses.empty() ? kNone : r.responses[0];
   }
 
+  // DB_CANCEL_GRACE_MS of the engine Make builds.
+  absl::Duration cancel_grace_ = absl::Seconds(2);
   std::unique_ptr<pool::ConnectionPool> pool_;
   std::unique_ptr<LoopEngine> engine_;
 };
