@@ -262,7 +262,7 @@ void ConnectionPool::Release(std::unique_ptr<Slot> slot, bool broken) {
       CloseLocked(std::move(slot), CloseReason::kLifetime, deferred);
     } else {
       slot->last_released = now;
-      PlaceLocked(std::move(slot), deferred);
+      PlaceLocked(std::move(slot), deferred, /*fresh=*/false);
     }
   }
   deferred.Run();
@@ -288,8 +288,8 @@ absl::Status ConnectionPool::AdmissionLocked(absl::Time now, absl::Time deadline
       absl::ToInt64Milliseconds(deadline - now)));
 }
 
-void ConnectionPool::PlaceLocked(std::unique_ptr<Slot> slot,
-                                 Deferred& deferred) {
+void ConnectionPool::PlaceLocked(std::unique_ptr<Slot> slot, Deferred& deferred,
+                                 bool fresh) {
   const absl::Time now = clock_.Now();
   // A waiter too close to its deadline to finish a statement of the usual
   // length is answered now rather than handed a connection it would give
@@ -316,7 +316,11 @@ void ConnectionPool::PlaceLocked(std::unique_ptr<Slot> slot,
     idle_.push_back(std::move(slot));
     return;
   }
-  drain_rate_.Record(now);
+  // Only a released connection says how fast the pool serves its queue. A
+  // fresh one, opened while the pool grows or reconnects after an outage,
+  // says how fast connections open: counting those made a pool recovering
+  // from a restart look slow and refuse callers that would have made it.
+  if (!fresh) drain_rate_.Record(now);
   Waiter w = std::move(waiters_.front());
   waiters_.pop_front();
   waiter_index_.erase(w.id);
@@ -428,7 +432,7 @@ void ConnectionPool::OpenerLoop() {
       if (stopping_) {
         CloseLocked(std::move(slot), CloseReason::kShutdown, deferred);
       } else {
-        PlaceLocked(std::move(slot), deferred);
+        PlaceLocked(std::move(slot), deferred, /*fresh=*/true);
       }
     } else {
       ++counters_.connect_errors;

@@ -182,7 +182,8 @@ class ConnectionPool {
 
   void Release(std::unique_ptr<Slot> slot, bool broken);
   // Gives `slot` to the oldest waiter or puts it on the idle stack.
-  void PlaceLocked(std::unique_ptr<Slot> slot, Deferred& deferred)
+  // `fresh`: just opened, rather than released by a caller.
+  void PlaceLocked(std::unique_ptr<Slot> slot, Deferred& deferred, bool fresh)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CloseLocked(std::unique_ptr<Slot> slot, CloseReason reason,
                    Deferred& deferred) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
