@@ -1185,94 +1185,64 @@ void LoopEngine::Acquire(std::shared_ptr<Call> call) {
 }
 
 std::shared_ptr<QueryHandle> LoopEngine::Submit(QueryJob job, QueryDone done) {
-  const bool in_transaction = !job.transaction_id.empty();
-  if (job.batch || in_transaction) {
-    // Their end is the engine's: COMMIT here would end a batch half-way or
-    // a transaction behind its id.
-    for (size_t i = 0; i < job.statements.size(); ++i) {
-      if (db::EndsTransaction(job.statements[i].request.sql())) {
-        absl::Status status = absl::InvalidArgumentError(
-            in_transaction
-                ? "a statement that ends the transaction (COMMIT, ROLLBACK, END, "
-                  "ABORT, PREPARE TRANSACTION) cannot run inside one: use "
-                  "CommitTransaction or RollbackTransaction"
-                : "a statement that ends a transaction (COMMIT, ROLLBACK, END, "
-                  "ABORT, PREPARE TRANSACTION) cannot run in a batch, which is "
-                  "one transaction");
-        if (job.statements.size() > 1) status = db::WithStatementIndex(status, static_cast<int>(i));
-        QueryResult result;
-        result.status = std::move(status);
-        std::move(done)(std::move(result));
-        return std::make_shared<Answered>();
-      }
-    }
-  }
-  if (job.batch) CountBatch(job.statements.size());
-  if (in_transaction) {
-    absl::StatusOr<Pinned*> pinned =
-        transactions_.Use(job.transaction_id, job.caller, /*end=*/false);
-    if (!pinned.ok()) {
-      QueryResult result;
-      result.status = pinned.status();
-      std::move(done)(std::move(result));
-      return std::make_shared<Answered>();
-    }
-    std::string id = job.transaction_id;
-    auto call = std::make_shared<Call>(*this, std::move(job), Call::Kind::kInTransaction,
-                                       std::move(done));
-    call->tx_id_ = std::move(id);
-    call->submitted_ = absl::Now();
-    JoinPinned(call, static_cast<Conn&>(**pinned));
-    return call;
-  }
-  auto call = std::make_shared<Call>(*this, std::move(job), Call::Kind::kQuery, std::move(done));
-  call->submitted_ = absl::Now();
-  if (options_.pipeline_depth > 1 && !call->job_.batch &&
-      profiles_.MayShare(call->job_.statements[0].request.sql())) {
-    call->shareable_ = true;
-    if (pool_.Saturated() && TryJoin(call)) return call;
-  }
-  Acquire(call);
-  if (call->shareable_ && call->wait_id_.load() != 0) AddShareWaiter(call);
-  return call;
+  return Start(std::move(job), std::move(done), nullptr);
 }
 
 std::shared_ptr<StreamHandle> LoopEngine::SubmitStream(QueryJob job, StreamSink& sink) {
   job.batch = false;
   job.statements.resize(1);
-  std::shared_ptr<Call> call;
-  if (!job.transaction_id.empty()) {
-    if (db::EndsTransaction(job.statements[0].request.sql())) {
-      QueryResult result;
-      result.status = absl::InvalidArgumentError(
-          "a statement that ends the transaction cannot run inside one: use "
-          "CommitTransaction or RollbackTransaction");
-      sink.OnDone(std::move(result));
-      return std::make_shared<Answered>();
+  return Start(std::move(job), QueryDone(), &sink);
+}
+
+std::shared_ptr<StreamHandle> LoopEngine::Start(QueryJob job, QueryDone done,
+                                                StreamSink* sink) {
+  const bool in_transaction = !job.transaction_id.empty();
+  auto call = std::make_shared<Call>(
+      *this, std::move(job),
+      in_transaction ? Call::Kind::kInTransaction : Call::Kind::kQuery, std::move(done));
+  call->sink_ = sink;
+  call->submitted_ = absl::Now();
+  const QueryJob& j = call->job_;
+  const auto refuse = [&call](absl::Status status) {
+    QueryResult result;
+    result.status = std::move(status);
+    call->Deliver(std::move(result));
+    return std::make_shared<Answered>();
+  };
+  if (j.batch || in_transaction) {
+    // Their end is the engine's: COMMIT here would end a batch half-way or
+    // a transaction behind its id.
+    for (size_t i = 0; i < j.statements.size(); ++i) {
+      if (!db::EndsTransaction(j.statements[i].request.sql())) continue;
+      absl::Status status = absl::InvalidArgumentError(
+          in_transaction
+              ? "a statement that ends the transaction (COMMIT, ROLLBACK, END, "
+                "ABORT, PREPARE TRANSACTION) cannot run inside one: use "
+                "CommitTransaction or RollbackTransaction"
+              : "a statement that ends a transaction (COMMIT, ROLLBACK, END, "
+                "ABORT, PREPARE TRANSACTION) cannot run in a batch, which is "
+                "one transaction");
+      if (j.statements.size() > 1) status = db::WithStatementIndex(status, static_cast<int>(i));
+      return refuse(std::move(status));
     }
-    absl::StatusOr<Pinned*> pinned =
-        transactions_.Use(job.transaction_id, job.caller, /*end=*/false);
-    if (!pinned.ok()) {
-      QueryResult result;
-      result.status = pinned.status();
-      sink.OnDone(std::move(result));
-      return std::make_shared<Answered>();
-    }
-    std::string id = job.transaction_id;
-    call = std::make_shared<Call>(*this, std::move(job), Call::Kind::kInTransaction,
-                                  QueryDone());
-    call->tx_id_ = std::move(id);
-    call->sink_ = &sink;
-    call->submitted_ = absl::Now();
+  }
+  if (j.batch) CountBatch(j.statements.size());
+  if (in_transaction) {
+    absl::StatusOr<Pinned*> pinned = transactions_.Use(j.transaction_id, j.caller, /*end=*/false);
+    if (!pinned.ok()) return refuse(pinned.status());
+    call->tx_id_ = j.transaction_id;
     JoinPinned(call, static_cast<Conn&>(**pinned));
     return call;
   }
   // Streams never share: their connection is held while the reader is
   // behind.
-  call = std::make_shared<Call>(*this, std::move(job), Call::Kind::kQuery, QueryDone());
-  call->sink_ = &sink;
-  call->submitted_ = absl::Now();
+  if (sink == nullptr && options_.pipeline_depth > 1 && !j.batch &&
+      profiles_.MayShare(j.statements[0].request.sql())) {
+    call->shareable_ = true;
+    if (pool_.Saturated() && TryJoin(call)) return call;
+  }
   Acquire(call);
+  if (call->shareable_ && call->wait_id_.load() != 0) AddShareWaiter(call);
   return call;
 }
 

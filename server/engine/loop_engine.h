@@ -93,6 +93,10 @@ class LoopEngine final : public QueryEngine {
   class Conn;
   class Loop;
 
+  // Submit and SubmitStream: refuses what may not run, else starts the
+  // call in its transaction, on a shared connection, or in the pool's
+  // queue. The outcome goes to `sink` when there is one, else to `done`.
+  std::shared_ptr<StreamHandle> Start(QueryJob job, QueryDone done, StreamSink* sink);
   // The loop of the calling thread when it is one of ours, so that a
   // connection released there is reused there; else the next in turn.
   Loop& PickLoop();

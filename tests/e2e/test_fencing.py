@@ -37,7 +37,11 @@ def _load_stubs(out_dir):
     pb, pb_grpc = _pb, _pb_grpc
 
 
-class FencingTest(unittest.TestCase):
+class TwoHosts(unittest.TestCase):
+    """Clusters A and B, each with a `writes` table, and a server whose
+    connection string lists A then B with target_session_attrs=read-write."""
+
+    EXTRA_URL_OPTIONS = ""
 
     @classmethod
     def setUpClass(cls):
@@ -54,7 +58,8 @@ class FencingTest(unittest.TestCase):
         for cluster in (cls.a, cls.b):
             cluster.psql("CREATE TABLE writes (id bigserial PRIMARY KEY, writer int)")
         url = ("postgresql://postgres@127.0.0.1:%d,127.0.0.1:%d/postgres"
-               "?target_session_attrs=read-write" % (cls.a.port, cls.b.port))
+               "?target_session_attrs=read-write%s"
+               % (cls.a.port, cls.b.port, cls.EXTRA_URL_OPTIONS))
         cls.server = harness.DbpoolServer.start(url, extra_args=[
             "--db-pool-max-connections=%d" % POOL_SIZE,
             "--db-pool-min-connections=%d" % POOL_SIZE])
@@ -72,6 +77,9 @@ class FencingTest(unittest.TestCase):
     def dbpool_sessions(self, cluster):
         return int(cluster.psql(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'dbpool'").strip())
+
+
+class FencingTest(TwoHosts):
 
     def test_a_primary_fenced_in_place_is_left_for_the_writable_host(self):
         # Every connection is on A, the first host, which is writable.
@@ -135,42 +143,15 @@ class FencingTest(unittest.TestCase):
         self.assertGreater(self.dbpool_sessions(self.b), 0)
 
 
-class PostmasterKilledTest(unittest.TestCase):
+class PostmasterKilledTest(TwoHosts):
     """SIGKILL to the first host's postmaster under write load: no call
     outlives its deadline, and writes go on to B by themselves."""
 
-    @classmethod
-    def setUpClass(cls):
-        cls.stub_dir = tempfile.mkdtemp(prefix="dbpool-e2e-stubs-")
-        cls.addClassCleanup(shutil.rmtree, cls.stub_dir, True)
-        _load_stubs(cls.stub_dir)
-        cls.a = harness.PgCluster.start(prefix="dbpool-e2e-pg-a-")
-        cls.addClassCleanup(cls.a.stop)
-        cls.b = harness.PgCluster.start(prefix="dbpool-e2e-pg-b-")
-        cls.addClassCleanup(cls.b.stop)
-        for cluster in (cls.a, cls.b):
-            cluster.psql("CREATE TABLE writes (id bigserial PRIMARY KEY, writer int)")
-        url = ("postgresql://postgres@127.0.0.1:%d,127.0.0.1:%d/postgres"
-               "?target_session_attrs=read-write&connect_timeout=2" % (cls.a.port, cls.b.port))
-        cls.server = harness.DbpoolServer.start(url, extra_args=[
-            "--db-pool-max-connections=%d" % POOL_SIZE,
-            "--db-pool-min-connections=%d" % POOL_SIZE])
-        cls.addClassCleanup(cls.server.cleanup)
-        cls.channel = grpc.insecure_channel(cls.server.address)
-        cls.addClassCleanup(cls.channel.close)
-        grpc.channel_ready_future(cls.channel).result(timeout=RPC_TIMEOUT_S)
-        cls.db = pb_grpc.DatabaseServiceStub(cls.channel)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.channel.close()
-        harness.stop_server_checked(cls)
+    EXTRA_URL_OPTIONS = "&connect_timeout=2"
 
     def test_writes_move_to_the_surviving_host_and_no_call_outlives_its_deadline(self):
         deadline = time.monotonic() + 10
-        while (int(self.a.psql("SELECT count(*) FROM pg_stat_activity "
-                               "WHERE application_name = 'dbpool'").strip()) < POOL_SIZE
-               and time.monotonic() < deadline):
+        while self.dbpool_sessions(self.a) < POOL_SIZE and time.monotonic() < deadline:
             time.sleep(0.05)
         stop = threading.Event()
         lock = threading.Lock()
