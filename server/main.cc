@@ -62,7 +62,8 @@ int main(int argc, char** argv) {
 
   absl::StatusOr<std::unique_ptr<app::Server>> server = app::BuildServer(cfg);
   if (!server.ok()) {
-    if (absl::IsInvalidArgument(server.status())) {
+    if (absl::IsInvalidArgument(server.status()) ||
+        absl::IsFailedPrecondition(server.status())) {
       return ConfigError(server.status().message());
     }
     spdlog::error("{}", std::string(server.status().message()));

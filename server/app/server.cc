@@ -20,6 +20,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "server/app/connection_budget.h"
 #include "server/db/pg_connection.h"
 #include "server/engine/loop_engine.h"
 #include "server/security/forwarded_client.h"
@@ -149,6 +150,12 @@ absl::StatusOr<std::unique_ptr<Server>> BuildServer(const config::Config& cfg) {
       cfg.database_url, cfg.application_name, cfg.statement_timeout,
       static_cast<size_t>(cfg.prepared_cache_size)});
   spdlog::info("database {}", db::RedactConninfo(cfg.database_url));
+  if (absl::Status budget = CheckConnectionBudget(
+          *connector, absl::Now() + cfg.connect_timeout, cfg.expected_replicas,
+          cfg.max_connections, cfg.enforce_connection_budget);
+      !budget.ok()) {
+    return budget;
+  }
   server->pool_ = std::make_unique<pool::ConnectionPool>(pool_options, connector);
   server->metrics_ = std::make_unique<metrics::Metrics>(DBPOOL_VERSION);
   server->metrics_->AddPool(*server->pool_);

@@ -79,7 +79,10 @@ class Server {
 // Builds the server `config` describes and starts it listening.
 // INVALID_ARGUMENT when the configuration cannot work (an unusable
 // DATABASE_URL, a password given as a flag, unreadable TLS or token files);
-// UNAVAILABLE when a port cannot be bound.
+// FAILED_PRECONDITION when DBPOOL_ENFORCE_CONNECTION_BUDGET is set and the
+// replicas' pools cannot fit the server's connections (connection_budget.h;
+// this blocks up to DB_POOL_CONNECT_TIMEOUT_MS on one connection); UNAVAILABLE
+// when a port cannot be bound.
 absl::StatusOr<std::unique_ptr<Server>> BuildServer(const config::Config& config);
 
 }  // namespace dbpool::app

@@ -105,6 +105,15 @@ const std::vector<Option>& Options() {
        Int(&Config::max_connections, 1, 10000)},
       {"DB_POOL_MIN_CONNECTIONS", "2", "connections kept open and warm",
        Int(&Config::min_connections, 0, 10000)},
+      {"DBPOOL_EXPECTED_REPLICAS", "1",
+       "dbpool instances sharing the database (the most a deployment scales "
+       "to): at start, replicas x DB_POOL_MAX_CONNECTIONS is checked against "
+       "the server's max_connections less its reserved connections",
+       Int(&Config::expected_replicas, 1, 10000)},
+      {"DBPOOL_ENFORCE_CONNECTION_BUDGET", "false",
+       "refuse to start, instead of warning, when the replicas' pools cannot "
+       "fit the server's connections",
+       Bool(&Config::enforce_connection_budget)},
       {"DB_POOL_IDLE_TIMEOUT_MS", "30000",
        "idle connections above the minimum close after this",
        Millis(&Config::idle_timeout, 100, kMaxMs)},

@@ -30,6 +30,8 @@ struct Config {
   std::string database_url;
   int max_connections = 0;
   int min_connections = 0;
+  int expected_replicas = 0;  // dbpool instances sharing the database
+  bool enforce_connection_budget = false;
   absl::Duration idle_timeout;
   absl::Duration max_lifetime;
   absl::Duration acquire_timeout;
