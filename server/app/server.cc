@@ -53,6 +53,70 @@ struct Secured {
   security::TokenTable tokens;
 };
 
+absl::Status ValidateReplicas(const config::Config& cfg) {
+  absl::flat_hash_set<std::string> names;
+  for (size_t i = 0; i < cfg.replica_urls.size(); ++i) {
+    const std::string& url = cfg.replica_urls[i];
+    if (absl::Status s = db::ValidateConninfo(url); !s.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("DATABASE_REPLICA_URLS[", i, "]: ", s.message()));
+    }
+    if (db::ConninfoHasPassword(url) &&
+        absl::c_linear_search(cfg.given_as_flags, "DATABASE_REPLICA_URLS")) {
+      return absl::InvalidArgumentError(
+          "--database-replica-urls carries a password, which would show in "
+          "/proc/PID/cmdline: pass it in DATABASE_REPLICA_URLS in the environment, "
+          "PGPASSWORD or a PGPASSFILE");
+    }
+    if (!names.insert(db::ConninfoEndpoint(url)).second) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "DATABASE_REPLICA_URLS names ", db::ConninfoEndpoint(url), " twice"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+void Server::AddReplicas(const config::Config& cfg, const pool::PoolOptions& pool_options,
+                         const engine::LoopEngineOptions& engine_options) {
+  Server& server = *this;
+  if (cfg.replica_urls.empty()) return;
+  std::vector<engine::RoutingEngine::Replica> replicas;
+  for (const std::string& url : cfg.replica_urls) {
+    auto connector = std::make_shared<db::PgConnector>(db::ConnectionSettings{
+        url, cfg.application_name, cfg.statement_timeout,
+        static_cast<size_t>(cfg.prepared_cache_size)});
+    server.replica_pools_.push_back(
+        std::make_unique<pool::ConnectionPool>(pool_options, connector));
+    server.engines_.push_back(
+        std::make_unique<engine::LoopEngine>(*server.replica_pools_.back(), engine_options));
+    replicas.push_back({db::ConninfoEndpoint(url), server.engines_.back().get()});
+    spdlog::info("read replica {}", db::RedactConninfo(url));
+  }
+  engine::RoutingOptions options;
+  options.max_lag = cfg.replica_max_lag;
+  options.probe_interval = cfg.replica_lag_probe;
+  options.wait = cfg.replica_wait;
+  options.transaction_lifetime = cfg.tx_max_lifetime;
+  metrics::Metrics* metrics = server.metrics_.get();
+  server.router_ = std::make_unique<engine::RoutingEngine>(
+      *server.engines_.front(), std::move(replicas), options,
+      [metrics](const std::string& target, engine::RouteReason reason) {
+        metrics->ObserveRoute(target, engine::RouteReasonName(reason));
+      });
+  server.engine_ = server.router_.get();
+  metrics->AddReplicas([router = server.router_.get()] {
+    std::vector<metrics::ReplicaGauges> out;
+    for (engine::ReplicaState& r : router->Replicas()) {
+      out.push_back({std::move(r.name), r.pool, r.routable, r.replay_lag});
+    }
+    return out;
+  });
+}
+
+namespace {
+
 absl::StatusOr<Secured> LoadSecurity(const config::Config& cfg) {
   Secured out;
   if (db::ConninfoHasPassword(cfg.database_url) &&
@@ -132,6 +196,7 @@ absl::StatusOr<std::unique_ptr<Server>> BuildServer(const config::Config& cfg) {
   if (absl::Status s = db::ValidateConninfo(cfg.database_url); !s.ok()) {
     return absl::InvalidArgumentError(s.message());
   }
+  if (absl::Status s = ValidateReplicas(cfg); !s.ok()) return s;
   absl::StatusOr<Secured> secured = LoadSecurity(cfg);
   if (!secured.ok()) return secured.status();
 
@@ -177,12 +242,14 @@ absl::StatusOr<std::unique_ptr<Server>> BuildServer(const config::Config& cfg) {
       cfg.io_threads > 0 ? cfg.io_threads
                          : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   engine_options.limits = limits;
-  auto loop_engine = std::make_unique<engine::LoopEngine>(*server->pool_, engine_options);
-  server->metrics_->AddTransactions([engine = loop_engine.get()] {
+  server->engines_.push_back(
+      std::make_unique<engine::LoopEngine>(*server->pool_, engine_options));
+  server->metrics_->AddTransactions([engine = server->engines_.front().get()] {
     return metrics::Metrics::TransactionGauges{engine->OpenTransactions(),
                                                engine->OldestTransactionAge()};
   });
-  server->engine_ = std::move(loop_engine);
+  server->engine_ = server->engines_.front().get();
+  server->AddReplicas(cfg, pool_options, engine_options);
 
   // Lets the service trust the client names the REST gateway forwards.
   const std::string forwarding_secret = security::NewForwardingSecret();
@@ -286,7 +353,10 @@ void Server::Shutdown(absl::Duration grace) {
       spdlog::warn("shutting down: {} open transactions are rolled back", open);
     }
   }
+  // Probes would only find the pools draining.
+  if (router_ != nullptr) router_->Stop();
   if (pool_ != nullptr) pool_->Drain();
+  for (auto& replica : replica_pools_) replica->Drain();
 }
 
 }  // namespace dbpool::app

@@ -14,6 +14,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <grpcpp/channel.h>
 #include <grpcpp/server.h>
@@ -21,7 +22,9 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "server/config/config.h"
+#include "server/engine/loop_engine.h"
 #include "server/engine/query_engine.h"
+#include "server/engine/routing_engine.h"
 #include "server/http/rest_gateway.h"
 #include "server/metrics/metrics.h"
 #include "server/pool/connection_pool.h"
@@ -59,13 +62,23 @@ class Server {
  private:
   friend absl::StatusOr<std::unique_ptr<Server>> BuildServer(const config::Config&);
   Server() = default;
+  // A pool and an engine per replica, like the primary's, and the router in
+  // front of them all; nothing without replicas.
+  void AddReplicas(const config::Config& cfg, const pool::PoolOptions& pool_options,
+                   const engine::LoopEngineOptions& engine_options);
 
   std::string listen_host_;
   // Declared in the order they depend on each other, so that each is
   // destroyed before what it uses.
   std::unique_ptr<pool::ConnectionPool> pool_;
+  std::vector<std::unique_ptr<pool::ConnectionPool>> replica_pools_;
   std::unique_ptr<metrics::Metrics> metrics_;
-  std::unique_ptr<engine::QueryEngine> engine_;
+  // The primary's engine, then each replica's.
+  std::vector<std::unique_ptr<engine::LoopEngine>> engines_;
+  // Over engines_ when there are replicas.
+  std::unique_ptr<engine::RoutingEngine> router_;
+  // What calls run on: router_, else the primary's engine.
+  engine::QueryEngine* engine_ = nullptr;
   std::unique_ptr<rpc::DatabaseService> database_;
   std::unique_ptr<rpc::HealthService> health_;
   std::unique_ptr<grpc::Server> grpc_;

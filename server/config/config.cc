@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
 
 namespace dbpool::config {
 namespace {
@@ -59,6 +60,35 @@ Apply Text(std::string Config::*field, bool required) {
   };
 }
 
+// Splits at the commas that start another connection string: a URI
+// (postgres:// or postgresql://) or a key=value string. A multi-host URI
+// (postgresql://a,b/db) or a host list (host=a,b) stays whole.
+Apply ConnectionStrings(std::vector<std::string> Config::*field) {
+  return [=](Config& c, const std::string& v) -> std::string {
+    std::vector<std::string> out;
+    std::string current;
+    for (absl::string_view part : absl::StrSplit(v, ',')) {
+      const absl::string_view next = absl::StripLeadingAsciiWhitespace(part);
+      const size_t eq = next.find('=');
+      const bool starts = absl::StartsWith(next, "postgres://") ||
+                          absl::StartsWith(next, "postgresql://") ||
+                          (eq != absl::string_view::npos && eq > 0 &&
+                           next.substr(0, eq).find_first_of(" /:@") == absl::string_view::npos);
+      if (starts && !current.empty()) {
+        out.emplace_back(absl::StripAsciiWhitespace(current));
+        current.clear();
+      }
+      if (!current.empty()) current += ',';
+      current += std::string(part);
+    }
+    if (!absl::StripAsciiWhitespace(current).empty()) {
+      out.emplace_back(absl::StripAsciiWhitespace(current));
+    }
+    c.*field = std::move(out);
+    return "";
+  };
+}
+
 Apply OneOf(std::string Config::*field, std::vector<std::string> allowed) {
   return [=](Config& c, const std::string& v) -> std::string {
     for (const auto& a : allowed) {
@@ -93,6 +123,21 @@ const std::vector<Option>& Options() {
        "libpq URI or key=value string; the password is never logged. "
        "Required (the run script starts a local PostgreSQL when unset)",
        Text(&Config::database_url, /*required=*/true)},
+      {"DATABASE_REPLICA_URLS", "",
+       "streaming replicas for read_only calls, comma-separated libpq URIs or "
+       "key=value strings, each with a pool like the primary's; empty: "
+       "everything runs on DATABASE_URL",
+       ConnectionStrings(&Config::replica_urls)},
+      {"DB_REPLICA_MAX_LAG_MS", "1000",
+       "replicas whose replay lag is over this take no reads",
+       Millis(&Config::replica_max_lag, 0, kMaxMs)},
+      {"DB_REPLICA_LAG_PROBE_MS", "250",
+       "how often each replica's replay position and lag are probed",
+       Millis(&Config::replica_lag_probe, 10, 60000)},
+      {"DB_REPLICA_WAIT_MS", "200",
+       "longest a read with min_lsn waits for a replica to replay that far "
+       "before it runs on the primary; 0: it never waits",
+       Millis(&Config::replica_wait, 0, 60000)},
       {"DBPOOL_LISTEN_HOST", "0.0.0.0", "address every port binds to",
        Text(&Config::listen_host, true)},
       {"DBPOOL_GRPC_PORT", "50051", "gRPC port; 0 picks a free one",

@@ -28,6 +28,11 @@ struct Config {
 
   // The database and the pool.
   std::string database_url;
+  // Streaming replicas that take read_only calls (DATABASE_REPLICA_URLS).
+  std::vector<std::string> replica_urls;
+  absl::Duration replica_max_lag;
+  absl::Duration replica_lag_probe;
+  absl::Duration replica_wait;
   int max_connections = 0;
   int min_connections = 0;
   int expected_replicas = 0;  // dbpool instances sharing the database

@@ -76,6 +76,19 @@ std::string RedactConninfo(const std::string& conninfo) {
   return absl::StrJoin(parts, " ");
 }
 
+std::string ConninfoEndpoint(const std::string& conninfo) {
+  auto options = Parse(conninfo);
+  if (!options.ok()) return "(unparsable connection string)";
+  std::string host;
+  std::string port;
+  for (PQconninfoOption* o = options->get(); o->keyword != nullptr; ++o) {
+    if (o->val == nullptr || *o->val == '\0') continue;
+    if (std::strcmp(o->keyword, "host") == 0) host = o->val;
+    if (std::strcmp(o->keyword, "port") == 0) port = o->val;
+  }
+  return absl::StrCat(host.empty() ? "localhost" : host, ":", port.empty() ? "5432" : port);
+}
+
 // The parameters PostgreSQL 15 reports whenever they change (GUC_REPORT)
 // and that a session can change; server_version and the like are fixed.
 constexpr const char* kReportedParameters[] = {

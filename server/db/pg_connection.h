@@ -47,6 +47,11 @@ bool ConninfoHasPassword(const std::string& conninfo);
 // `conninfo` with any password replaced by "***", for logs.
 std::string RedactConninfo(const std::string& conninfo);
 
+// "host:port" of `conninfo` (valid per ValidateConninfo), for names in
+// metrics and logs: the hosts and ports as given (a list stays a list),
+// libpq's defaults where none is.
+std::string ConninfoEndpoint(const std::string& conninfo);
+
 class PgConnection final : public pool::Connection {
  public:
   ~PgConnection() override;

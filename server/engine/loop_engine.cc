@@ -316,7 +316,11 @@ void LoopEngine::Call::Deliver(QueryResult result) {
       }
       return;
     case Kind::kEnd:
-      std::move(std::get<EndDone>(done_))(std::move(result.status));
+      if (result.status.ok()) {
+        std::move(std::get<EndDone>(done_))(EndedTransaction{});
+      } else {
+        std::move(std::get<EndDone>(done_))(std::move(result.status));
+      }
       return;
   }
 }
@@ -768,8 +772,9 @@ void LoopEngine::Loop::DropTransaction(Conn& conn, TransactionOutcome outcome,
 
 void LoopEngine::Loop::EndSoon(Conn& conn, TransactionOutcome outcome, std::string why) {
   engine_.transactions_.MarkEnding(conn.tx_id_, outcome, why);
-  conn.pending_end_ = engine_.MakeEnd(conn.tx_id_, conn, TransactionEnd::kRollback,
-                                      outcome, std::move(why), [](absl::Status) {});
+  conn.pending_end_ =
+      engine_.MakeEnd(conn.tx_id_, conn, TransactionEnd::kRollback, outcome, std::move(why),
+                      [](absl::StatusOr<EndedTransaction>) {});
 }
 
 void LoopEngine::Loop::Finish(
@@ -988,7 +993,7 @@ void LoopEngine::ReapLoop() {
           draining ? "the server shut down"
                    : "it stayed idle past its idle timeout or outlived "
                      "DB_TX_MAX_LIFETIME_MS",
-          [](absl::Status) {});
+          [](absl::StatusOr<EndedTransaction>) {});
     }
     lock.lock();
   }

@@ -12,6 +12,7 @@
 #ifndef DBPOOL_SERVER_ENGINE_QUERY_ENGINE_H_
 #define DBPOOL_SERVER_ENGINE_QUERY_ENGINE_H_
 
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -58,6 +59,12 @@ struct QueryJob {
   // Longest the statement (or the batch) may run once it has a connection
   // (the statement timeout); `deadline` still caps it.
   absl::Duration timeout = absl::InfiniteDuration();
+  // For a read_only job where there are read replicas: run it on the
+  // primary all the same (CONSISTENCY_PRIMARY).
+  bool primary_only = false;
+  // For a read_only job where there are read replicas: a replica may run
+  // it only once it has replayed the WAL up to here (db/lsn.h); 0: any.
+  uint64_t min_lsn = 0;
 };
 
 // Where the time of a statement that got a connection went.
@@ -81,6 +88,10 @@ struct QueryResult {
   std::vector<v1::QueryResponse> responses;
   // Set when the statement got a connection, whatever its outcome.
   std::optional<QueryTimings> timings;
+  // When `status` is OK, the job was not read_only and there are read
+  // replicas: a WAL position at or past its commit ("X/X"), the caller's
+  // read-your-writes token. Empty otherwise.
+  std::string commit_lsn;
 };
 
 // The ErrorInfo metadata key naming the statement of a batch that failed
@@ -99,6 +110,9 @@ struct TransactionOptions {
   std::string caller;
   // Bounds the wait for a connection and the BEGIN.
   absl::Time deadline = absl::InfiniteFuture();
+  // As QueryJob's, for a read_only transaction.
+  bool primary_only = false;
+  uint64_t min_lsn = 0;
 };
 
 struct BegunTransaction {
@@ -109,9 +123,25 @@ struct BegunTransaction {
 
 enum class TransactionEnd { kCommit, kRollback };
 
+struct EndedTransaction {
+  // As QueryResult::commit_lsn, for a commit.
+  std::string commit_lsn;
+};
+
+// A read replica as the engine last saw it (QueryEngine::Replicas).
+struct ReplicaState {
+  // host:port, for metrics and PoolStats; never a connection string.
+  std::string name;
+  pool::PoolStats pool;
+  // Whether read_only jobs may go to it now.
+  bool routable = false;
+  absl::Duration replay_lag;
+  uint64_t replay_lsn = 0;
+};
+
 using QueryDone = absl::AnyInvocable<void(QueryResult) &&>;
 using BeginDone = absl::AnyInvocable<void(absl::StatusOr<BegunTransaction>) &&>;
-using EndDone = absl::AnyInvocable<void(absl::Status) &&>;
+using EndDone = absl::AnyInvocable<void(absl::StatusOr<EndedTransaction>) &&>;
 
 // A submitted statement, for cancelling it. Shared by the engine and the
 // submitter; keeping it alive after completion is harmless.
@@ -181,6 +211,10 @@ class QueryEngine {
   // Whether callers can expect a connection: the database answered the
   // last connection attempt and the engine is not draining.
   virtual bool Serving() const = 0;
+
+  // The read replicas, in configured order; none for an engine of one
+  // database.
+  virtual std::vector<ReplicaState> Replicas() const { return {}; }
 };
 
 }  // namespace dbpool::engine

@@ -119,6 +119,11 @@ Metrics::Metrics(const std::string& version)
                         .Help("Failed statements by SQLSTATE class (\"none\" "
                               "for errors without one).")
                         .Register(*registry_)),
+      routes_(prometheus::BuildCounter()
+                  .Name("db_route_total")
+                  .Help("Calls routed to the primary or a read replica, by target and "
+                        "reason.")
+                  .Register(*registry_)),
       rpc_started_(prometheus::BuildCounter()
                        .Name("grpc_server_started_total")
                        .Help("RPCs started on the server.")
@@ -144,8 +149,18 @@ Metrics::Metrics(const std::string& version)
 Metrics::~Metrics() = default;
 
 void Metrics::AddPool(const pool::ConnectionPool& pool) {
-  collectors_.push_back(std::make_shared<PoolCollector>(pool));
+  auto collector = std::make_shared<PoolCollector>(pool);
+  pool_collector_ = collector.get();
+  collectors_.push_back(std::move(collector));
   if (exposer_ != nullptr) exposer_->RegisterCollectable(collectors_.back());
+}
+
+void Metrics::AddReplicas(ReplicaSource source) {
+  if (pool_collector_ != nullptr) pool_collector_->SetReplicas(std::move(source));
+}
+
+void Metrics::ObserveRoute(const std::string& target, const std::string& reason) {
+  routes_.Add({{"target", target}, {"reason", reason}}).Increment();
 }
 
 void Metrics::AddTransactions(std::function<TransactionGauges()> source) {

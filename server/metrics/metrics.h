@@ -26,6 +26,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "server/metrics/pool_collector.h"
 #include "server/pool/connection_pool.h"
 
 namespace dbpool::metrics {
@@ -37,6 +38,13 @@ class Metrics {
 
   // Reports `pool` at every scrape. `pool` must outlive this object.
   void AddPool(const pool::ConnectionPool& pool);
+
+  // Reports the read replicas' pools and state at every scrape, with the
+  // pool AddPool named; after AddPool, before Expose.
+  void AddReplicas(ReplicaSource source);
+  // One routing decision (db_route_total): `target` is "primary" or a
+  // replica's name, `reason` why it went there.
+  void ObserveRoute(const std::string& target, const std::string& reason);
 
   // Open interactive transactions now and the age of the oldest.
   struct TransactionGauges {
@@ -79,6 +87,8 @@ class Metrics {
   prometheus::Family<prometheus::Histogram>& query_duration_;
   prometheus::Histogram& query_duration_all_;
   prometheus::Family<prometheus::Counter>& query_errors_;
+  prometheus::Family<prometheus::Counter>& routes_;
+  PoolCollector* pool_collector_ = nullptr;
   prometheus::Family<prometheus::Counter>& rpc_started_;
   prometheus::Family<prometheus::Counter>& rpc_handled_;
   prometheus::Family<prometheus::Histogram>& rpc_seconds_;

@@ -99,8 +99,47 @@ std::vector<MetricFamily> PoolFamilies(const pool::PoolStats& s) {
   return out;
 }
 
+std::vector<MetricFamily> PoolFamilies(const pool::PoolStats& primary,
+                                       const std::vector<ReplicaGauges>& replicas) {
+  std::vector<MetricFamily> out = PoolFamilies(primary);
+  if (replicas.empty()) return out;
+  for (const ReplicaGauges& r : replicas) {
+    std::vector<MetricFamily> theirs = PoolFamilies(r.pool);
+    // PoolFamilies always yields the same families in the same order.
+    for (size_t i = 0; i < out.size(); ++i) {
+      for (ClientMetric& m : theirs[i].metric) {
+        m.label.push_back({"replica", r.name});
+        out[i].metric.push_back(std::move(m));
+      }
+    }
+  }
+  MetricFamily lag{"db_replica_lag_seconds",
+                   "Replay lag of each read replica at its last probe: how old the newest "
+                   "primary WAL position it has replayed is.",
+                   MetricType::Gauge, {}};
+  MetricFamily routable{"db_replica_routable",
+                        "1 when the replica takes reads: it answered the last probe, is in "
+                        "recovery and its lag is within DB_REPLICA_MAX_LAG_MS.",
+                        MetricType::Gauge, {}};
+  for (const ReplicaGauges& r : replicas) {
+    ClientMetric l;
+    l.label.push_back({"replica", r.name});
+    // A replica never probed has no lag to tell; -1 says so in a gauge.
+    l.gauge.value = r.lag == absl::InfiniteDuration() ? -1 : absl::ToDoubleSeconds(r.lag);
+    lag.metric.push_back(std::move(l));
+    ClientMetric u;
+    u.label.push_back({"replica", r.name});
+    u.gauge.value = r.routable ? 1 : 0;
+    routable.metric.push_back(std::move(u));
+  }
+  out.push_back(std::move(lag));
+  out.push_back(std::move(routable));
+  return out;
+}
+
 std::vector<MetricFamily> PoolCollector::Collect() const {
-  return PoolFamilies(pool_.Snapshot());
+  if (!replicas_) return PoolFamilies(pool_.Snapshot());
+  return PoolFamilies(pool_.Snapshot(), replicas_());
 }
 
 std::vector<MetricFamily> EngineCollector::Collect() const {

@@ -161,6 +161,11 @@ class DatabaseService::JobCall final : public grpc::ServerUnaryReactor {
       auto params = ValidateQuery(statement.request, s.options_.request);
       if (!params.ok()) return params.status();
       statement.params = *std::move(params);
+      absl::StatusOr<ReadRouting> routing =
+          ValidateRouting(statement.request.consistency(), statement.request.min_lsn());
+      if (!routing.ok()) return routing.status();
+      job.primary_only = routing->primary_only;
+      job.min_lsn = routing->min_lsn;
       // PostgreSQL itself refuses the writes of a read_only caller.
       job.read_only =
           statement.request.read_only() || caller->role == security::Role::kReadOnly;
@@ -206,6 +211,10 @@ class DatabaseService::JobCall final : public grpc::ServerUnaryReactor {
     if (t != nullptr) {
       Observe(*t, status, result.responses);
       AddTimingTrailers(*t, context_);
+    }
+    if (status.ok() && !result.commit_lsn.empty()) {
+      context_->AddTrailingMetadata(kCommitLsnKey, result.commit_lsn);
+      for (v1::QueryResponse& r : result.responses) r.set_commit_lsn(result.commit_lsn);
     }
     if (status.ok()) status = Reply(t, result.responses);
     Finish(ToGrpcStatus(WithPoolState(std::move(status), service_->engine_)));
@@ -369,6 +378,11 @@ class DatabaseService::StreamCall final
     auto params = ValidateQuery(statement.request, s.options_.request);
     if (!params.ok()) return params.status();
     statement.params = *std::move(params);
+    absl::StatusOr<ReadRouting> routing =
+        ValidateRouting(statement.request.consistency(), statement.request.min_lsn());
+    if (!routing.ok()) return routing.status();
+    job.primary_only = routing->primary_only;
+    job.min_lsn = routing->min_lsn;
     job.read_only =
         statement.request.read_only() || caller->role == security::Role::kReadOnly;
     job.timeout = StatementTimeout(statement.request, s.options_.statement_timeout);
@@ -577,6 +591,11 @@ class DatabaseService::BeginCall final : public grpc::ServerUnaryReactor {
     // true should that check ever change.
     options.read_only = request.read_only() || caller->role == security::Role::kReadOnly;
     options.deferrable = request.deferrable();
+    absl::StatusOr<ReadRouting> routing =
+        ValidateRouting(request.consistency(), request.min_lsn());
+    if (!routing.ok()) return routing.status();
+    options.primary_only = routing->primary_only;
+    options.min_lsn = routing->min_lsn;
     if (request.has_idle_timeout()) {
       options.idle_timeout = FromProtoDuration(request.idle_timeout());
     }
@@ -601,7 +620,7 @@ class DatabaseService::BeginCall final : public grpc::ServerUnaryReactor {
       // its connection until the idle timeout.
       service_->engine_.EndTransaction(begun->transaction_id, caller_,
                                        engine::TransactionEnd::kRollback,
-                                       [](absl::Status) {});
+                                       [](absl::StatusOr<engine::EndedTransaction>) {});
       Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the caller"));
       return;
     }
@@ -666,20 +685,21 @@ grpc::ServerUnaryReactor* DatabaseService::BeginTransaction(
 
 grpc::ServerUnaryReactor* DatabaseService::CommitTransaction(
     grpc::CallbackServerContext* context, const v1::CommitTransactionRequest* request,
-    v1::CommitTransactionResponse*) {
-  return EndTransaction(context, request->transaction_id(), engine::TransactionEnd::kCommit);
+    v1::CommitTransactionResponse* response) {
+  return EndTransaction(context, request->transaction_id(), engine::TransactionEnd::kCommit,
+                        response);
 }
 
 grpc::ServerUnaryReactor* DatabaseService::RollbackTransaction(
     grpc::CallbackServerContext* context, const v1::RollbackTransactionRequest* request,
     v1::RollbackTransactionResponse*) {
   return EndTransaction(context, request->transaction_id(),
-                        engine::TransactionEnd::kRollback);
+                        engine::TransactionEnd::kRollback, nullptr);
 }
 
 grpc::ServerUnaryReactor* DatabaseService::EndTransaction(
     grpc::CallbackServerContext* context, const std::string& transaction_id,
-    engine::TransactionEnd end) {
+    engine::TransactionEnd end, v1::CommitTransactionResponse* commit) {
   auto* reactor = context->DefaultReactor();
   absl::StatusOr<security::Caller> caller =
       access_.Check(*context, Need::kQuery, Naming::kAlways);
@@ -693,9 +713,19 @@ grpc::ServerUnaryReactor* DatabaseService::EndTransaction(
   }
   // Not cancellable: once asked, the engine ends the transaction whatever
   // the caller does, and the reactor waits for it.
-  engine_.EndTransaction(transaction_id, caller->name, end, [reactor](absl::Status status) {
-    reactor->Finish(ToGrpcStatus(status));
-  });
+  engine_.EndTransaction(
+      transaction_id, caller->name, end,
+      [reactor, context, commit](absl::StatusOr<engine::EndedTransaction> ended) {
+        if (!ended.ok()) {
+          reactor->Finish(ToGrpcStatus(ended.status()));
+          return;
+        }
+        if (commit != nullptr && !ended->commit_lsn.empty()) {
+          context->AddTrailingMetadata(kCommitLsnKey, ended->commit_lsn);
+          commit->set_commit_lsn(std::move(ended->commit_lsn));
+        }
+        reactor->Finish(grpc::Status::OK);
+      });
   return reactor;
 }
 
@@ -707,7 +737,7 @@ grpc::ServerUnaryReactor* DatabaseService::GetPoolStats(
     reactor->Finish(ToGrpcStatus(caller.status()));
     return reactor;
   }
-  *response = ToProto(engine_.Snapshot());
+  *response = PoolStatsOf(engine_);
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }
@@ -724,7 +754,7 @@ grpc::ServerWriteReactor<v1::PoolStats>* DatabaseService::StreamPoolStats(
   PeriodicStreams<v1::PoolStats>::Same same;
   if (request->only_on_change()) same = SameGauges;
   return streams_.Open(
-      interval, [this] { return ToProto(engine_.Snapshot()); }, std::move(same));
+      interval, [this] { return PoolStatsOf(engine_); }, std::move(same));
 }
 
 void DatabaseService::EndStreams() {

@@ -36,6 +36,10 @@
 
 namespace dbpool::rpc {
 
+// The trailing metadata key of a write's read-your-writes token
+// (QueryResponse.commit_lsn), for clients that read trailers, not bodies.
+inline constexpr char kCommitLsnKey[] = "dbpool-commit-lsn";
+
 // Filled from config::Config by whoever builds the server.
 struct ServiceOptions {
   RequestLimits request;
@@ -116,9 +120,11 @@ class DatabaseService final : public DatabaseServiceBase {
   class StreamCall;
   class BeginCall;
 
+  // `commit` (null for a rollback) gets the commit's read-your-writes token.
   grpc::ServerUnaryReactor* EndTransaction(grpc::CallbackServerContext* context,
                                            const std::string& transaction_id,
-                                           engine::TransactionEnd end);
+                                           engine::TransactionEnd end,
+                                           v1::CommitTransactionResponse* commit);
 
   engine::QueryEngine& engine_;
   const ServiceOptions options_;

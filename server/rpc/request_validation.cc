@@ -1,11 +1,13 @@
 #include "server/rpc/request_validation.h"
 
+#include <optional>
 #include <string>
 #include <utility>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "google/rpc/error_details.pb.h"
+#include "server/db/lsn.h"
 #include "server/db/sql_state.h"
 
 namespace dbpool::rpc {
@@ -112,6 +114,26 @@ absl::Status ValidateBegin(const v1::BeginTransactionRequest& request) {
         "idle_timeout must be a valid, non-negative duration");
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<ReadRouting> ValidateRouting(v1::Consistency consistency,
+                                            const std::string& min_lsn) {
+  if (!v1::Consistency_IsValid(consistency)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("consistency ", consistency, " is not a Consistency"));
+  }
+  ReadRouting routing;
+  routing.primary_only = consistency == v1::CONSISTENCY_PRIMARY;
+  if (!min_lsn.empty()) {
+    std::optional<uint64_t> lsn = db::ParseLsn(min_lsn);
+    if (!lsn.has_value()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "min_lsn \"", min_lsn.substr(0, 40),
+          "\" is not a WAL position; pass a commit_lsn as it was returned (\"X/X\")"));
+    }
+    routing.min_lsn = *lsn;
+  }
+  return routing;
 }
 
 absl::Status ValidateTransactionId(const std::string& transaction_id) {

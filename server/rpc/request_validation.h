@@ -3,6 +3,8 @@
 #ifndef DBPOOL_SERVER_RPC_REQUEST_VALIDATION_H_
 #define DBPOOL_SERVER_RPC_REQUEST_VALIDATION_H_
 
+#include <cstdint>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -38,6 +40,16 @@ absl::StatusOr<std::vector<engine::Statement>> ValidateBatch(
 // INVALID_ARGUMENT for an isolation level this build does not know or an
 // idle_timeout that is not a valid, non-negative google.protobuf.Duration.
 absl::Status ValidateBegin(const v1::BeginTransactionRequest& request);
+
+// Where a read may run, from a request's consistency and min_lsn.
+struct ReadRouting {
+  bool primary_only = false;
+  uint64_t min_lsn = 0;
+};
+// INVALID_ARGUMENT for a consistency this build does not know or a min_lsn
+// not in PostgreSQL's "X/X" form.
+absl::StatusOr<ReadRouting> ValidateRouting(v1::Consistency consistency,
+                                            const std::string& min_lsn);
 
 // INVALID_ARGUMENT when a transaction id is empty.
 absl::Status ValidateTransactionId(const std::string& transaction_id);

@@ -1,6 +1,7 @@
 #include "server/rpc/stats_conversion.h"
 
 #include "google/protobuf/util/time_util.h"
+#include "server/db/lsn.h"
 
 namespace dbpool::rpc {
 namespace {
@@ -42,7 +43,27 @@ v1::PoolStats ToProto(const pool::PoolStats& s) {
   return p;
 }
 
+v1::PoolStats PoolStatsOf(const engine::QueryEngine& engine) {
+  v1::PoolStats p = ToProto(engine.Snapshot());
+  for (const engine::ReplicaState& r : engine.Replicas()) {
+    v1::ReplicaStats* replica = p.add_replicas();
+    replica->set_name(r.name);
+    *replica->mutable_pool() = ToProto(r.pool);
+    replica->set_routable(r.routable);
+    *replica->mutable_replay_lag() = ToDuration(r.replay_lag);
+    if (r.replay_lsn != 0) replica->set_replay_lsn(db::FormatLsn(r.replay_lsn));
+  }
+  return p;
+}
+
 bool SameGauges(const v1::PoolStats& a, const v1::PoolStats& b) {
+  if (a.replicas_size() != b.replicas_size()) return false;
+  for (int i = 0; i < a.replicas_size(); ++i) {
+    if (a.replicas(i).routable() != b.replicas(i).routable() ||
+        !SameGauges(a.replicas(i).pool(), b.replicas(i).pool())) {
+      return false;
+    }
+  }
   return a.active_connections() == b.active_connections() &&
          a.idle_connections() == b.idle_connections() &&
          a.waiting_connections() == b.waiting_connections() &&

@@ -153,8 +153,8 @@ class EngineTest : public ::testing::Test {
       absl::Status result = absl::UnknownError("no answer");
     };
     auto state = std::make_shared<State>();
-    engine_->EndTransaction(id, caller, end, [state](absl::Status s) {
-      state->result = std::move(s);
+    engine_->EndTransaction(id, caller, end, [state](absl::StatusOr<EndedTransaction> s) {
+      state->result = s.status();
       state->done.Set();
     });
     EXPECT_TRUE(state->done.WaitFor(absl::Seconds(20)));

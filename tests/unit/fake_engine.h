@@ -348,7 +348,7 @@ class FakeEngine final : public engine::QueryEngine {
     absl::MutexLock lock(&mu_);
     return ends_.at(i)->call;
   }
-  bool CompleteEnd(int i, absl::Status status) {
+  bool CompleteEnd(int i, absl::Status status, std::string commit_lsn = "") {
     engine::EndDone done;
     {
       absl::MutexLock lock(&mu_);
@@ -357,7 +357,11 @@ class FakeEngine final : public engine::QueryEngine {
       e->taken = true;
       done = std::move(e->done);
     }
-    std::move(done)(std::move(status));
+    if (status.ok()) {
+      std::move(done)(engine::EndedTransaction{std::move(commit_lsn)});
+    } else {
+      std::move(done)(std::move(status));
+    }
     return true;
   }
 
