@@ -243,7 +243,10 @@ function checkRendering(name, docs) {
     for (const [k, v] of Object.entries(cm?.data ?? {})) env.set(k, { value: v, from: `ConfigMap ${cm.metadata.name}` });
   }
   for (const e of container.env ?? []) env.set(e.name, { value: e.value, valueFrom: e.valueFrom, from: 'env' });
+  // Downward API values only feed other settings through $(NAME).
+  const expanded = new Set([...env.values()].flatMap((v) => [...(v.value ?? '').matchAll(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g)].map((m) => m[1])));
   for (const [k, v] of env) {
+    if (v.valueFrom?.fieldRef && expanded.has(k)) continue;
     if (!CONFIG.has(k)) fail(where, `${k} (${v.from}) is not a setting of server/config/config.cc`);
   }
   const setting = (k) => (env.has(k) ? env.get(k).value : CONFIG.get(k));
@@ -374,6 +377,18 @@ function checkRendering(name, docs) {
   }
   const headless = services.filter((s) => s.spec.clusterIP === 'None');
   if (headless.length !== 1) fail(name, `expected one headless Service (clusterIP: None), found ${headless.length}`);
+  // The instance name in transaction ids must be the pod's address behind
+  // the headless Service, on the gRPC port.
+  const instance = setting('DBPOOL_INSTANCE_NAME');
+  if (headless.length === 1) {
+    const h = headless[0].metadata.name;
+    if (pod.spec.subdomain !== h) fail(where, `subdomain ${pod.spec.subdomain} is not the headless Service ${h}: pod names do not resolve`);
+    if (!instance.startsWith(`$(POD_NAME).${h}.`) || !instance.endsWith(`:${ports.grpc.number}`)) {
+      fail(where, `DBPOOL_INSTANCE_NAME "${instance}" is not $(POD_NAME).${h}...:${ports.grpc.number}`);
+    }
+    const podName = env.get('POD_NAME')?.valueFrom?.fieldRef?.fieldPath;
+    if (podName !== 'metadata.name') fail(where, 'POD_NAME must come from metadata.name');
+  }
   for (const s of headless) {
     if (!s.spec.ports?.some((p) => isPort(p.targetPort, 'grpc'))) fail(at(s), 'the headless Service must expose the gRPC port');
     if (s.spec.publishNotReadyAddresses) fail(at(s), 'publishNotReadyAddresses would send calls to pods that are not ready');
@@ -471,6 +486,9 @@ const MUTATIONS = [
   ['example', 'a token file outside the Secret', (d) => { container(d).env.find((e) => e.name === 'DBPOOL_AUTH_TOKENS_FILE').value = '/tokens'; }, 'not in a Secret volume'],
   ['example', 'expected replicas off the autoscaler', (d) => { withKind(d, 'HorizontalPodAutoscaler').spec.maxReplicas += 1; }, 'DBPOOL_EXPECTED_REPLICAS is'],
   ['example', 'a PodDisruptionBudget selecting nothing', (d) => { withKind(d, 'PodDisruptionBudget').spec.selector.matchLabels = { app: 'other' }; }, 'PodDisruptionBudget/dbpool] selector'],
+  ['example', 'an instance name nothing resolves', (d) => { d.find((x) => x.kind === 'Deployment').spec.template.spec.subdomain = 'dbpool'; }, 'pod names do not resolve'],
+  ['example', 'an instance name on another port', (d) => { container(d).env.find((e) => e.name === 'DBPOOL_INSTANCE_NAME').value += '1'; }, 'DBPOOL_INSTANCE_NAME'],
+  ['example', 'a stray downward API variable', (d) => { container(d).env.push({ name: 'NODE_NAME', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } }); }, 'NODE_NAME'],
   ['example', 'a headless Service with a cluster IP', (d) => { delete d.find((x) => x.metadata.name.endsWith('dbpool-headless')).spec.clusterIP; }, 'one headless Service'],
   ['example', 'the ServiceMonitor on a port name that is not there', (d) => { withKind(d, 'ServiceMonitor').spec.endpoints[0].port = 'metric'; }, 'endpoint port metric'],
   ['example', 'the ServiceMonitor scraping the wrong job', (d) => { delete withKind(d, 'ServiceMonitor').spec.jobLabel; d.find((x) => x.kind === 'Service' && x.spec.clusterIP !== 'None').metadata.name = 'db'; }, 'as job "db"'],
