@@ -78,17 +78,21 @@ function helpTable(bin) {
 }
 
 // The grpc.health.v1 service names the server answers (Known() in
-// health_service.cc): "" and each `service == "..."`.
+// health_service.cc): "" and each `service == "..."` or named constant.
 function healthServices() {
   const text = read('server/rpc/health_service.cc');
   const known = text.slice(text.indexOf('bool Known('), text.indexOf('}', text.indexOf('bool Known(')));
   const names = new Set([...known.matchAll(/service == "([^"]*)"/g)].map((m) => m[1]));
+  if (/service == kLivenessService/.test(known)) {
+    names.add(read('server/rpc/health_service.h').match(/kLivenessService\[\] = "([^"]+)"/)[1]);
+  }
   if (/service\.empty\(\)/.test(known)) names.add('');
   return names;
 }
 
 const CONFIG = configTable();
 const HEALTH = healthServices();
+const LIVENESS = read('server/rpc/health_service.h').match(/kLivenessService\[\] = "([^"]+)"/)[1];
 const RULES = YAML.parse(read('deploy/prometheus/rules.yml'));
 const SCRAPE = YAML.parse(read('deploy/prometheus/prometheus.yml'))
   .scrape_configs.find((c) => c.job_name === 'dbpool');
@@ -300,11 +304,12 @@ function checkRendering(name, docs) {
         fail(where, `readiness probe asks health of "${ready.grpc.service}", the server answers ${JSON.stringify([...HEALTH])}`);
       }
     }
-    // gRPC health is NOT_SERVING while the database is down: as liveness it
-    // would restart every replica during an outage.
-    if (live.grpc) fail(where, 'the liveness probe must not be gRPC health (NOT_SERVING while the database is down)');
-    if (!live.httpGet || live.httpGet.path !== '/healthz' || !isPort(live.httpGet.port, 'http')) {
-      fail(where, `the liveness probe must GET /healthz on the HTTP port, is ${JSON.stringify(live)}`);
+    // The whole server's health is NOT_SERVING while the database is
+    // down: as liveness it would restart every replica during an outage.
+    // The "liveness" service (kLivenessService) is the process alone.
+    if (!live.grpc || live.grpc.service !== LIVENESS || !HEALTH.has(LIVENESS) ||
+        live.grpc.port !== ports.grpc.number) {
+      fail(where, `the liveness probe must be gRPC health of "${LIVENESS}" on the gRPC port, is ${JSON.stringify(live)}`);
     }
   } else {
     // The kubelet's gRPC probe has no TLS; its HTTPS probe no client cert.
@@ -469,10 +474,10 @@ const MUTATIONS = [
   ['example', 'an unknown setting', (d) => { cmData(d).DBPOOL_NO_SUCH_SETTING = '1'; }, 'DBPOOL_NO_SUCH_SETTING'],
   ['example', 'a grace longer than the kill timeout', (d) => { cmData(d).DBPOOL_SHUTDOWN_GRACE_MS = '60000'; }, 'terminationGracePeriodSeconds'],
   ['example', 'no preStop', (d) => { delete container(d).lifecycle; }, 'preStop must sleep'],
-  ['base', 'gRPC health as liveness', (d) => { container(d).livenessProbe = { grpc: { port: 50051 }, periodSeconds: 10, failureThreshold: 3 }; }, 'must not be gRPC health'],
+  ['base', 'whole-server health as liveness', (d) => { container(d).livenessProbe.grpc.service = ''; }, 'gRPC health of "liveness"'],
   ['base', 'readiness on another port', (d) => { container(d).readinessProbe.grpc.port = 8080; }, 'readiness probe asks port 8080'],
   ['base', 'readiness of a service the server does not know', (d) => { container(d).readinessProbe.grpc.service = 'grpc.health.v1.Health'; }, 'readiness probe asks health of'],
-  ['base', 'liveness on the metrics port', (d) => { container(d).livenessProbe.httpGet.port = 9464; }, 'GET /healthz on the HTTP port'],
+  ['base', 'liveness on the metrics port', (d) => { container(d).livenessProbe.grpc.port = 9464; }, 'gRPC health of "liveness" on the gRPC port'],
   ['base', 'Prometheus Operator objects in the base', (d) => { d.push({ apiVersion: 'monitoring.coreos.com/v1', kind: 'ServiceMonitor', metadata: { name: 'x' }, spec: {} }); }, 'must not need the Prometheus Operator'],
   ['example', 'a slow readiness probe', (d) => { container(d).readinessProbe.periodSeconds = 30; }, 'readiness reacts after'],
   ['example', 'a plaintext gRPC probe under TLS', (d) => { container(d).readinessProbe = { grpc: { port: 50051 } }; }, 'cannot reach it'],
