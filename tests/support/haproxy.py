@@ -91,7 +91,7 @@ class Haproxy:
         work_dir = Path(tempfile.mkdtemp(prefix="dbpool-haproxy-"))
         config_path = work_dir / "haproxy.cfg"
         config_path.write_text(config_text)
-        check = subprocess.run([binary, "-c", "-q", "-f", str(config_path)],
+        check = subprocess.run([binary, "-c", "-f", str(config_path)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, timeout=30)
         if check.returncode != 0:
