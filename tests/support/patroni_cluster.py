@@ -36,7 +36,6 @@ import signal
 import subprocess
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -100,7 +99,7 @@ def require_tools():
     try:
         subprocess.run([PYTHON, "-c", "import psycopg2, etcd, yaml"], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
-    except subprocess.CalledProcessError:
+    except (subprocess.CalledProcessError, OSError):
         missing.append("python3-psycopg2 / python3-etcd / python3-yaml")
     if missing:
         raise PatroniError("missing for the Patroni cluster: %s (Debian packages "
@@ -131,20 +130,6 @@ class Node:
                 return int(f.readline())
         except (OSError, ValueError):
             return None
-
-    def role(self):
-        """What the node's REST API says: "primary", "replica", or None when
-        it does not answer (HEAD /primary, as HAProxy asks)."""
-        for role in ("primary", "replica"):
-            request = urllib.request.Request(self.rest_url + "/" + role, method="HEAD")
-            try:
-                with urllib.request.urlopen(request, timeout=1):
-                    return role
-            except urllib.error.HTTPError:
-                continue
-            except OSError:
-                return None
-        return None
 
 
 def _yaml(value, indent=0):
@@ -267,8 +252,6 @@ class PatroniCluster:
                 "parameters": {"unix_socket_directories": str(node.dir),
                                "log_min_messages": "warning"},
             },
-            "tags": {"nofailover": False, "noloadbalance": False,
-                     "clonefrom": False, "nosync": False},
         }
 
     def _start_node(self, node):
