@@ -46,10 +46,13 @@ class SwitchoverTest(unittest.TestCase):
         old = cluster.leader()
         candidate = next(n for n in cluster.nodes if n != old)
         load = ha.Load(self.stubs[path]).start()
+        probes = []
         try:
             time.sleep(STEADY_S)
             down = ha.Probe(cluster.nodes[old].pg_port, "down")
+            probes.append(down)
             up = ha.Probe(cluster.nodes[candidate].pg_port, "writable")
+            probes.append(up)
             switch_at = time.monotonic()
             cluster.switchover(candidate, timeout=30)
             down_at = down.wait(10)
@@ -58,6 +61,8 @@ class SwitchoverTest(unittest.TestCase):
             self.assertIsNotNone(up_at, "%s never accepted writes: %s" % (candidate, up.error))
             time.sleep(max(0.0, up_at + AFTER_S - time.monotonic()))
         finally:
+            for p in probes:
+                p.stop()
             calls = load.stop()
 
         before = ha.best_second(calls, switch_at - 1.0, switch_at)
