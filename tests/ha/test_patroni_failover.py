@@ -75,6 +75,7 @@ class FailoverTest(unittest.TestCase):
         self.assertLess(slowest, ha.RPC_TIMEOUT_S + ha.DEADLINE_SLACK_S)
         self.assertEqual(failed_after_up, [])
         self.assertGreater(len(ok_after_up), 0)
+        self.assertEqual(cluster.wait_writable(30, exclude=(old,)), new)
         self.assertGreater(int(cluster.psql(new, "SELECT count(*) FROM writes")), 0)
 
     def test_multi_host_url(self):
