@@ -93,8 +93,9 @@ class SwitchoverTest(unittest.TestCase):
         self.assertLess(slowest, ha.RPC_TIMEOUT_S + ha.DEADLINE_SLACK_S)
         self.assertGreaterEqual(after, THROUGHPUT_FLOOR * before,
                                 "best second within 2 s of %s accepting writes: %d calls, "
-                                "best second before the switch: %d"
-                                % (candidate, after, before))
+                                "best second before the switch: %d\n%s"
+                                % (candidate, after, before,
+                                   self.servers[path].diagnostics(10)))
 
     def test_multi_host_url(self):
         self.switch_under_load("multi-host")
