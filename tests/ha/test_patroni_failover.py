@@ -66,9 +66,11 @@ class FailoverTest(unittest.TestCase):
             codes[c[3].name] = codes.get(c[3].name, 0) + 1
         ha.report(
             "SIGKILL to %s's postmaster via %s: %s writable %s after the kill; %d calls, "
-            "%d failed %s, %d in flight at the kill, slowest call %s"
+            "%d failed %s (%d of them started later), %d in flight at the kill, "
+            "slowest call %s"
             % (old, path, new, ha.ms(up_at - killed_at), len(calls), len(failed), codes,
-               ha.in_flight(calls, killed_at), ha.ms(slowest)),
+               sum(1 for c in failed if c[0] > killed_at), ha.in_flight(calls, killed_at),
+               ha.ms(slowest)),
             "after the promotion via %s: first write %s after it, %d calls, all OK"
             % (path, ha.ms(first_ok - up_at) if first_ok else "none", len(ok_after_up)))
 

@@ -75,10 +75,12 @@ class SwitchoverTest(unittest.TestCase):
         slowest = max(c[1] - c[0] for c in calls)
         last_failure = max((c[1] for c in failed), default=None)
         ha.report(
-            "switchover %s -> %s via %s: %d calls, %d failed %s, %d in flight when %s "
-            "stopped accepting (%s after patronictl), %s writable %s later%s"
+            "switchover %s -> %s via %s: %d calls, %d failed %s (%d of them started "
+            "later), %d in flight when %s stopped accepting (%s after patronictl), "
+            "%s writable %s later%s"
             % (old, candidate, path, len(calls), len(failed),
-               sorted({c[3].name for c in failed}), at_switch, old,
+               sorted({c[3].name for c in failed}),
+               sum(1 for c in failed if c[0] > down_at), at_switch, old,
                ha.ms(down_at - switch_at), candidate, ha.ms(up_at - down_at),
                ", last failure %s after it" % ha.ms(last_failure - down_at)
                if failed else ""),
