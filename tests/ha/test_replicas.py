@@ -42,6 +42,10 @@ POOL_SIZE = 8
 CALLERS = 16
 RPC_TIMEOUT_S = 5.0
 SHUTDOWN_GRACE_MS = 5000
+# After SIGTERM a replica says NOT_SERVING and serves on this long, so that
+# the balancers stop sending first: HAProxy's check every 200 ms (fall 1),
+# the client's health Watch (the server sends changes within 250 ms).
+SHUTDOWN_DELAY_MS = 1000
 # A few milliseconds in PostgreSQL keep calls in flight on every replica, so
 # that the SIGTERM drains real work and the SIGKILL cuts some.
 SQL = "SELECT current_setting('application_name') FROM pg_sleep(0.002)"
@@ -129,6 +133,7 @@ def start_replica(name):
         "DB_APPLICATION_NAME": name,
         "DBPOOL_INSTANCE_NAME": name,
         "DBPOOL_SHUTDOWN_GRACE_MS": str(SHUTDOWN_GRACE_MS),
+        "DBPOOL_SHUTDOWN_DELAY_MS": str(SHUTDOWN_DELAY_MS),
     })
 
 
@@ -328,6 +333,9 @@ class HaproxyTest(ReplicaFaults, unittest.TestCase):
 
 SERVICE_CONFIG = {
     "loadBalancingConfig": [{"round_robin": {}}],
+    # Each subchannel watches its replica's grpc.health.v1 status, so a
+    # replica turning NOT_SERVING on SIGTERM gets no new calls.
+    "healthCheckConfig": {"serviceName": ""},
     "methodConfig": [{
         "name": [{"service": SERVICE}],
         "retryPolicy": {
