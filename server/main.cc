@@ -78,7 +78,8 @@ int main(int argc, char** argv) {
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);
-  spdlog::info("signal {}: draining (grace {} ms)", signal_number,
+  spdlog::info("signal {}: draining (delay {} ms, grace {} ms)", signal_number,
+               absl::ToInt64Milliseconds(cfg.shutdown_delay),
                absl::ToInt64Milliseconds(cfg.shutdown_grace));
   (*server)->Shutdown(cfg.shutdown_grace);
   spdlog::info("drained; exiting");

@@ -202,6 +202,7 @@ absl::StatusOr<std::unique_ptr<Server>> BuildServer(const config::Config& cfg) {
 
   std::unique_ptr<Server> server(new Server());
   server->listen_host_ = cfg.listen_host;
+  server->drain_delay_ = cfg.shutdown_delay;
 
   pool::PoolOptions pool_options;
   pool_options.max_connections = cfg.max_connections;
@@ -317,7 +318,7 @@ absl::StatusOr<std::unique_ptr<Server>> BuildServer(const config::Config& cfg) {
   return server;
 }
 
-Server::~Server() { Shutdown(absl::ZeroDuration()); }
+Server::~Server() { Stop(absl::ZeroDuration(), absl::ZeroDuration()); }
 
 std::string Server::Address(int port) const { return HostPort(listen_host_, port); }
 
@@ -325,14 +326,19 @@ std::shared_ptr<grpc::Channel> Server::InProcessChannel() {
   return grpc_->InProcessChannel(grpc::ChannelArguments());
 }
 
-void Server::Shutdown(absl::Duration grace) {
+void Server::Shutdown(absl::Duration grace) { Stop(drain_delay_, grace); }
+
+void Server::Stop(absl::Duration delay, absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
   // A server that failed half-way through BuildServer has only some parts.
-  if (health_ != nullptr) {
-    health_->SetDraining();
-    health_->EndWatches();
-  }
+  if (health_ != nullptr) health_->SetDraining();
+  // Load balancers learn from /readyz and Health that this instance is
+  // going and stop sending; calls that still come are served. gRPC's own
+  // shutdown would answer CANCELLED to a call it has read but not yet
+  // started.
+  if (delay > absl::ZeroDuration()) absl::SleepFor(delay);
+  if (health_ != nullptr) health_->EndWatches();
   if (database_ != nullptr) database_->EndStreams();
   if (grpc_ != nullptr) {
     // In-flight calls finish within the grace period; new ones are refused.

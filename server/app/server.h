@@ -54,7 +54,8 @@ class Server {
   // gateway uses); calls on it count as in-process callers.
   std::shared_ptr<grpc::Channel> InProcessChannel();
 
-  // In SIGTERM's order: health NOT_SERVING, streams ended, new calls
+  // In SIGTERM's order: health NOT_SERVING, DBPOOL_SHUTDOWN_DELAY_MS of
+  // serving on while load balancers notice, streams ended, new calls
   // refused, calls in flight given `grace` to finish, the HTTP and metrics
   // listeners closed, then the pool drained. Later calls do nothing.
   void Shutdown(absl::Duration grace);
@@ -66,6 +67,7 @@ class Server {
   // front of them all; nothing without replicas.
   void AddReplicas(const config::Config& cfg, const pool::PoolOptions& pool_options,
                    const engine::LoopEngineOptions& engine_options);
+  void Stop(absl::Duration delay, absl::Duration grace);
 
   std::string listen_host_;
   // Declared in the order they depend on each other, so that each is
@@ -86,6 +88,7 @@ class Server {
   int grpc_port_ = 0;
   int http_port_ = 0;
   int metrics_port_ = 0;
+  absl::Duration drain_delay_;
   bool shut_down_ = false;
 };
 

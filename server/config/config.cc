@@ -253,6 +253,11 @@ const std::vector<Option>& Options() {
       {"DBPOOL_REFLECTION", "true",
        "serve gRPC server reflection (the public schema, no data)",
        Bool(&Config::reflection)},
+      {"DBPOOL_SHUTDOWN_DELAY_MS", "0",
+       "on SIGTERM, time to keep serving while /readyz and Health say "
+       "NOT_SERVING, so that load balancers stop sending first; set it past "
+       "their health-check interval times their fall count",
+       Millis(&Config::shutdown_delay, 0, 600000)},
       {"DBPOOL_SHUTDOWN_GRACE_MS", "30000",
        "on SIGTERM, time given to in-flight calls before they are cancelled",
        Millis(&Config::shutdown_grace, 0, 600000)},

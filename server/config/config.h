@@ -74,6 +74,7 @@ struct Config {
   bool reflection = true;
 
   // Process.
+  absl::Duration shutdown_delay;
   absl::Duration shutdown_grace;
   std::string log_level;
 

@@ -6,13 +6,16 @@
 #include <atomic>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <system_error>
 #include <thread>
 #include <vector>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 
 namespace dbpool::db {
@@ -237,39 +240,111 @@ absl::StatusOr<std::unique_ptr<pool::Connection>> PgConnector::Connect(
   add("keepalives_idle", "30");
   add("keepalives_interval", "10");
   add("keepalives_count", "3");
-  std::vector<const char*> k;
-  std::vector<const char*> v;
-  for (size_t i = 0; i < keys.size(); ++i) {
-    k.push_back(keys[i].c_str());
-    v.push_back(values[i].c_str());
+  // libpq ignores connect_timeout in the non-blocking connect used here,
+  // so a host that never answers (frozen, or cut off by a partition) would
+  // hold every attempt until the deadline and the hosts after it in the
+  // list would never be tried. Each host gets connect_timeout when the
+  // string sets one, else an even share of what is left; past it the
+  // attempt starts again with the hosts after the one that did not answer.
+  const auto value_of = [&](const char* key) -> std::string* {
+    for (size_t i = 0; i < keys.size(); ++i) {
+      if (keys[i] == key) return &values[i];
+    }
+    return nullptr;
+  };
+  const auto list_of = [&](const char* key) -> std::vector<std::string> {
+    const std::string* v = value_of(key);
+    if (v == nullptr) return {};
+    return absl::StrSplit(*v, ',');
+  };
+  const std::vector<std::string> hosts = list_of("host");
+  const std::vector<std::string> ports = list_of("port");
+  const std::vector<std::string> addrs = list_of("hostaddr");
+  const size_t host_count = std::max({hosts.size(), addrs.size(), size_t{1}});
+  std::optional<absl::Duration> per_host;
+  if (const std::string* t = value_of("connect_timeout")) {
+    int seconds = 0;
+    // As libpq: at least 2 s, 0 or less is no limit.
+    if (absl::SimpleAtoi(*t, &seconds) && seconds > 0) {
+      per_host = absl::Seconds(std::max(seconds, 2));
+    }
   }
-  k.push_back(nullptr);
-  v.push_back(nullptr);
+  const auto rest_of = [](const std::vector<std::string>& list, size_t first) {
+    if (list.size() <= 1) return list.empty() ? std::string() : list[0];
+    return absl::StrJoin(list.begin() + static_cast<ptrdiff_t>(first), list.end(), ",");
+  };
 
-  PGconn* conn = PQconnectStartParams(k.data(), v.data(), /*expand_dbname=*/0);
-  if (conn == nullptr) return absl::ResourceExhaustedError("libpq: out of memory");
-  PostgresPollingStatusType state = PGRES_POLLING_WRITING;
-  while (state != PGRES_POLLING_OK) {
-    if (state == PGRES_POLLING_FAILED || PQstatus(conn) == CONNECTION_BAD) {
-      std::string error = LastError(conn);
-      PQfinish(conn);
-      return absl::UnavailableError(absl::StrCat("cannot connect: ", error));
+  size_t first = 0;
+  while (true) {
+    if (host_count > 1) {
+      if (std::string* h = value_of("host")) *h = rest_of(hosts, first);
+      if (std::string* a = value_of("hostaddr")) *a = rest_of(addrs, first);
+      if (std::string* p = value_of("port")) *p = rest_of(ports, first);
     }
-    const absl::Duration left = deadline - absl::Now();
-    if (left <= absl::ZeroDuration()) {
-      PQfinish(conn);
-      return absl::UnavailableError("cannot connect: timed out");
+    std::vector<const char*> k;
+    std::vector<const char*> v;
+    for (size_t i = 0; i < keys.size(); ++i) {
+      k.push_back(keys[i].c_str());
+      v.push_back(values[i].c_str());
     }
-    pollfd pfd{PQsocket(conn),
-               static_cast<short>(state == PGRES_POLLING_READING ? POLLIN : POLLOUT),
-               0};
-    const int ms = static_cast<int>(
-        std::min<int64_t>(absl::ToInt64Milliseconds(left) + 1, 1000));
-    if (poll(&pfd, 1, ms) == 0) continue;
-    state = PQconnectPoll(conn);
+    k.push_back(nullptr);
+    v.push_back(nullptr);
+
+    const absl::Time started = absl::Now();
+    const absl::Time host_deadline =
+        std::min(deadline, started + per_host.value_or((deadline - started) /
+                                                       static_cast<int64_t>(host_count - first)));
+    PGconn* conn = PQconnectStartParams(k.data(), v.data(), /*expand_dbname=*/0);
+    if (conn == nullptr) return absl::ResourceExhaustedError("libpq: out of memory");
+    PostgresPollingStatusType state = PGRES_POLLING_WRITING;
+    bool next_host = false;
+    while (state != PGRES_POLLING_OK) {
+      if (state == PGRES_POLLING_FAILED || PQstatus(conn) == CONNECTION_BAD) {
+        std::string error = LastError(conn);
+        PQfinish(conn);
+        return absl::UnavailableError(absl::StrCat("cannot connect: ", error));
+      }
+      const absl::Time now = absl::Now();
+      if (now >= deadline || (now >= host_deadline && first + 1 >= host_count)) {
+        PQfinish(conn);
+        return absl::UnavailableError("cannot connect: timed out");
+      }
+      if (now >= host_deadline) {
+        next_host = true;
+        break;
+      }
+      pollfd pfd{PQsocket(conn),
+                 static_cast<short>(state == PGRES_POLLING_READING ? POLLIN : POLLOUT),
+                 0};
+      const int ms = static_cast<int>(
+          std::min<int64_t>(absl::ToInt64Milliseconds(host_deadline - now) + 1, 1000));
+      if (poll(&pfd, 1, ms) == 0) continue;
+      state = PQconnectPoll(conn);
+    }
+    if (!next_host) {
+      return std::unique_ptr<pool::Connection>(
+          new PgConnection(conn, settings_.prepared_cache_size));
+    }
+    // Which of the remaining hosts did not answer: libpq names the one it
+    // is trying.
+    const std::string host = PQhost(conn) != nullptr ? PQhost(conn) : "";
+    const std::string port = PQport(conn) != nullptr ? PQport(conn) : "";
+    PQfinish(conn);
+    size_t stuck = first;
+    for (size_t i = first; i < host_count; ++i) {
+      const std::string& h = i < hosts.size() ? hosts[i] : (i < addrs.size() ? addrs[i] : "");
+      const std::string& p = ports.size() > 1 && i < ports.size() ? ports[i]
+                             : ports.empty()                      ? port
+                                                                  : ports[0];
+      const bool same_addr = i < addrs.size() && addrs[i] == host;
+      if ((h == host || same_addr) && (p == port || p.empty())) {
+        stuck = i;
+        break;
+      }
+    }
+    first = stuck + 1;
+    if (first >= host_count) return absl::UnavailableError("cannot connect: timed out");
   }
-  return std::unique_ptr<pool::Connection>(
-      new PgConnection(conn, settings_.prepared_cache_size));
 }
 
 }  // namespace dbpool::db

@@ -5,9 +5,10 @@ namespace {
 
 using grpc::health::v1::HealthCheckResponse;
 
-// The whole server ("") and each service it offers.
+// The whole server (""), each service it offers, and the process itself.
 bool Known(const std::string& service) {
-  return service.empty() || service == "dbpool.v1.DatabaseService";
+  return service.empty() || service == "dbpool.v1.DatabaseService" ||
+         service == kLivenessService;
 }
 
 }  // namespace
@@ -18,6 +19,8 @@ HealthService::HealthService(const engine::QueryEngine& engine, int max_watches)
 HealthCheckResponse::ServingStatus HealthService::StatusOf(
     const std::string& service) const {
   if (!Known(service)) return HealthCheckResponse::SERVICE_UNKNOWN;
+  // Whoever gets an answer has reached a live process.
+  if (service == kLivenessService) return HealthCheckResponse::SERVING;
   return !draining_.load() && engine_.Serving() ? HealthCheckResponse::SERVING
                                               : HealthCheckResponse::NOT_SERVING;
 }

@@ -16,6 +16,11 @@
 
 namespace dbpool::rpc {
 
+// A health service name that is SERVING whenever the process answers, the
+// database reachable or not, draining or not: for liveness probes, which
+// must not restart a server that is only waiting for its database.
+inline constexpr char kLivenessService[] = "liveness";
+
 class HealthService final : public grpc::health::v1::Health::CallbackService {
  public:
   HealthService(const engine::QueryEngine& engine, int max_watches);

@@ -10,6 +10,7 @@ killed under write load (an unplanned failover, B already writable).
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -197,6 +198,48 @@ class PostmasterKilledTest(TwoHosts):
         # Writes go on, on B, by themselves.
         self.assertGreater(len(settled), 100)
         self.assertGreater(int(self.b.psql("SELECT count(*) FROM writes").strip()), 0)
+
+
+class FrozenHostTest(TwoHosts):
+    """The first host freezes (SIGSTOP to its postmaster and every backend:
+    a hung or partitioned machine). Connections to it time out per host
+    (connect_timeout=2) and the pool opens its new ones on B; without that,
+    every attempt would wait on A until the pool's connect deadline."""
+
+    EXTRA_URL_OPTIONS = "&connect_timeout=2"
+
+    def frozen_pids(self):
+        pids = [self.a.postmaster_pid]
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pids[0])],
+                             capture_output=True, text=True, timeout=10).stdout
+        return pids + [int(p) for p in out.split()]
+
+    def test_new_connections_skip_a_host_that_does_not_answer(self):
+        deadline = time.monotonic() + 10
+        while self.dbpool_sessions(self.a) < POOL_SIZE and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pids = self.frozen_pids()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        self.addCleanup(lambda: [os.kill(pid, signal.SIGCONT) for pid in pids])
+        frozen_at = time.monotonic()
+        served_by = None
+        calls = 0
+        # Calls on A's frozen backends run out of time and their
+        # connections are replaced; the replacements go to B.
+        while time.monotonic() < frozen_at + 40 and calls < 200:
+            calls += 1
+            try:
+                reply = self.db.Query(pb.QueryRequest(sql="SELECT inet_server_port()"),
+                                      timeout=3.0)
+                served_by = reply.rows[0].values[0].int64_value
+                break
+            except grpc.RpcError:
+                continue
+        recovered_after = time.monotonic() - frozen_at
+        print("[failover] A frozen: first call served %.1f s later, by port %s, "
+              "after %d calls" % (recovered_after, served_by, calls))
+        self.assertEqual(served_by, self.b.port)
 
 
 if __name__ == "__main__":

@@ -318,7 +318,7 @@ class PythonClientTest(unittest.TestCase):
     # -- health -----------------------------------------------------------------
 
     def test_health_serving(self):
-        for service in ("", "dbpool.v1.DatabaseService"):
+        for service in ("", "dbpool.v1.DatabaseService", "liveness"):
             resp = self.health.Check(health_pb2.HealthCheckRequest(service=service),
                                      timeout=RPC_TIMEOUT_S)
             self.assertEqual(resp.status, health_pb2.HealthCheckResponse.SERVING,

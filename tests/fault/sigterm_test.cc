@@ -17,6 +17,7 @@
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "tests/fault/fault_util.h"
 #include "tests/support/pg_harness.h"
 
@@ -235,6 +236,64 @@ TEST(Sigterm, UnderLoadAcceptedCallsFinishNewOnesAreRefusedExitZero) {
   EXPECT_EQ(accepted_after_refusal, 0)
       << "once a call was refused, no later call was accepted";
   EXPECT_EQ(other, 0);
+}
+
+// DBPOOL_SHUTDOWN_DELAY_MS: after the signal the server says NOT_SERVING
+// at once, so that balancers take it out, yet serves every call that still
+// comes until the delay is over; only then does it refuse and drain.
+TEST(Sigterm, DelayServesCallsWhileHealthSaysNotServing) {
+  constexpr absl::Duration kDelay = absl::Milliseconds(1500);
+  ServerProcess server(
+      {"--db-pool-max-connections=2",
+       absl::StrCat("--shutdown-delay-ms=", absl::ToInt64Milliseconds(kDelay)),
+       "--shutdown-grace-ms=5000",
+       absl::StrCat("--database-url=", PgCluster::Get().conninfo())});
+  ASSERT_FALSE(server.target().empty()) << "no ready line from dbpool-server";
+  auto channel = grpc::CreateChannel(server.target(), grpc::InsecureChannelCredentials());
+  auto stub = v1::DatabaseService::NewStub(channel);
+  auto health = grpc::health::v1::Health::NewStub(channel);
+  const auto query = [&stub] {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+    v1::QueryRequest request;
+    request.set_sql("SELECT 1");
+    v1::QueryResponse response;
+    return stub->Query(&context, request, &response);
+  };
+  const auto serving = [&health] {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+    grpc::health::v1::HealthCheckRequest request;
+    grpc::health::v1::HealthCheckResponse response;
+    const grpc::Status st = health->Check(&context, request, &response);
+    return st.ok() && response.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+  };
+  ASSERT_TRUE(Eventually([&] { return query().ok() && serving(); }));
+
+  const absl::Time signal_at = absl::Now();
+  ASSERT_EQ(kill(server.pid(), SIGTERM), 0);
+  ASSERT_TRUE(Eventually([&] { return !serving(); }))
+      << "health turns NOT_SERVING at the signal";
+  int served = 0;
+  // Calls keep coming, as from a balancer that has not noticed yet; the
+  // last starts well inside the delay.
+  while (absl::Now() < signal_at + kDelay - absl::Milliseconds(500)) {
+    const grpc::Status st = query();
+    EXPECT_TRUE(st.ok()) << "during the delay: " << st.error_code() << " "
+                         << st.error_message();
+    ++served;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_GT(served, 0);
+  const std::optional<int> status = server.WaitExit(absl::Seconds(15));
+  const absl::Duration exit_after = absl::Now() - signal_at;
+  ASSERT_TRUE(status.has_value()) << "dbpool-server still running";
+  EXPECT_TRUE(WIFEXITED(*status));
+  EXPECT_EQ(WEXITSTATUS(*status), 0);
+  EXPECT_GE(exit_after, kDelay) << "the delay is kept";
+  Figures fig;
+  fig.Add("served_during_delay", int64_t{served});
+  fig.AddMs("exit_after_signal", exit_after);
 }
 
 }  // namespace

@@ -270,19 +270,24 @@ TEST_F(DatabaseServiceTest, AnonymousCallersAreCountedByName) {
 TEST_F(DatabaseServiceTest, HealthFollowsTheEngine) {
   Start();
   auto health = grpc::health::v1::Health::NewStub(channel_);
-  auto check = [&] {
+  auto check = [&](const std::string& service = "") {
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    grpc::health::v1::HealthCheckRequest request;
+    request.set_service(service);
     grpc::health::v1::HealthCheckResponse response;
-    EXPECT_TRUE(health->Check(&context, {}, &response).ok());
+    EXPECT_TRUE(health->Check(&context, request, &response).ok());
     return response.status();
   };
   EXPECT_EQ(check(), grpc::health::v1::HealthCheckResponse::SERVING);
   engine_.set_serving(false);
   EXPECT_EQ(check(), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  // The database is gone, the process is not: liveness stays SERVING.
+  EXPECT_EQ(check(kLivenessService), grpc::health::v1::HealthCheckResponse::SERVING);
   engine_.set_serving(true);
   health_service_->SetDraining();
   EXPECT_EQ(check(), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  EXPECT_EQ(check(kLivenessService), grpc::health::v1::HealthCheckResponse::SERVING);
 }
 
 TEST(PeerHost, DropsThePortOnly) {
