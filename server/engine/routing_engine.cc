@@ -283,7 +283,11 @@ void RoutingEngine::ToReplica(Node& node, QueryJob job, QueryDone done,
 
 RoutingEngine::Node* RoutingEngine::Pick(uint64_t min_lsn) {
   Node* best = nullptr;
-  for (const auto& node : nodes_) {
+  // Ties go round: calls that never overlap would otherwise all go to the
+  // first replica.
+  const size_t start = next_pick_++;
+  for (size_t i = 0; i < nodes_.size(); ++i) {
+    const auto& node = nodes_[(start + i) % nodes_.size()];
     if (!node->routable(options_.max_lag) || node->replay_lsn < min_lsn) continue;
     if (best == nullptr || node->outstanding.load(std::memory_order_relaxed) <
                                best->outstanding.load(std::memory_order_relaxed)) {
@@ -524,12 +528,16 @@ void RoutingEngine::ProbeNow() {
       node.failed = false;
       node.replay_lsn = std::max(node.replay_lsn, replay[i]->first);
       node.in_recovery = replay[i]->second;
-      // The age of the newest sample it has replayed; behind every sample
-      // kept, at least as old as the oldest.
+      // It has replayed every sample up to some k and not k+1: it is at
+      // least as far behind as k+1 is old. Taking that bound, not k's age,
+      // keeps the spacing of probes (long while another replica does not
+      // answer) out of the figure. Behind every sample kept: the oldest's
+      // age.
       node.lag = samples_.empty() ? absl::ZeroDuration() : sampled - samples_.front().first;
-      for (auto it = samples_.rbegin(); it != samples_.rend(); ++it) {
-        if (it->second <= node.replay_lsn) {
-          node.lag = it == samples_.rbegin() ? absl::ZeroDuration() : sampled - it->first;
+      for (size_t s = samples_.size(); s-- > 0;) {
+        if (samples_[s].second <= node.replay_lsn) {
+          node.lag = s + 1 == samples_.size() ? absl::ZeroDuration()
+                                              : sampled - samples_[s + 1].first;
           break;
         }
       }

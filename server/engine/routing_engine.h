@@ -157,6 +157,7 @@ class RoutingEngine final : public QueryEngine {
   absl::flat_hash_map<std::string, std::pair<Node*, absl::Time>> replica_transactions_
       ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  size_t next_pick_ ABSL_GUARDED_BY(mu_) = 0;
 
   absl::Mutex commit_mu_;
   std::vector<absl::AnyInvocable<void(std::string) &&>> commit_waiting_

@@ -119,11 +119,6 @@ Metrics::Metrics(const std::string& version)
                         .Help("Failed statements by SQLSTATE class (\"none\" "
                               "for errors without one).")
                         .Register(*registry_)),
-      routes_(prometheus::BuildCounter()
-                  .Name("db_route_total")
-                  .Help("Calls routed to the primary or a read replica, by target and "
-                        "reason.")
-                  .Register(*registry_)),
       rpc_started_(prometheus::BuildCounter()
                        .Name("grpc_server_started_total")
                        .Help("RPCs started on the server.")
@@ -157,10 +152,16 @@ void Metrics::AddPool(const pool::ConnectionPool& pool) {
 
 void Metrics::AddReplicas(ReplicaSource source) {
   if (pool_collector_ != nullptr) pool_collector_->SetReplicas(std::move(source));
+  // Only a server with replicas routes; without them the family would be
+  // exported empty.
+  routes_ = &prometheus::BuildCounter()
+                 .Name("db_route_total")
+                 .Help("Calls routed to the primary or a read replica, by target and reason.")
+                 .Register(*registry_);
 }
 
 void Metrics::ObserveRoute(const std::string& target, const std::string& reason) {
-  routes_.Add({{"target", target}, {"reason", reason}}).Increment();
+  if (routes_ != nullptr) routes_->Add({{"target", target}, {"reason", reason}}).Increment();
 }
 
 void Metrics::AddTransactions(std::function<TransactionGauges()> source) {

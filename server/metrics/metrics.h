@@ -87,7 +87,7 @@ class Metrics {
   prometheus::Family<prometheus::Histogram>& query_duration_;
   prometheus::Histogram& query_duration_all_;
   prometheus::Family<prometheus::Counter>& query_errors_;
-  prometheus::Family<prometheus::Counter>& routes_;
+  prometheus::Family<prometheus::Counter>* routes_ = nullptr;  // with replicas
   PoolCollector* pool_collector_ = nullptr;
   prometheus::Family<prometheus::Counter>& rpc_started_;
   prometheus::Family<prometheus::Counter>& rpc_handled_;

@@ -232,8 +232,11 @@ def parse_exposition(text):
     return families
 
 
-def read_exported_metrics():
-    """{name: (type, frozenset(labels))} from exported_metrics.txt."""
+def read_exported_metrics(replicas=False):
+    """{name: (type, frozenset(labels), frozenset(optional labels))} from
+    exported_metrics.txt: the families a server exports with read replicas
+    (`replicas`) or without. Optional labels are those only a replica's
+    series carry."""
     if not EXPORTED_METRICS.is_file():
         raise harness.HarnessError("missing %s" % EXPORTED_METRICS)
     out = {}
@@ -242,10 +245,14 @@ def read_exported_metrics():
         if not line or line.startswith("#"):
             continue
         parts = line.split()
-        if len(parts) not in (2, 3):
+        if len(parts) not in (2, 3, 4) or (len(parts) == 4 and parts[3] != "replicas"):
             raise harness.HarnessError("bad line in %s: %r" % (EXPORTED_METRICS, raw))
-        labels = frozenset(parts[2].split(",")) if len(parts) == 3 else frozenset()
-        out[parts[0]] = (parts[1], labels)
+        if len(parts) == 4 and not replicas:
+            continue
+        listed = parts[2].split(",") if len(parts) >= 3 else []
+        labels = frozenset(l for l in listed if not l.startswith("?"))
+        optional = frozenset(l[1:] for l in listed if l.startswith("?"))
+        out[parts[0]] = (parts[1], labels, optional)
     return out
 
 
@@ -505,7 +512,10 @@ class ObservabilityTest(GrpcMixin, unittest.TestCase):
             if name not in doc:
                 continue
             v = doc[name]
-            if f.type == F.TYPE_INT32:
+            if name == "replicas":
+                # A server without read replicas lists none.
+                self.assertEqual(v, [], name)
+            elif f.type == F.TYPE_INT32:
                 self.assertTrue(isinstance(v, int) and not isinstance(v, bool),
                                 "%s must be a JSON number, got %r" % (name, v))
                 self.assertGreaterEqual(v, 0, name)
@@ -578,7 +588,9 @@ class ObservabilityTest(GrpcMixin, unittest.TestCase):
         self.assertEqual(got, expected, "HTTP and gRPC disagree for %r" % sql)
         # Proto field names, not lowerCamelCase.
         self.assertLessEqual(set(body), {"columns", "rows", "rows_affected", "command_tag",
-                                         "timings"}, reply)
+                                         "timings", "commit_lsn"}, reply)
+        # Without read replicas there is no token to give.
+        self.assertEqual(body.get("commit_lsn", ""), "", reply)
         for c in body.get("columns", []):
             self.assertEqual(set(c), {"name", "type_oid", "type_name"}, reply)
         self.assertIsInstance(body["rows_affected"], str, "int64 as JSON string")
@@ -960,7 +972,7 @@ class ObservabilityTest(GrpcMixin, unittest.TestCase):
                          "exported but not listed in %s" % EXPORTED_METRICS)
         self.assertEqual(sorted(set(expected) - set(ours)), [],
                          "listed in %s but not exported" % EXPORTED_METRICS)
-        for name, (mtype, labels) in sorted(expected.items()):
+        for name, (mtype, labels, _) in sorted(expected.items()):
             with self.subTest(name):
                 fam = ours[name]
                 self.assertEqual(fam["type"], mtype)
@@ -968,6 +980,7 @@ class ObservabilityTest(GrpcMixin, unittest.TestCase):
                 seen = set()
                 for _, lbls, _ in fam["samples"]:
                     seen |= set(lbls) - {"le", "quantile"}
+                # Without replicas, no series carries a replica's label.
                 self.assertEqual(seen, set(labels), "labels of %s" % name)
 
     def test_exposition_agrees_with_grpc(self):

@@ -71,14 +71,16 @@ function loadExported() {
   read(P.metrics).split('\n').forEach((line, n) => {
     const s = line.replace(/#.*/, '').trim();
     if (!s) return;
-    const [name, type, labels = '', extra] = s.split(/\s+/);
-    if (extra !== undefined || !/^[a-zA-Z_][a-zA-Z0-9_]*$/.test(name) ||
+    const [name, type, labels = '', flag, extra] = s.split(/\s+/);
+    if (extra !== undefined || (flag !== undefined && flag !== 'replicas') ||
+        !/^[a-zA-Z_][a-zA-Z0-9_]*$/.test(name) ||
         !['gauge', 'counter', 'histogram'].includes(type)) {
-      fail(`${P.metrics}:${n + 1}`, `expected "NAME gauge|counter|histogram [LABEL,...]", got "${s}"`);
+      fail(`${P.metrics}:${n + 1}`, `expected "NAME gauge|counter|histogram [LABEL,...] [replicas]", got "${s}"`);
       return;
     }
     if (families.has(name)) fail(`${P.metrics}:${n + 1}`, `${name} listed twice`);
-    families.set(name, { type, labels: new Set(labels ? labels.split(',') : []) });
+    // ?LABEL: only on read replicas' series; a query may name it all the same.
+    families.set(name, { type, labels: new Set(labels ? labels.split(',').map((l) => l.replace(/^\?/, '')) : []) });
   });
   return families;
 }

@@ -279,6 +279,13 @@ TEST_F(RoutingEngineTest, ReadsGoToTheReplicaWithFewerCallsOutstanding) {
   for (auto& r : reads) EXPECT_TRUE(r->done.WaitForNotificationWithTimeout(absl::Seconds(10)));
 }
 
+TEST_F(RoutingEngineTest, ReadsThatNeverOverlapTakeTurns) {
+  Start();
+  for (int i = 0; i < 6; ++i) Run(Read());
+  EXPECT_EQ(r1_.statements(), 3);
+  EXPECT_EQ(r2_.statements(), 3);
+}
+
 TEST_F(RoutingEngineTest, ReplicaBehindMaxLagTakesNoReadsUntilItCatchesUp) {
   Start(/*max_lag=*/absl::Milliseconds(100));
   // The primary moves on; r1 replays, r2 does not.
