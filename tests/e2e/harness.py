@@ -239,6 +239,10 @@ class PgCluster:
             raise HarnessError("psql failed: %s" % proc.stderr)
         return proc.stdout
 
+    def session(self):
+        """A PsqlSession on this cluster; close it when done."""
+        return PsqlSession(self.port)
+
     # Replicas only.
 
     def pause_replay(self, timeout=10):
@@ -267,6 +271,68 @@ class PgCluster:
                 raise HarnessError("replica on port %d replayed only to %s, not %s, in %.0f s"
                                    % (self.port, self.replay_lsn(), lsn, timeout))
             time.sleep(0.02)
+
+
+class PsqlSession:
+    """One psql connection kept open, for statements sent too often to
+    start a psql for each (a process start costs a good part of a second on
+    a busy machine)."""
+
+    _DONE = "--psql-session-done--"
+
+    def __init__(self, port):
+        self.port = port
+        self._proc = subprocess.Popen(
+            ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+             "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-d", "postgres"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, bufsize=1)
+        self._lines = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self._proc.stdout:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
+    def run(self, sql, timeout=10):
+        """Runs SQL (one or more statements); the lines they print."""
+        # psql sends a statement at its semicolon; \echo would not.
+        try:
+            self._proc.stdin.write("%s;\n\\echo %s\n" % (sql.rstrip().rstrip(";"),
+                                                           self._DONE))
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # psql has ended: reported below, with its error.
+        deadline = time.monotonic() + timeout
+        out = []
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise HarnessError("psql on port %d did not answer %r within %.0f s"
+                                   % (self.port, sql, timeout))
+            if line is None:
+                self._proc.wait(10)
+                raise HarnessError("psql on port %d ended (exit %s) at %r: %s"
+                                   % (self.port, self._proc.returncode, sql,
+                                      self._proc.stderr.read()))
+            if line == self._DONE:
+                return out
+            out.append(line)
+
+    def close(self):
+        if self._proc.poll() is None:
+            self._proc.stdin.close()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(10)
+        self._reader.join(5)
+        self._proc.stdout.close()
+        self._proc.stderr.close()
 
 
 def parse_lsn(text):

@@ -86,14 +86,17 @@ def metric_samples(text):
 
 
 def wait_until(predicate, timeout, what):
-    """Polls predicate until it returns something true; that value."""
+    """Polls predicate until it returns something true; that value. what
+    names the awaited state in the failure: a string, or a function giving
+    one then."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError("%s: not within %.1f s" % (what, timeout))
+            raise AssertionError("%s: not within %.1f s"
+                                 % (what() if callable(what) else what, timeout))
         time.sleep(0.02)
 
 
@@ -137,13 +140,17 @@ class ReadLoad:
     def all(self):
         return sorted(r for out in self.records for r in out)
 
-    def ports_since(self, since):
-        """{port: calls} of the successful calls started at or after since."""
-        counts = {}
-        for started, _, port, code in self.all():
-            if started >= since and code == grpc.StatusCode.OK:
-                counts[port] = counts.get(port, 0) + 1
-        return counts
+    def seconds_until_read_on(self, port, since, timeout):
+        """How long after since a call started that was answered on port,
+        waiting up to timeout for one; None if none was."""
+        deadline = time.monotonic() + timeout
+        while True:
+            starts = [r[0] for r in self.all() if r[0] >= since and r[2] == port]
+            if starts:
+                return min(starts) - since
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.02)
 
 
 class ReplicaStack(unittest.TestCase):
@@ -229,7 +236,8 @@ class ReplicaStack(unittest.TestCase):
 
     def wait_routable(self, names, timeout):
         wait_until(lambda: all(self.routable().get(n) for n in names), timeout,
-                   "replicas %s routable (GetPoolStats: %s)" % (names, self.routable()))
+                   lambda: "replicas %s routable (GetPoolStats: %s)"
+                   % (names, self.routable()))
 
     def metrics_text(self):
         with urllib.request.urlopen(self.server.metrics_url, timeout=RPC_TIMEOUT_S) as r:
@@ -285,10 +293,10 @@ class RoutingTest(ReplicaStack):
         self.assertEqual(where(batch.results[0]), (False, self.primary.port))
 
         rows = []
-        for call in self.db.StreamQuery(pb.QueryRequest(
+        for message in self.db.StreamQuery(pb.QueryRequest(
                 sql=WHERE_SQL + " FROM generate_series(1, 3)", read_only=True),
                 timeout=RPC_TIMEOUT_S):
-            rows += [where_row(row) for row in call.rows]
+            rows += [where_row(row) for row in message.rows]
         self.assertEqual(len(rows), 3)
         self.assertEqual(len(set(rows)), 1, rows)
         self.assertIn(rows[0][1], self.replica_ports)
@@ -408,6 +416,7 @@ class RoutingTest(ReplicaStack):
             self.addCleanup(replica.resume_replay)
             replica.pause_replay()
         _, lsn, _ = self.insert()
+        self.assert_lsn(lsn)
         started = time.monotonic()
         self.assertEqual(self.where_query(read_only=True, min_lsn=lsn),
                          (False, self.primary.port))
@@ -436,7 +445,11 @@ class RoutingTest(ReplicaStack):
             # has not replayed.
             end = time.monotonic() + 30
             while not stop.is_set() and time.monotonic() < end:
-                writes.append(self.insert())
+                try:
+                    self.insert()
+                    writes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as e:
+                    writes.append(e.code())
                 time.sleep(0.02)
 
         writer = threading.Thread(target=trickle)
@@ -457,10 +470,7 @@ class RoutingTest(ReplicaStack):
                 # ones that must have stayed off the replica.
                 resumed_at = time.monotonic()
                 paused.resume_replay()
-                back = wait_until(
-                    lambda: load.ports_since(resumed_at).get(paused.port), 5,
-                    "reads on the resumed replica")
-                back_after = time.monotonic() - resumed_at
+                back_after = load.seconds_until_read_on(paused.port, resumed_at, 5)
             records = load.all()
         finally:
             stop.set()
@@ -471,10 +481,13 @@ class RoutingTest(ReplicaStack):
             if skipped_from <= started < resumed_at:
                 while_skipped[port] = while_skipped.get(port, 0) + 1
         print("[replicas] replay paused: %d reads from %.0f ms after the pause to the "
-              "resume, by port %s (paused %d); reads on it again %.0f ms after the resume"
+              "resume, by port %s (paused %d, primary %d); first read on it again %s"
               % (sum(while_skipped.values()), (skipped_from - paused_at) * 1000,
-                 while_skipped, paused.port, back_after * 1000))
+                 while_skipped, paused.port, self.primary.port,
+                 "never" if back_after is None else "%.0f ms after the resume"
+                 % (back_after * 1000)))
         self.assertEqual([r for r in records if r[3] != grpc.StatusCode.OK], [])
+        self.assertEqual(set(writes), {grpc.StatusCode.OK})
         self.assertGreater(len(writes), 10)
         self.assertNotIn(paused.port, while_skipped)
         self.assertGreater(while_skipped.get(other.port, 0), 0)
@@ -483,7 +496,7 @@ class RoutingTest(ReplicaStack):
                                 MAX_LAG_S)
         self.assertTrue(stats["127.0.0.1:%d" % other.port].routable)
         self.assertEqual(routable_metric.get(paused_name), 0.0)
-        self.assertGreater(back, 0)
+        self.assertIsNotNone(back_after, "no read on the replica within 5 s of the resume")
 
     def test_read_your_writes_under_intermittent_replay_pauses(self):
         pairs, threads, budget_s = 10000, 8, 75
@@ -498,15 +511,17 @@ class RoutingTest(ReplicaStack):
             # reads off it.
             end = time.monotonic() + budget_s + 5
             paused = False
-            while not stop.is_set() and time.monotonic() < end:
-                stop.wait(random.uniform(0.1, 0.3))
-                if paused:
-                    toggled.resume_replay()
-                else:
-                    toggled.psql("SELECT pg_wal_replay_pause()")
-                paused = not paused
-                toggles.append(paused)
-            toggled.resume_replay()
+            session = toggled.session()
+            try:
+                while not stop.is_set() and time.monotonic() < end:
+                    stop.wait(random.uniform(0.1, 0.3))
+                    session.run("SELECT pg_wal_replay_resume()" if paused
+                                else "SELECT pg_wal_replay_pause()")
+                    paused = not paused
+                    toggles.append(paused)
+                session.run("SELECT pg_wal_replay_resume()")
+            finally:
+                session.close()
 
         lock = threading.Lock()
         taken = [0]
@@ -638,9 +653,7 @@ class ReplicaKilledTest(ReplicaStack):
             routable_after_kill = self.routable()
             killed.start_again()
             restarted_at = time.monotonic()
-            back = wait_until(lambda: load.ports_since(restarted_at).get(killed.port), 20,
-                              "reads on the restarted replica")
-            back_after = time.monotonic() - restarted_at
+            back_after = load.seconds_until_read_on(killed.port, restarted_at, 20)
         records = load.all()
         failed = [r for r in records if r[3] != grpc.StatusCode.OK]
         in_flight = [r for r in records if r[0] < killed_at < r[1]]
@@ -652,18 +665,20 @@ class ReplicaKilledTest(ReplicaStack):
                 after_kill[port] = after_kill.get(port, 0) + 1
         print("[replicas] replica killed under 16 readers: %d reads, %d in flight at the "
               "kill, %d failed %s, %d failed starting %.0f ms or more after it; until "
-              "the restart, reads by port %s (killed %d); reads on it again %.0f ms "
-              "after its restart"
+              "the restart, reads by port %s (killed %d, primary %d); first read on "
+              "it again %s"
               % (len(records), len(in_flight), len(failed),
                  sorted({str(r[3]) for r in failed}), len(late_failures),
-                 PROBE_S * 1000, after_kill, killed.port, back_after * 1000))
+                 PROBE_S * 1000, after_kill, killed.port, self.primary.port,
+                 "never" if back_after is None else "%.0f ms after its restart"
+                 % (back_after * 1000)))
         self.assertLessEqual(len(failed), len(in_flight))
         self.assertEqual(late_failures, [])
         self.assertNotIn(killed.port, after_kill)
         self.assertGreater(after_kill.get(survivor.port, 0), 0)
         self.assertEqual(routable_after_kill, {killed_name: False,
                                                "127.0.0.1:%d" % survivor.port: True})
-        self.assertGreater(back, 0)
+        self.assertIsNotNone(back_after, "no read on the replica within 20 s of its restart")
 
 
 if __name__ == "__main__":
