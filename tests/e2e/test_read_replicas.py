@@ -661,23 +661,31 @@ class ReplicaKilledTest(ReplicaStack):
         in_flight = [r for r in records if r[0] < killed_at < r[1]]
         settled_from = killed_at + PROBE_S
         late_failures = [r for r in failed if r[0] >= settled_from]
-        after_kill = {}
-        for started, _, port, code in records:
-            if settled_from <= started < restart_begun and code == grpc.StatusCode.OK:
-                after_kill[port] = after_kill.get(port, 0) + 1
+        # Backends of a killed postmaster notice only at their next wait, so
+        # the connections open to it may answer a little longer. Replay has
+        # stopped with the postmaster, though, so its lag passes the limit
+        # and it is left out at the latest as a paused replica is.
+        left_out_from = killed_at + MAX_LAG_S + 2 * PROBE_S
+        answered_by_killed = [r[0] - killed_at for r in records
+                              if killed_at <= r[0] < restart_begun and r[2] == killed.port]
+        survivor_reads = sum(1 for r in records if settled_from <= r[0] < restart_begun
+                             and r[2] == survivor.port)
         print("[replicas] replica killed under 16 readers: %d reads, %d in flight at the "
-              "kill, %d failed %s, %d failed starting %.0f ms or more after it; until "
-              "the restart, reads by port %s (killed %d, primary %d); first read on "
-              "it again %s after its restart began (which took %.0f ms)"
+              "kill, %d failed %s, %d failed starting %.0f ms or more after it; %d reads "
+              "started after the kill answered by the killed node's remaining backends%s; "
+              "%d on the other replica before the restart; first read on it again %s "
+              "after its restart began (which took %.0f ms)"
               % (len(records), len(in_flight), len(failed),
                  sorted({str(r[3]) for r in failed}), len(late_failures),
-                 PROBE_S * 1000, after_kill, killed.port, self.primary.port,
+                 PROBE_S * 1000, len(answered_by_killed),
+                 ", the last started %.0f ms after it" % (max(answered_by_killed) * 1000)
+                 if answered_by_killed else "", survivor_reads,
                  "never" if back_after is None else "%.0f ms" % (back_after * 1000),
                  restart_s * 1000))
         self.assertLessEqual(len(failed), len(in_flight))
         self.assertEqual(late_failures, [])
-        self.assertNotIn(killed.port, after_kill)
-        self.assertGreater(after_kill.get(survivor.port, 0), 0)
+        self.assertLess(max(answered_by_killed, default=0), left_out_from - killed_at)
+        self.assertGreater(survivor_reads, 0)
         self.assertEqual(routable_after_kill, {killed_name: False,
                                                "127.0.0.1:%d" % survivor.port: True})
         self.assertIsNotNone(back_after, "no read on the replica within 20 s of its restart")
