@@ -645,12 +645,15 @@ class ReplicaKilledTest(ReplicaStack):
     def test_a_killed_replica_costs_at_most_its_reads_in_flight_and_comes_back(self):
         killed, survivor = self.replicas
         killed_name = "127.0.0.1:%d" % killed.port
+        survivor_name = "127.0.0.1:%d" % survivor.port
         with ReadLoad(self.db, threads=16, longest_s=40) as load:
             time.sleep(1.5)
             killed.kill()
             killed_at = time.monotonic()
-            time.sleep(3.0)
-            routable_after_kill = self.routable()
+            routable_seen = []  # (seconds after the kill, {name: routable})
+            while time.monotonic() < killed_at + 3.0:
+                routable_seen.append((time.monotonic() - killed_at, self.routable()))
+                time.sleep(PROBE_S)
             # It may take reads again before start_again returns.
             restart_begun = time.monotonic()
             killed.start_again()
@@ -670,24 +673,31 @@ class ReplicaKilledTest(ReplicaStack):
                               if killed_at <= r[0] < restart_begun and r[2] == killed.port]
         survivor_reads = sum(1 for r in records if settled_from <= r[0] < restart_begun
                              and r[2] == survivor.port)
+        survivor_left_out = [t for t, routable in routable_seen
+                             if not routable.get(survivor_name)]
+        killed_taken = [t for t, routable in routable_seen
+                        if routable.get(killed_name) and t >= left_out_from - killed_at]
         print("[replicas] replica killed under 16 readers: %d reads, %d in flight at the "
               "kill, %d failed %s, %d failed starting %.0f ms or more after it; %d reads "
               "started after the kill answered by the killed node's remaining backends%s; "
-              "%d on the other replica before the restart; first read on it again %s "
-              "after its restart began (which took %.0f ms)"
+              "%d on the other replica before the restart, which GetPoolStats showed "
+              "unroutable in %d of %d looks; first read on it again %s after its "
+              "restart began (which took %.0f ms)"
               % (len(records), len(in_flight), len(failed),
                  sorted({str(r[3]) for r in failed}), len(late_failures),
                  PROBE_S * 1000, len(answered_by_killed),
                  ", the last started %.0f ms after it" % (max(answered_by_killed) * 1000)
-                 if answered_by_killed else "", survivor_reads,
-                 "never" if back_after is None else "%.0f ms" % (back_after * 1000),
+                 if answered_by_killed else "", survivor_reads, len(survivor_left_out),
+                 len(routable_seen), "never" if back_after is None else "%.0f ms" % (back_after * 1000),
                  restart_s * 1000))
         self.assertLessEqual(len(failed), len(in_flight))
         self.assertEqual(late_failures, [])
         self.assertLess(max(answered_by_killed, default=0), left_out_from - killed_at)
         self.assertGreater(survivor_reads, 0)
-        self.assertEqual(routable_after_kill, {killed_name: False,
-                                               "127.0.0.1:%d" % survivor.port: True})
+        self.assertEqual(killed_taken, [], "killed replica routable at these seconds "
+                         "after the kill\n" + self.server.diagnostics())
+        self.assertEqual(survivor_left_out, [], "surviving replica unroutable at these "
+                         "seconds after the kill\n" + self.server.diagnostics())
         self.assertIsNotNone(back_after, "no read on the replica within 20 s of its restart")
 
 
