@@ -18,6 +18,11 @@ REST/JSON gateway and /healthz, /readyz) and server.metrics_address /
 server.metrics_url (the Prometheus exporter's /metrics).
 start_stack(cls, server_args=[...]) passes extra flags to the server.
 
+Streaming replicas of a cluster, for read-replica routing:
+
+    replica = cls.pg.start_replica()    # a PgCluster too
+    replica.pause_replay(); replica.resume_replay(); replica.replay_lsn()
+
 Nothing here is specific to unittest; failures are raised as
 HarnessError with the server's output attached, so that a broken start is
 easy to diagnose from the test log.
@@ -125,6 +130,7 @@ class PgCluster:
         self.dir = root / "pg"
         self.port = port
         self._stopped = False
+        self._killed = []
 
     @property
     def database_url(self):
@@ -139,6 +145,17 @@ class PgCluster:
     def start(cls, prefix="dbpool-e2e-pg-", settings=()):
         """settings: ("name=value", ...) for the server, over
         pg_cluster.sh's defaults."""
+        return cls._launch(["start"], prefix, settings)
+
+    def start_replica(self, prefix="dbpool-e2e-replica-", settings=()):
+        """A streaming replica of this (running) cluster, started on a port
+        of its own; stop it before this one. settings as start's, and
+        PostgreSQL wants max_connections and a few others at least as large
+        as the primary's."""
+        return self._launch(["start-replica", str(self.dir)], prefix, settings)
+
+    @classmethod
+    def _launch(cls, command, prefix, settings):
         if not PG_CLUSTER_SH.is_file():
             raise HarnessError("missing %s" % PG_CLUSTER_SH)
         root = make_temp_dir(prefix)
@@ -146,20 +163,20 @@ class PgCluster:
         options = [arg for setting in settings for arg in ("-c", setting)]
         try:
             proc = subprocess.run(
-                ["bash", str(PG_CLUSTER_SH), "start", str(pg_dir), *options],
+                ["bash", str(PG_CLUSTER_SH), *command, str(pg_dir), *options],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 text=True, timeout=180)
         except subprocess.TimeoutExpired:
             cls._stop_dir(pg_dir)
             shutil.rmtree(root, ignore_errors=True)
-            raise HarnessError("pg_cluster.sh start did not finish in 180 s")
+            raise HarnessError("pg_cluster.sh %s did not finish in 180 s" % command[0])
         port_text = proc.stdout.strip().splitlines()[-1:] if proc.stdout else []
         if proc.returncode != 0 or not port_text or not port_text[0].isdigit():
             cls._stop_dir(pg_dir)
             shutil.rmtree(root, ignore_errors=True)
             raise HarnessError(
-                "pg_cluster.sh start failed (exit %d)\nstdout:\n%s\nstderr:\n%s"
-                % (proc.returncode, proc.stdout, proc.stderr))
+                "pg_cluster.sh %s failed (exit %d)\nstdout:\n%s\nstderr:\n%s"
+                % (command[0], proc.returncode, proc.stdout, proc.stderr))
         return cls(root, int(port_text[0]))
 
     @staticmethod
@@ -173,6 +190,31 @@ class PgCluster:
         return subprocess.run(["bash", str(PG_CLUSTER_SH), "restart", str(self.dir)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, timeout=timeout)
+
+    def kill(self):
+        """SIGKILL to the postmaster: the crash of a whole node. Its
+        children notice and exit by themselves."""
+        pid = self.postmaster_pid
+        children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)],
+                                  stdout=subprocess.PIPE, text=True, timeout=30).stdout
+        self._killed = [pid, *map(int, children.split())]
+        os.kill(pid, signal.SIGKILL)
+
+    def start_again(self, timeout=60):
+        """Starts a killed cluster on its old port. PostgreSQL refuses to
+        while its old processes exist, even as zombies (the lock file names
+        the old postmaster, and they may still hold its shared memory), so
+        this first waits for them to be reaped."""
+        deadline = time.monotonic() + timeout
+        while any(Path("/proc/%d" % pid).exists() for pid in self._killed):
+            if time.monotonic() > deadline:
+                raise HarnessError("processes of the killed cluster on port %d still "
+                                   "exist after %.0f s" % (self.port, timeout))
+            time.sleep(0.05)
+        proc = self.restart(timeout=max(1, deadline - time.monotonic()))
+        if proc.returncode != 0:
+            raise HarnessError("restarting the cluster on port %d failed: %s"
+                               % (self.port, proc.stdout))
 
     def stop(self):
         if self._stopped:
@@ -196,6 +238,109 @@ class PgCluster:
         if proc.returncode != 0:
             raise HarnessError("psql failed: %s" % proc.stderr)
         return proc.stdout
+
+    def session(self):
+        """A PsqlSession on this cluster; close it when done."""
+        return PsqlSession(self.port)
+
+    # Replicas only.
+
+    def pause_replay(self, timeout=10):
+        """Stops applying WAL (it is still received), and returns once the
+        replica says replay is paused."""
+        self.psql("SELECT pg_wal_replay_pause()")
+        deadline = time.monotonic() + timeout
+        while self.psql("SELECT pg_get_wal_replay_pause_state()").strip() != "paused":
+            if time.monotonic() > deadline:
+                raise HarnessError("replay on port %d not paused within %.0f s"
+                                   % (self.port, timeout))
+            time.sleep(0.02)
+
+    def resume_replay(self):
+        self.psql("SELECT pg_wal_replay_resume()")
+
+    def replay_lsn(self):
+        """pg_last_wal_replay_lsn(), "X/X"."""
+        return self.psql("SELECT pg_last_wal_replay_lsn()").strip()
+
+    def wait_for_replay(self, lsn, timeout=10):
+        """Returns once the replica has replayed up to lsn ("X/X")."""
+        deadline = time.monotonic() + timeout
+        while parse_lsn(self.replay_lsn()) < parse_lsn(lsn):
+            if time.monotonic() > deadline:
+                raise HarnessError("replica on port %d replayed only to %s, not %s, in %.0f s"
+                                   % (self.port, self.replay_lsn(), lsn, timeout))
+            time.sleep(0.02)
+
+
+class PsqlSession:
+    """One psql connection kept open, for statements sent too often to
+    start a psql for each (a process start costs a good part of a second on
+    a busy machine)."""
+
+    _DONE = "--psql-session-done--"
+
+    def __init__(self, port):
+        self.port = port
+        self._proc = subprocess.Popen(
+            ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+             "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-d", "postgres"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, bufsize=1)
+        self._lines = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self._proc.stdout:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
+    def run(self, sql, timeout=10):
+        """Runs SQL (one or more statements); the lines they print."""
+        # psql sends a statement at its semicolon; \echo would not.
+        try:
+            self._proc.stdin.write("%s;\n\\echo %s\n" % (sql.rstrip().rstrip(";"),
+                                                           self._DONE))
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # psql has ended: reported below, with its error.
+        deadline = time.monotonic() + timeout
+        out = []
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise HarnessError("psql on port %d did not answer %r within %.0f s"
+                                   % (self.port, sql, timeout))
+            if line is None:
+                self._proc.wait(10)
+                raise HarnessError("psql on port %d ended (exit %s) at %r: %s"
+                                   % (self.port, self._proc.returncode, sql,
+                                      self._proc.stderr.read()))
+            if line == self._DONE:
+                return out
+            out.append(line)
+
+    def close(self):
+        if self._proc.poll() is None:
+            self._proc.stdin.close()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(10)
+        self._reader.join(5)
+        self._proc.stdout.close()
+        self._proc.stderr.close()
+
+
+def parse_lsn(text):
+    """PostgreSQL's "X/X" WAL position as a number, for comparing."""
+    m = re.fullmatch(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})", text)
+    if not m:
+        raise ValueError("not a WAL position: %r" % text)
+    return (int(m.group(1), 16) << 32) | int(m.group(2), 16)
 
 
 # ---------------------------------------------------------------------------
@@ -271,7 +416,8 @@ class DbpoolServer:
         env = dict(os.environ)
         # Flags win over the environment; drop inherited settings that could
         # point the server elsewhere.
-        for name in ("DATABASE_URL", "DBPOOL_LISTEN_HOST", "DBPOOL_GRPC_PORT"):
+        for name in ("DATABASE_URL", "DATABASE_REPLICA_URLS", "DBPOOL_LISTEN_HOST",
+                     "DBPOOL_GRPC_PORT"):
             env.pop(name, None)
         # The server may also open HTTP and metrics ports (fixed defaults);
         # ask for ephemeral ones so that runs never collide with each other

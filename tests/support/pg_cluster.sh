@@ -8,7 +8,15 @@
 #                             (the one init picked, if any); prints the port.
 #                             Server settings given after DIR win over the
 #                             defaults below
-#   pg_cluster.sh stop DIR    fast shutdown
+#   pg_cluster.sh start-replica PRIMARY_DIR DIR [-c NAME=VALUE ...]
+#                             a streaming replica of the running cluster in
+#                             PRIMARY_DIR: pg_basebackup (once) through its
+#                             own replication slot, then start as `start`
+#                             does; prints the port. The replica's settings
+#                             that PostgreSQL wants at least as large as the
+#                             primary's (max_connections, ...) must be given
+#                             again when the primary's were raised
+#   pg_cluster.sh stop DIR    fast shutdown (a replica too)
 #   pg_cluster.sh restart DIR fast restart on the same port
 #   pg_cluster.sh port DIR    the port of a running cluster
 #   pg_cluster.sh ssl DIR     turn TLS on in a running cluster, with a
@@ -22,8 +30,13 @@
 # `postgres` system user (created by Debian's postgresql package).
 set -euo pipefail
 
-cmd=${1:?usage: pg_cluster.sh init|start|stop|restart|port DIR}
-dir=$(realpath -m "${2:?usage: pg_cluster.sh init|start|stop|restart|port DIR}")
+usage="usage: pg_cluster.sh init|start|stop|restart|port|ssl DIR, or start-replica PRIMARY_DIR DIR"
+cmd=${1:?$usage}
+if [[ $cmd == start-replica ]]; then
+  primary=$(realpath -m "${2:?$usage}")
+  shift
+fi
+dir=$(realpath -m "${2:?$usage}")
 bin=$(pg_config --bindir 2>/dev/null || true)
 if [[ ! -x "$bin/initdb" ]]; then
   bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
@@ -38,7 +51,7 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
-create() {
+make_dir() {
   mkdir -p "$dir"
   if [[ $(id -u) == 0 ]]; then
     chown postgres:postgres "$dir"
@@ -47,11 +60,61 @@ create() {
       exit 1
     }
   fi
+}
+
+create() {
+  make_dir
   if [[ ! -f "$dir/data/PG_VERSION" ]]; then
+    # --auth=trust also trusts the replication lines of the sample pg_hba
+    # (local and 127.0.0.1), which start-replica connects through; wal_level
+    # (replica) and max_wal_senders (10) are enough by default.
     as_owner "$bin/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 \
       --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 ||
       { cat "$dir/initdb.log" >&2; exit 1; }
   fi
+}
+
+clone() {
+  make_dir
+  if [[ ! -f "$dir/data/PG_VERSION" ]]; then
+    local primary_port
+    primary_port=$(cat "$primary/port" 2>/dev/null) ||
+      { echo "pg_cluster: no cluster started in $primary" >&2; exit 1; }
+    # A slot of its own keeps the WAL a stopped or lagging replica still
+    # needs on the primary. Named after DIR, as the replica has no port yet.
+    local slot
+    slot=replica_$(printf %s "$dir" | md5sum | cut -c1-16)
+    # -R writes standby.signal and primary_conninfo; -X stream carries the
+    # WAL written during the copy, so the replica is consistent on its own.
+    # No fsync of the copy: the clusters run with fsync=off anyway, and it
+    # costs seconds.
+    as_owner "$bin/pg_basebackup" -h 127.0.0.1 -p "$primary_port" -U postgres \
+      -D "$dir/data" -R -X stream -C -S "$slot" -c fast --no-sync \
+      >"$dir/basebackup.log" 2>&1 ||
+      { cat "$dir/basebackup.log" >&2; rm -rf "$dir/data"; exit 1; }
+  fi
+}
+
+# Starts the cluster in $dir on a free loopback port (the one it had, if
+# any), with server settings from the arguments over the defaults; prints
+# the port.
+launch() {
+  local extra="$*" previous port
+  # A port can be taken between the probe and the bind; try a few.
+  previous=$(cat "$dir/port" 2>/dev/null || true)
+  for _ in 1 2 3 4 5; do
+    port=${previous:-$(free_port)}
+    previous=""
+    if as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+        -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200${extra:+ $extra}" \
+        start >/dev/null 2>&1; then
+      echo "$port" >"$dir/port"
+      echo "$port"
+      return 0
+    fi
+  done
+  tail -20 "$dir/server.log" >&2
+  exit 1
 }
 
 case $cmd in
@@ -62,22 +125,11 @@ case $cmd in
     ;;
   start)
     create
-    extra="${*:3}"
-    # A port can be taken between the probe and the bind; try a few.
-    previous=$(cat "$dir/port" 2>/dev/null || true)
-    for _ in 1 2 3 4 5; do
-      port=${previous:-$(free_port)}
-      previous=""
-      if as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-          -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200${extra:+ $extra}" \
-          start >/dev/null 2>&1; then
-        echo "$port" >"$dir/port"
-        echo "$port"
-        exit 0
-      fi
-    done
-    tail -20 "$dir/server.log" >&2
-    exit 1
+    launch "${@:3}"
+    ;;
+  start-replica)
+    clone
+    launch "${@:3}"
     ;;
   stop)
     if [[ -f "$dir/data/postmaster.pid" ]]; then
