@@ -63,6 +63,23 @@ TEST(Config, ReportsEveryViolationAtOnce) {
   EXPECT_THAT(m, HasSubstr("stray"));
 }
 
+TEST(Config, ReplicaUrlsSplitBetweenConnectionStringsOnly) {
+  const auto replicas = [](const std::string& value) {
+    auto c = Load(Env({{"DATABASE_URL", "x"}, {"DATABASE_REPLICA_URLS", value}}), {});
+    EXPECT_TRUE(c.ok()) << c.status();
+    return c.ok() ? c->replica_urls : std::vector<std::string>{};
+  };
+  EXPECT_THAT(replicas(""), ::testing::IsEmpty());
+  EXPECT_THAT(replicas("postgresql://a/db, postgres://b:5433/db"),
+              ::testing::ElementsAre("postgresql://a/db", "postgres://b:5433/db"));
+  // A multi-host URI is one replica pool: any standby of the list
+  // (target_session_attrs=standby).
+  EXPECT_THAT(replicas("postgresql://a:1,b:2/db?target_session_attrs=standby"),
+              ::testing::ElementsAre("postgresql://a:1,b:2/db?target_session_attrs=standby"));
+  EXPECT_THAT(replicas("host=a,b port=1,2 dbname=x,host=c dbname=x"),
+              ::testing::ElementsAre("host=a,b port=1,2 dbname=x", "host=c dbname=x"));
+}
+
 TEST(Config, MinimumMustNotExceedMaximum) {
   auto c = Load(Env({{"DATABASE_URL", "x"},
                      {"DB_POOL_MAX_CONNECTIONS", "3"},
