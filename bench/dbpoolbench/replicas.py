@@ -28,7 +28,7 @@ from pathlib import Path
 
 from . import compare, proc, sampling, stack, text
 from .batch import run_order
-from .compare_report import and_list, table
+from .compare_report import and_list, noise_note, table
 from .replicas_load import SELECT_SQL, TABLE, UPDATE_SQL
 from .settings import Env, SettingsError
 from .stats import median, ratio
@@ -166,15 +166,22 @@ def replica_share(routes):
 
 def cpu_figures(t1, t2, ticks1, ticks2, m1, m2, calls):
     """Per group: cores used over the window and CPU µs per call (read or
-    write); the machine's busy share."""
+    write); the machine's busy share and the part of it outside the run."""
     window = t2 - t1
     out = {"window_s": round(window, 3), "cores_used": {}, "us_per_call": {}}
     for k in ticks2:
         d = ticks2[k] - ticks1.get(k, 0)
         out["cores_used"][k] = d / proc.TICK / window
         out["us_per_call"][k] = d * proc.US_PER_TICK / calls if calls else None
-    total = (m2["total"] - m1["total"]) or 1
-    out["machine_busy_pct"] = 100.0 * (m2["busy"] - m1["busy"]) / total
+    m = {k: m2[k] - m1[k] for k in m1}
+    total = m["total"] or 1
+    ours = sum(ticks2[k] - ticks1.get(k, 0) for k in ticks2)
+    out["machine_busy_pct"] = 100.0 * m["busy"] / total
+    # What compare_report.noise_note reads: the share of the cores taken by
+    # processes outside the run (the idle server among them).
+    out["others_pct"] = max(0.0, 100.0 * (m["tasks"] - ours) / total)
+    out["irq_softirq_pct"] = 100.0 * m["irq"] / total
+    out["steal_pct"] = 100.0 * m["steal"] / total
     return out
 
 
@@ -661,7 +668,7 @@ def render(doc, json_path, md_path):
                ["---", *["---:"] * (len(GROUPS) + 1)], cpu_rows(summary, configs))
     w("")
     w("## Method\n")
-    w(method(st, configs))
+    w(method(st, configs, runs))
     w("## Machine\n")
     w("| | |\n|---|---|")
     w(f"| `nproc` | {m['nproc']} |")
@@ -676,7 +683,7 @@ def render(doc, json_path, md_path):
     return "\n".join(L) + "\n"
 
 
-def method(st, configs):
+def method(st, configs, runs):
     n = st["replicas"]
     order = "".join(configs)
     rotations = ", ".join(order[k:] + order[:k] for k in range(min(3, len(order))))
@@ -711,6 +718,7 @@ def method(st, configs):
                f"{st['quiet_max_s']:g} s for a second in which other processes use at most "
                f"{st['quiet_pct']:g} % of the machine, then {st['pause_s']:g} s. A run is valid "
                f"when the load ends normally with at most 1 % of its calls failed.\n")
+    out.append(noise_note(runs, dict(st, repeats=st["rounds"])) + "\n")
     out.append("* **Calls/s**: calls that succeeded and completed in the measured window ÷ "
                "its length; latency percentiles (nearest rank) over every call completed in "
                "it.")

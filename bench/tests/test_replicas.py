@@ -41,7 +41,8 @@ def run(config, rnd, scale=1.0, valid=True):
             "token_reads": int(reads * 8) if config == "C" else 0,
             "read": kind(reads * scale, p99 * scale), "write": kind(writes * scale, 30.0)}
     calls = (reads + writes) * scale * 7.5
-    cpu = {"window_s": 7.5, "machine_busy_pct": 99.0,
+    cpu = {"window_s": 7.5, "machine_busy_pct": 99.0, "others_pct": 20.0,
+           "irq_softirq_pct": 5.0, "steal_pct": 0.0,
            "cores_used": dict(GROUPS),
            "us_per_call": {g: c * 7.5 * 1e6 / calls for g, c in GROUPS.items()}}
     rec = replicas.record({"config": config, "round": rnd, "seq": 0, "callers": 64,
@@ -150,10 +151,14 @@ class Figures(unittest.TestCase):
     def test_cpu_figures(self):
         tick = replicas.proc.TICK
         f = replicas.cpu_figures(0.0, 2.0, {"primary": 0}, {"primary": tick},
-                                 {"busy": 0, "total": 0}, {"busy": 150, "total": 200}, 1000)
+                                 {"busy": 0, "total": 0, "tasks": 0, "irq": 0, "steal": 0},
+                                 {"busy": 150, "total": 200, "tasks": 140, "irq": 10,
+                                  "steal": 0}, 1000)
         self.assertAlmostEqual(f["cores_used"]["primary"], 0.5)
         self.assertAlmostEqual(f["us_per_call"]["primary"], 1000.0)
         self.assertAlmostEqual(f["machine_busy_pct"], 75.0)
+        self.assertAlmostEqual(f["others_pct"], 100.0 * (140 - tick) / 200 if tick < 140 else 0)
+        self.assertAlmostEqual(f["irq_softirq_pct"], 5.0)
 
     def test_a_failed_load_or_too_many_errors_is_invalid(self):
         rec = replicas.record({"config": "A", "round": 1, "exit_code": 1}, None, {}, None)
@@ -214,6 +219,7 @@ class Report(unittest.TestCase):
         self.assertIn("1,200 reads waited out the wait", md)
         self.assertIn("| B: primary only | 1,780 [1,762–1,798] |", md)
         self.assertIn("RelWithDebInfo build", md)
+        self.assertIn("other processes on the machine took a median 20 %", md)
         self.assertNotIn("Quick mode", md)
         self.assertNotIn("None", md)
 
