@@ -1,4 +1,4 @@
-"""python3 -m dbpoolbench compare|soak|floor|max-rate|waiters|overload|pipeline-depth|batch
+"""python3 -m dbpoolbench compare|soak|floor|max-rate|waiters|overload|pipeline-depth|batch|replicas
 python3 -m dbpoolbench render KIND RESULT.json [--md PATH]
 
 Runs from the repository root (results and reports use paths relative to
@@ -11,13 +11,14 @@ import os
 import subprocess
 import sys
 
-from . import (batch, compare, compare_report, depth, floor, overload, rate, soak, soak_report,
-               stack, text, waiters)
+from . import (batch, compare, compare_report, depth, floor, overload, rate, replicas, soak,
+               soak_report, stack, text, waiters)
 from .settings import SettingsError
 
 COMMANDS = {"compare": compare.main, "soak": soak.main, "floor": floor.main,
             "max-rate": rate.main, "waiters": waiters.main, "overload": overload.main,
-            "pipeline-depth": depth.main, "batch": batch.main}
+            "pipeline-depth": depth.main, "batch": batch.main,
+            "replicas": replicas.main}
 
 
 def render(kind, path, md_path):
@@ -38,6 +39,8 @@ def render(kind, path, md_path):
         return depth.render(doc, path, md_path or "docs/BENCHMARKS-pipeline-depth.md")
     if kind == "batch":
         return batch.render(doc, path, md_path or "docs/BENCHMARKS-batch.md")
+    if kind == "replicas":
+        return replicas.render(doc, path, md_path or "docs/BENCHMARKS-replicas.md")
     return waiters.render(doc)
 
 

@@ -191,9 +191,11 @@ class Stack(contextlib.ExitStack):
             raise HarnessError(f"port {cluster.port} does not reach our cluster ({got})")
         return cluster
 
-    def server(self, binary, database_url, args=()):
+    def server(self, binary, database_url, args=(), env=None):
+        """env: settings the server takes from the environment only (the
+        replicas' URLs, which may carry passwords)."""
         server = harness.DbpoolServer.start(database_url, binary=binary,
-                                            extra_args=list(args))
+                                            extra_args=list(args), extra_env=env)
         self.callback(server.cleanup)
         self.callback(server.stop)
         return server
