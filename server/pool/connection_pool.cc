@@ -270,6 +270,13 @@ void ConnectionPool::Release(std::unique_ptr<Slot> slot, bool broken) {
 
 absl::Status ConnectionPool::AdmissionLocked(absl::Time now, absl::Time deadline,
                                              int ahead) {
+  // The pace of a pool that is still opening connections (after a restart
+  // of the database, or while it grows to meet a burst) says nothing of
+  // its pace once it is full: judged by it, callers that would have made
+  // it were refused.
+  if (static_cast<int>(idle_.size()) + active_ < options_.max_connections) {
+    return absl::OkStatus();
+  }
   const std::optional<double> rate = drain_rate_.PerSecond(now);
   if (!rate.has_value()) return absl::OkStatus();
   // This caller's turn comes after the `ahead` waiters and one more free

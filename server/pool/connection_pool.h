@@ -188,7 +188,8 @@ class ConnectionPool {
   void CloseLocked(std::unique_ptr<Slot> slot, CloseReason reason,
                    Deferred& deferred) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // OK, or DEADLINE_EXCEEDED for a caller that would queue behind `ahead`
-  // waiters and whose deadline comes before its turn would.
+  // waiters and whose deadline comes before its turn would; only judged
+  // once every connection the pool may have is open.
   absl::Status AdmissionLocked(absl::Time now, absl::Time deadline, int ahead)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RecordAcquireLocked(absl::Duration wait)
