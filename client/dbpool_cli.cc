@@ -567,16 +567,39 @@ std::string FormatStatsField(const google::protobuf::Message& message,
   return text;
 }
 
-// Every PoolStats field in declaration order (gauges, counters, latencies,
-// time), so that fields added to the contract show up without changes here.
-void PrintPoolStats(const v1::PoolStats& stats) {
-  const google::protobuf::Descriptor* descriptor = stats.GetDescriptor();
+// Every field of `message` in declaration order, one per line; a nested
+// message's fields (a read replica's, its pool's) under its name
+// ("replicas[0].pool.active_connections"), so that fields added to the
+// contract show up without changes here.
+void PrintFields(const google::protobuf::Message& message, const std::string& prefix) {
+  const google::protobuf::Descriptor* descriptor = message.GetDescriptor();
+  const google::protobuf::Reflection* reflection = message.GetReflection();
   for (int i = 0; i < descriptor->field_count(); ++i) {
     const google::protobuf::FieldDescriptor* field = descriptor->field(i);
-    std::cout << field->name() << ": " << FormatStatsField(stats, field)
-              << '\n';
+    const google::protobuf::Descriptor* type = field->message_type();
+    const bool scalar = type == nullptr || type == google::protobuf::Duration::descriptor() ||
+                        type == google::protobuf::Timestamp::descriptor();
+    if (field->is_repeated()) {
+      for (int j = 0; j < reflection->FieldSize(message, field); ++j) {
+        const std::string name = absl::StrCat(prefix, field->name(), "[", j, "]");
+        if (type != nullptr) {
+          PrintFields(reflection->GetRepeatedMessage(message, field, j), name + ".");
+        } else {
+          std::string text;
+          google::protobuf::TextFormat::PrintFieldValueToString(message, field, j, &text);
+          std::cout << name << ": " << text << '\n';
+        }
+      }
+    } else if (!scalar) {
+      PrintFields(reflection->GetMessage(message, field), prefix + field->name() + ".");
+    } else {
+      std::cout << prefix << field->name() << ": " << FormatStatsField(message, field)
+                << '\n';
+    }
   }
 }
+
+void PrintPoolStats(const v1::PoolStats& stats) { PrintFields(stats, ""); }
 
 void PrintWatchLine(const v1::PoolStats& stats) {
   std::cout << TimeUtil::ToString(stats.time())
