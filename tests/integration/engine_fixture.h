@@ -154,7 +154,9 @@ class EngineTest : public ::testing::Test {
     };
     auto state = std::make_shared<State>();
     engine_->EndTransaction(id, caller, end, [state](absl::StatusOr<EndedTransaction> s) {
-      state->result = s.status();
+      // Moved, not copied: a copy would share the status with the engine's
+      // thread, which destroys its own.
+      state->result = std::move(s).status();
       state->done.Set();
     });
     EXPECT_TRUE(state->done.WaitFor(absl::Seconds(20)));
