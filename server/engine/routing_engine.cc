@@ -308,25 +308,23 @@ void RoutingEngine::MarkFailed(Node& node) {
   node.failed = true;
 }
 
+std::pair<RoutingEngine::Node*, RouteReason> RoutingEngine::PickWithoutWaiting(
+    bool read_only, bool primary_only, uint64_t min_lsn) {
+  if (!read_only || nodes_.empty()) return {nullptr, RouteReason::kWrite};
+  if (primary_only) return {nullptr, RouteReason::kConsistency};
+  absl::MutexLock lock(&mu_);
+  Node* node = Pick(min_lsn);
+  if (node != nullptr) return {node, RouteReason::kRead};
+  return {nullptr, AnyRoutable() ? RouteReason::kMinLsn : RouteReason::kNoReplica};
+}
+
 // A stream is not retried (rows may have reached the caller) and does not
 // wait for min_lsn (a caller of a long read can afford the primary).
 std::shared_ptr<StreamHandle> RoutingEngine::SubmitStream(QueryJob job, StreamSink& sink) {
   if (!job.transaction_id.empty()) {
     return OwnerOf(job.transaction_id).SubmitStream(std::move(job), sink);
   }
-  RouteReason reason = RouteReason::kWrite;
-  Node* node = nullptr;
-  if (job.read_only && !nodes_.empty()) {
-    if (job.primary_only) {
-      reason = RouteReason::kConsistency;
-    } else {
-      absl::MutexLock lock(&mu_);
-      node = Pick(job.min_lsn);
-      reason = node != nullptr ? RouteReason::kRead
-               : AnyRoutable() ? RouteReason::kMinLsn
-                               : RouteReason::kNoReplica;
-    }
-  }
+  const auto [node, reason] = PickWithoutWaiting(job.read_only, job.primary_only, job.min_lsn);
   if (node == nullptr) {
     Observe(kPrimaryTarget, reason);
     return primary_.SubmitStream(std::move(job), sink);
@@ -337,19 +335,11 @@ std::shared_ptr<StreamHandle> RoutingEngine::SubmitStream(QueryJob job, StreamSi
 
 std::shared_ptr<QueryHandle> RoutingEngine::BeginTransaction(TransactionOptions options,
                                                              BeginDone done) {
-  Node* node = nullptr;
-  RouteReason reason = RouteReason::kWrite;
-  if (options.read_only && !nodes_.empty()) {
-    if (options.primary_only) {
-      reason = RouteReason::kConsistency;
-    } else {
-      absl::MutexLock lock(&mu_);
-      node = Pick(options.min_lsn);
-      reason = node != nullptr ? RouteReason::kRead
-               : AnyRoutable() ? RouteReason::kMinLsn
-                               : RouteReason::kNoReplica;
-    }
-  }
+  // Named, not bound: the callback below captures the node.
+  const std::pair<Node*, RouteReason> picked =
+      PickWithoutWaiting(options.read_only, options.primary_only, options.min_lsn);
+  Node* const node = picked.first;
+  const RouteReason reason = picked.second;
   if (node == nullptr) {
     Observe(kPrimaryTarget, reason);
     return primary_.BeginTransaction(std::move(options), std::move(done));

@@ -123,6 +123,10 @@ class RoutingEngine final : public QueryEngine {
   // known to have replayed `min_lsn`; null when none.
   Node* Pick(uint64_t min_lsn) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool AnyRoutable() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Where a stream or a Begin goes, which never wait for min_lsn: the
+  // replica Pick finds (null: the primary) and why.
+  std::pair<Node*, RouteReason> PickWithoutWaiting(bool read_only, bool primary_only,
+                                                   uint64_t min_lsn);
   void Observe(const std::string& target, RouteReason reason) const;
   // A call on `node` found it gone: no reads until a probe says otherwise.
   void MarkFailed(Node& node);
