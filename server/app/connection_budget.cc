@@ -33,10 +33,9 @@ std::string BudgetCheck::Describe() const {
 
 absl::StatusOr<ConnectionLimits> ReadConnectionLimits(db::PgConnector& connector,
                                                       absl::Time deadline) {
-  absl::StatusOr<std::unique_ptr<pool::Connection>> opened = connector.Connect(deadline);
+  absl::StatusOr<std::unique_ptr<db::PgConnection>> opened = connector.ConnectNow(deadline);
   if (!opened.ok()) return opened.status();
-  // PgConnector opens PgConnections.
-  PGconn* conn = static_cast<db::PgConnection&>(**opened).raw();
+  PGconn* conn = (*opened)->raw();
   // reserved_connections is PostgreSQL 16's; missing_ok makes it NULL before.
   std::unique_ptr<PGresult, decltype(&PQclear)> result(
       PQexec(conn,

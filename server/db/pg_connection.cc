@@ -1,10 +1,14 @@
 #include "server/db/pg_connection.h"
 
 #include <poll.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <future>
 #include <memory>
 #include <optional>
 #include <system_error>
@@ -202,148 +206,286 @@ bool PgConnection::EnsurePipelineMode() {
   return PQsetnonblocking(conn_, 1) == 0 && PQenterPipelineMode(conn_) == 1;
 }
 
-PgConnector::PgConnector(ConnectionSettings settings)
-    : settings_(std::move(settings)) {}
+struct PgConnector::Attempt {
+  ~Attempt() {
+    if (conn != nullptr) PQfinish(conn);
+  }
 
-absl::StatusOr<std::unique_ptr<pool::Connection>> PgConnector::Connect(
-    absl::Time deadline) {
-  auto parsed = Parse(settings_.conninfo);
+  absl::Time deadline;
+  ConnectDone done;
+  // The parameters with the host lists cut to the hosts still to try.
+  std::vector<std::string> keys;
+  std::vector<std::string> values;
+  // The first host of the list still to try.
+  size_t first = 0;
+  absl::Time host_deadline;
+  PGconn* conn = nullptr;
+  PostgresPollingStatusType state = PGRES_POLLING_WRITING;
+  absl::StatusOr<std::unique_ptr<pool::Connection>> outcome =
+      absl::UnknownError("connection attempt not finished");
+};
+
+absl::StatusOr<PgConnector::Params> PgConnector::MakeParams(
+    const ConnectionSettings& settings) {
+  auto parsed = Parse(settings.conninfo);
   if (!parsed.ok()) return parsed.status();
+  Params p;
   // Sessions speak one dialect whatever the server's defaults, so that
   // result decoding can rely on it.
   std::string session_options = absl::StrCat(
       "-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3 "
       "-c bytea_output=hex -c statement_timeout=",
-      absl::ToInt64Milliseconds(settings_.statement_timeout));
-  std::vector<std::string> keys;
-  std::vector<std::string> values;
+      absl::ToInt64Milliseconds(settings.statement_timeout));
   for (PQconninfoOption* o = parsed->get(); o->keyword != nullptr; ++o) {
     if (o->val == nullptr) continue;
     const std::string key = o->keyword;
     if (key == "options") {
       session_options = absl::StrCat(o->val, " ", session_options);
     } else if (key != "application_name") {
-      keys.push_back(key);
-      values.push_back(o->val);
+      p.keys.push_back(key);
+      p.values.push_back(o->val);
     }
   }
   const auto add = [&](const char* k, std::string v) {
-    keys.emplace_back(k);
-    values.push_back(std::move(v));
+    p.keys.emplace_back(k);
+    p.values.push_back(std::move(v));
   };
   add("options", session_options);
-  if (!settings_.application_name.empty()) {
-    add("application_name", settings_.application_name);
+  if (!settings.application_name.empty()) {
+    add("application_name", settings.application_name);
   }
   // Keepalives find peers that vanished without closing the socket.
   add("keepalives", "1");
   add("keepalives_idle", "30");
   add("keepalives_interval", "10");
   add("keepalives_count", "3");
-  // libpq ignores connect_timeout in the non-blocking connect used here,
-  // so a host that never answers (frozen, or cut off by a partition) would
-  // hold every attempt until the deadline and the hosts after it in the
-  // list would never be tried. Each host gets connect_timeout when the
-  // string sets one, else an even share of what is left; past it the
-  // attempt starts again with the hosts after the one that did not answer.
-  const auto value_of = [&](const char* key) -> std::string* {
-    for (size_t i = 0; i < keys.size(); ++i) {
-      if (keys[i] == key) return &values[i];
-    }
-    return nullptr;
-  };
   const auto list_of = [&](const char* key) -> std::vector<std::string> {
-    const std::string* v = value_of(key);
-    if (v == nullptr) return {};
-    return absl::StrSplit(*v, ',');
+    for (size_t i = 0; i < p.keys.size(); ++i) {
+      if (p.keys[i] == key) return absl::StrSplit(p.values[i], ',');
+    }
+    return {};
   };
-  const std::vector<std::string> hosts = list_of("host");
-  const std::vector<std::string> ports = list_of("port");
-  const std::vector<std::string> addrs = list_of("hostaddr");
-  const size_t host_count = std::max({hosts.size(), addrs.size(), size_t{1}});
-  std::optional<absl::Duration> per_host;
-  if (const std::string* t = value_of("connect_timeout")) {
+  p.hosts = list_of("host");
+  p.ports = list_of("port");
+  p.addrs = list_of("hostaddr");
+  p.host_count = std::max({p.hosts.size(), p.addrs.size(), size_t{1}});
+  for (size_t i = 0; i < p.keys.size(); ++i) {
     int seconds = 0;
     // As libpq: at least 2 s, 0 or less is no limit.
-    if (absl::SimpleAtoi(*t, &seconds) && seconds > 0) {
-      per_host = absl::Seconds(std::max(seconds, 2));
+    if (p.keys[i] == "connect_timeout" && absl::SimpleAtoi(p.values[i], &seconds) &&
+        seconds > 0) {
+      p.per_host = absl::Seconds(std::max(seconds, 2));
     }
   }
-  const auto rest_of = [](const std::vector<std::string>& list, size_t first) {
+  return p;
+}
+
+PgConnector::PgConnector(ConnectionSettings settings)
+    : settings_(std::move(settings)), params_(MakeParams(settings_)) {
+  wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  thread_ = std::thread([this] { Run(); });
+  pthread_setname_np(thread_.native_handle(), "dbpool-connect");
+}
+
+PgConnector::~PgConnector() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  Wake();
+  thread_.join();
+  close(wake_fd_);
+}
+
+void PgConnector::Wake() {
+  const uint64_t one = 1;
+  // A full counter already wakes the thread: the result does not matter.
+  [[maybe_unused]] ssize_t n = write(wake_fd_, &one, sizeof one);
+}
+
+void PgConnector::Connect(absl::Time deadline, ConnectDone done) {
+  auto attempt = std::make_unique<Attempt>();
+  attempt->deadline = deadline;
+  attempt->done = std::move(done);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!stopping_) {
+      incoming_.push_back(std::move(attempt));
+    }
+  }
+  if (attempt != nullptr) {
+    std::move(attempt->done)(absl::UnavailableError("cannot connect: shutting down"));
+    return;
+  }
+  Wake();
+}
+
+absl::StatusOr<std::unique_ptr<PgConnection>> PgConnector::ConnectNow(absl::Time deadline) {
+  std::promise<absl::StatusOr<std::unique_ptr<pool::Connection>>> opened;
+  std::future<absl::StatusOr<std::unique_ptr<pool::Connection>>> result = opened.get_future();
+  Connect(deadline, [&opened](absl::StatusOr<std::unique_ptr<pool::Connection>> conn) {
+    opened.set_value(std::move(conn));
+  });
+  absl::StatusOr<std::unique_ptr<pool::Connection>> conn = result.get();
+  if (!conn.ok()) return conn.status();
+  // Every connection this connector opens is a PgConnection.
+  return std::unique_ptr<PgConnection>(static_cast<PgConnection*>(conn->release()));
+}
+
+bool PgConnector::StartHost(Attempt& a, absl::Time now) const {
+  const Params& p = *params_;
+  const auto rest_of = [&](const std::vector<std::string>& list) {
     if (list.size() <= 1) return list.empty() ? std::string() : list[0];
-    return absl::StrJoin(list.begin() + static_cast<ptrdiff_t>(first), list.end(), ",");
+    return absl::StrJoin(list.begin() + static_cast<ptrdiff_t>(a.first), list.end(), ",");
   };
+  std::vector<const char*> k;
+  std::vector<const char*> v;
+  for (size_t i = 0; i < a.keys.size(); ++i) {
+    if (p.host_count > 1) {
+      if (a.keys[i] == "host") a.values[i] = rest_of(p.hosts);
+      if (a.keys[i] == "hostaddr") a.values[i] = rest_of(p.addrs);
+      if (a.keys[i] == "port") a.values[i] = rest_of(p.ports);
+    }
+    k.push_back(a.keys[i].c_str());
+    v.push_back(a.values[i].c_str());
+  }
+  k.push_back(nullptr);
+  v.push_back(nullptr);
+  a.host_deadline = std::min(
+      a.deadline, now + p.per_host.value_or((a.deadline - now) /
+                                            static_cast<int64_t>(p.host_count - a.first)));
+  a.conn = PQconnectStartParams(k.data(), v.data(), /*expand_dbname=*/0);
+  a.state = PGRES_POLLING_WRITING;
+  if (a.conn == nullptr) {
+    a.outcome = absl::ResourceExhaustedError("libpq: out of memory");
+    return false;
+  }
+  return true;
+}
 
-  size_t first = 0;
-  while (true) {
-    if (host_count > 1) {
-      if (std::string* h = value_of("host")) *h = rest_of(hosts, first);
-      if (std::string* a = value_of("hostaddr")) *a = rest_of(addrs, first);
-      if (std::string* p = value_of("port")) *p = rest_of(ports, first);
+bool PgConnector::Advance(Attempt& a, absl::Time now, bool ready) const {
+  const Params& p = *params_;
+  for (;;) {
+    if (a.state == PGRES_POLLING_OK) {
+      a.outcome = std::unique_ptr<pool::Connection>(
+          new PgConnection(std::exchange(a.conn, nullptr), settings_.prepared_cache_size));
+      return true;
     }
-    std::vector<const char*> k;
-    std::vector<const char*> v;
-    for (size_t i = 0; i < keys.size(); ++i) {
-      k.push_back(keys[i].c_str());
-      v.push_back(values[i].c_str());
+    if (a.state == PGRES_POLLING_FAILED || PQstatus(a.conn) == CONNECTION_BAD) {
+      a.outcome = absl::UnavailableError(absl::StrCat("cannot connect: ", LastError(a.conn)));
+      return true;
     }
-    k.push_back(nullptr);
-    v.push_back(nullptr);
+    if (now >= a.deadline || (now >= a.host_deadline && a.first + 1 >= p.host_count)) {
+      a.outcome = absl::UnavailableError("cannot connect: timed out");
+      return true;
+    }
+    if (now >= a.host_deadline) {
+      // Which of the remaining hosts did not answer: libpq names the one
+      // it is trying. The attempt starts again with the hosts after it.
+      const std::string host = PQhost(a.conn) != nullptr ? PQhost(a.conn) : "";
+      const std::string port = PQport(a.conn) != nullptr ? PQport(a.conn) : "";
+      PQfinish(std::exchange(a.conn, nullptr));
+      size_t stuck = a.first;
+      for (size_t i = a.first; i < p.host_count; ++i) {
+        const std::string& h = i < p.hosts.size()   ? p.hosts[i]
+                               : i < p.addrs.size() ? p.addrs[i]
+                                                    : "";
+        const std::string& pt = p.ports.size() > 1 && i < p.ports.size() ? p.ports[i]
+                                : p.ports.empty()                        ? port
+                                                                         : p.ports[0];
+        const bool same_addr = i < p.addrs.size() && p.addrs[i] == host;
+        if ((h == host || same_addr) && (pt == port || pt.empty())) {
+          stuck = i;
+          break;
+        }
+      }
+      a.first = stuck + 1;
+      if (a.first >= p.host_count) {
+        a.outcome = absl::UnavailableError("cannot connect: timed out");
+        return true;
+      }
+      if (!StartHost(a, now)) return true;
+      continue;
+    }
+    if (!ready) return false;
+    ready = false;
+    a.state = PQconnectPoll(a.conn);
+  }
+}
 
-    const absl::Time started = absl::Now();
-    const absl::Time host_deadline =
-        std::min(deadline, started + per_host.value_or((deadline - started) /
-                                                       static_cast<int64_t>(host_count - first)));
-    PGconn* conn = PQconnectStartParams(k.data(), v.data(), /*expand_dbname=*/0);
-    if (conn == nullptr) return absl::ResourceExhaustedError("libpq: out of memory");
-    PostgresPollingStatusType state = PGRES_POLLING_WRITING;
-    bool next_host = false;
-    while (state != PGRES_POLLING_OK) {
-      if (state == PGRES_POLLING_FAILED || PQstatus(conn) == CONNECTION_BAD) {
-        std::string error = LastError(conn);
-        PQfinish(conn);
-        return absl::UnavailableError(absl::StrCat("cannot connect: ", error));
-      }
-      const absl::Time now = absl::Now();
-      if (now >= deadline || (now >= host_deadline && first + 1 >= host_count)) {
-        PQfinish(conn);
-        return absl::UnavailableError("cannot connect: timed out");
-      }
-      if (now >= host_deadline) {
-        next_host = true;
-        break;
-      }
-      pollfd pfd{PQsocket(conn),
-                 static_cast<short>(state == PGRES_POLLING_READING ? POLLIN : POLLOUT),
-                 0};
-      const int ms = static_cast<int>(
-          std::min<int64_t>(absl::ToInt64Milliseconds(host_deadline - now) + 1, 1000));
-      if (poll(&pfd, 1, ms) == 0) continue;
-      state = PQconnectPoll(conn);
+void PgConnector::Run() {
+  std::vector<std::unique_ptr<Attempt>> live;
+  std::vector<std::unique_ptr<Attempt>> finished;
+  std::vector<pollfd> fds;
+  for (;;) {
+    std::vector<std::unique_ptr<Attempt>> fresh;
+    bool stopping = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      fresh.swap(incoming_);
+      stopping = stopping_;
     }
-    if (!next_host) {
-      return std::unique_ptr<pool::Connection>(
-          new PgConnection(conn, settings_.prepared_cache_size));
+    absl::Time now = absl::Now();
+    for (std::unique_ptr<Attempt>& a : fresh) {
+      if (!params_.ok()) {
+        a->outcome = params_.status();
+      } else {
+        a->keys = params_->keys;
+        a->values = params_->values;
+        if (StartHost(*a, now) && !Advance(*a, now, /*ready=*/false)) {
+          live.push_back(std::move(a));
+          continue;
+        }
+      }
+      finished.push_back(std::move(a));
     }
-    // Which of the remaining hosts did not answer: libpq names the one it
-    // is trying.
-    const std::string host = PQhost(conn) != nullptr ? PQhost(conn) : "";
-    const std::string port = PQport(conn) != nullptr ? PQport(conn) : "";
-    PQfinish(conn);
-    size_t stuck = first;
-    for (size_t i = first; i < host_count; ++i) {
-      const std::string& h = i < hosts.size() ? hosts[i] : (i < addrs.size() ? addrs[i] : "");
-      const std::string& p = ports.size() > 1 && i < ports.size() ? ports[i]
-                             : ports.empty()                      ? port
-                                                                  : ports[0];
-      const bool same_addr = i < addrs.size() && addrs[i] == host;
-      if ((h == host || same_addr) && (p == port || p.empty())) {
-        stuck = i;
-        break;
+    if (stopping) {
+      for (std::unique_ptr<Attempt>& a : live) {
+        a->outcome = absl::UnavailableError("cannot connect: shutting down");
+        finished.push_back(std::move(a));
+      }
+      live.clear();
+    }
+    // Answered outside the lock and after the attempts have moved on: an
+    // answer may start the next attempt.
+    for (std::unique_ptr<Attempt>& a : finished) std::move(a->done)(std::move(a->outcome));
+    finished.clear();
+    if (stopping) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (incoming_.empty()) return;
+      continue;
+    }
+    fds.assign(1, pollfd{wake_fd_, POLLIN, 0});
+    absl::Time next = absl::InfiniteFuture();
+    for (const std::unique_ptr<Attempt>& a : live) {
+      fds.push_back(pollfd{PQsocket(a->conn),
+                           static_cast<short>(a->state == PGRES_POLLING_READING ? POLLIN
+                                                                                : POLLOUT),
+                           0});
+      next = std::min({next, a->host_deadline, a->deadline});
+    }
+    int timeout_ms = -1;
+    if (next != absl::InfiniteFuture()) {
+      timeout_ms = static_cast<int>(std::clamp<int64_t>(
+          absl::ToInt64Milliseconds(absl::Ceil(next - now, absl::Milliseconds(1))), 0, 1000));
+    }
+    if (poll(fds.data(), fds.size(), timeout_ms) < 0) continue;
+    if (fds[0].revents != 0) {
+      uint64_t count = 0;
+      [[maybe_unused]] ssize_t r = read(wake_fd_, &count, sizeof count);
+    }
+    now = absl::Now();
+    std::vector<std::unique_ptr<Attempt>> still;
+    for (size_t i = 0; i < live.size(); ++i) {
+      if (Advance(*live[i], now, fds[i + 1].revents != 0)) {
+        finished.push_back(std::move(live[i]));
+      } else {
+        still.push_back(std::move(live[i]));
       }
     }
-    first = stuck + 1;
-    if (first >= host_count) return absl::UnavailableError("cannot connect: timed out");
+    live.swap(still);
+    for (std::unique_ptr<Attempt>& a : finished) std::move(a->done)(std::move(a->outcome));
+    finished.clear();
   }
 }
 

@@ -4,13 +4,14 @@
 //
 // A Connection is owned by exactly one party at a time (the pool while idle,
 // a Lease while in use) and is never used by two threads at once.
-// A Connector is shared by the pool's opener threads and must be
-// thread-safe.
+// A Connector is called by whichever thread finds a connection needed and
+// must be thread-safe; it never blocks its caller.
 #ifndef DBPOOL_SERVER_POOL_CONNECTION_H_
 #define DBPOOL_SERVER_POOL_CONNECTION_H_
 
 #include <memory>
 
+#include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 
@@ -28,11 +29,17 @@ class Connection {
 
 class Connector {
  public:
+  using ConnectDone =
+      absl::AnyInvocable<void(absl::StatusOr<std::unique_ptr<Connection>>) &&>;
+
   virtual ~Connector() = default;
 
-  // Opens a connection; blocks until it is ready or `deadline` passes.
-  virtual absl::StatusOr<std::unique_ptr<Connection>> Connect(
-      absl::Time deadline) = 0;
+  // Starts opening a connection and returns without waiting for it.
+  // `done` runs exactly once, with the connection or why there is none
+  // (at the latest once `deadline` has passed), on a thread of the
+  // connector's choosing, possibly before Connect returns. It must not
+  // block.
+  virtual void Connect(absl::Time deadline, ConnectDone done) = 0;
 };
 
 }  // namespace dbpool::pool

@@ -43,14 +43,21 @@ void Lease::Release() {
 }
 
 void ConnectionPool::Deferred::Run() {
-  // Closing may send a terminate message; callbacks may post work. Neither
-  // belongs under the pool lock.
+  // Closing may send a terminate message; callbacks may post work; a
+  // connector may answer at once. None of it belongs under the pool lock.
   if (!to_close.empty()) {
     const int n = static_cast<int>(to_close.size());
     to_close.clear();
     std::lock_guard<std::mutex> lock(pool->mu_);
     pool->closing_ -= n;
-    pool->WakeOpenersLocked();
+    pool->StartConnectsLocked(*this);
+  }
+  for (; connects > 0; --connects) {
+    pool->connector_->Connect(
+        pool->clock_.Now() + pool->options_.connect_timeout,
+        [pool = pool](absl::StatusOr<std::unique_ptr<Connection>> conn) {
+          pool->OnConnected(std::move(conn));
+        });
   }
   for (auto& [done, result] : callbacks) std::move(done)(std::move(result));
   callbacks.clear();
@@ -69,12 +76,15 @@ ConnectionPool::ConnectionPool(PoolOptions options,
     counters_.max = options_.max_connections;
     counters_.min = options_.min_connections;
   }
-  for (int i = 0; i < options_.max_concurrent_connects; ++i) {
-    threads_.emplace_back([this] { OpenerLoop(); });
-  }
   if (options_.maintenance_thread) {
     threads_.emplace_back([this] { MaintenanceLoop(); });
   }
+  Deferred deferred(this);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    StartConnectsLocked(deferred);
+  }
+  deferred.Run();
 }
 
 ConnectionPool::~ConnectionPool() {
@@ -82,7 +92,6 @@ ConnectionPool::~ConnectionPool() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
-    WakeOpenersLocked();
     maintenance_wake_.notify_one();
     for (auto& w : waiters_) {
       deferred.callbacks.emplace_back(
@@ -99,6 +108,12 @@ ConnectionPool::~ConnectionPool() {
   }
   deferred.Run();
   for (auto& t : threads_) t.join();
+  // The attempts' answers use the pool. stopping_ makes them close what
+  // they opened and start nothing new.
+  std::unique_lock<std::mutex> lock(mu_);
+  connects_ended_.wait(lock, [this] {
+    return connecting_ == 0 && connect_answers_running_ == 0;
+  });
 }
 
 int ConnectionPool::TotalLocked() const {
@@ -180,11 +195,8 @@ ConnectionPool::WaitId ConnectionPool::Acquire(absl::Time deadline,
         // The maintenance thread expires waiters; it needs waking only for
         // one whose deadline comes before it would wake anyway. Waking it
         // for every waiter cost a thread switch per queued call.
-        if (deadline < maintenance_wakes_at_) {
-          ++waiter_epoch_;
-          maintenance_wake_.notify_one();
-        }
-        WakeOpenersLocked();
+        WakeMaintenanceLocked(deadline);
+        StartConnectsLocked(deferred);
       }
     }
     if (candidate == nullptr) {
@@ -371,17 +383,32 @@ PoolStats ConnectionPool::Snapshot() const {
   return s;
 }
 
-bool ConnectionPool::NeedConnectLocked() const {
+bool ConnectionPool::WantConnectLocked() const {
   if (stopping_ || draining_) return false;
-  if (clock_.Now() < next_connect_attempt_) return false;
   const int total = TotalLocked();
   if (total + closing_ >= options_.max_connections) return false;
   return static_cast<int>(waiters_.size()) > connecting_ ||
          total < options_.min_connections || (!reachable_ && connecting_ == 0);
 }
 
-void ConnectionPool::WakeOpenersLocked() {
-  if (stopping_ || NeedConnectLocked()) opener_wake_.notify_all();
+bool ConnectionPool::NeedConnectLocked() const {
+  return clock_.Now() >= next_connect_attempt_ && WantConnectLocked();
+}
+
+void ConnectionPool::StartConnectsLocked(Deferred& deferred) {
+  while (connecting_ < options_.max_concurrent_connects && NeedConnectLocked()) {
+    ++connecting_;
+    ++deferred.connects;
+  }
+}
+
+void ConnectionPool::WakeMaintenanceLocked(absl::Time at) {
+  // Woken only for a time before the one it sleeps until: waking it for
+  // every waiter cost a thread switch per queued call.
+  if (at < maintenance_wakes_at_) {
+    ++maintenance_epoch_;
+    maintenance_wake_.notify_one();
+  }
 }
 
 absl::Duration ConnectionPool::BackoffLocked() {
@@ -395,33 +422,12 @@ absl::Duration ConnectionPool::BackoffLocked() {
   return d / 2 + d * absl::Uniform(random_, 0.0, 0.5);
 }
 
-void ConnectionPool::OpenerLoop() {
-  std::unique_lock<std::mutex> lock(mu_);
-  for (;;) {
-    while (!stopping_ && !NeedConnectLocked()) {
-      // WakeOpenersLocked covers changes made under the lock; the timeout
-      // covers what only the clock changes (the end of a backoff). With no
-      // backoff running an idle opener sleeps until woken: polling would
-      // cost every opener a wake-up, and a turn on the lock, per interval.
-      const absl::Duration until_attempt =
-          next_connect_attempt_ - clock_.Now();
-      const absl::Duration wait =
-          until_attempt > absl::ZeroDuration()
-              ? std::clamp(until_attempt, absl::Milliseconds(1), absl::Seconds(1))
-              : absl::Seconds(1);
-      opener_wake_.wait_for(lock, absl::ToChronoNanoseconds(wait));
-    }
-    if (stopping_) return;
-    ++connecting_;
-    // Another opener may be needed as well.
-    WakeOpenersLocked();
-    const absl::Time deadline = clock_.Now() + options_.connect_timeout;
-    lock.unlock();
-    absl::StatusOr<std::unique_ptr<Connection>> conn =
-        connector_->Connect(deadline);
-    lock.lock();
+void ConnectionPool::OnConnected(absl::StatusOr<std::unique_ptr<Connection>> conn) {
+  Deferred deferred(this);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
     --connecting_;
-    Deferred deferred(this);
+    ++connect_answers_running_;
     const absl::Time now = clock_.Now();
     if (conn.ok()) {
       reachable_ = true;
@@ -450,6 +456,7 @@ void ConnectionPool::OpenerLoop() {
         unreachable_since_ = now;
       }
       next_connect_attempt_ = now + BackoffLocked();
+      if (WantConnectLocked()) WakeMaintenanceLocked(next_connect_attempt_);
       // Once the outage outlasts the acquire timeout, queued callers learn
       // now rather than at their deadlines.
       if (FailingFastLocked()) {
@@ -462,11 +469,11 @@ void ConnectionPool::OpenerLoop() {
         waiter_index_.clear();
       }
     }
-    WakeOpenersLocked();
-    lock.unlock();
-    deferred.Run();
-    lock.lock();
+    StartConnectsLocked(deferred);
   }
+  deferred.Run();
+  std::lock_guard<std::mutex> lock(mu_);
+  if (--connect_answers_running_ == 0 && connecting_ == 0) connects_ended_.notify_all();
 }
 
 void ConnectionPool::RunMaintenance() {
@@ -496,7 +503,7 @@ void ConnectionPool::RunMaintenance() {
       if (!slot->connection->IsUsable()) {
         // The server ended the session while it sat idle (a restart, a
         // terminated backend). Closing it now rather than at the next
-        // acquire makes the opener find out whether the database is still
+        // acquire makes a new attempt find out whether the database is still
         // there, so that an outage shows (Serving(), health) before a
         // caller runs into it. IsUsable never blocks, and this runs once a
         // tick, not on the acquire path.
@@ -514,6 +521,7 @@ void ConnectionPool::RunMaintenance() {
       }
     }
     idle_ = std::move(keep);
+    StartConnectsLocked(deferred);
   }
   deferred.Run();
 }
@@ -543,16 +551,20 @@ void ConnectionPool::MaintenanceLoop() {
   constexpr absl::Duration kTick = absl::Milliseconds(250);
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_) {
-    absl::Time wake = clock_.Now() + kTick;
+    const absl::Time now = clock_.Now();
+    absl::Time wake = now + kTick;
     for (const auto& w : waiters_) wake = std::min(wake, w.deadline);
-    const uint64_t epoch = waiter_epoch_;
+    if (next_connect_attempt_ > now && WantConnectLocked()) {
+      wake = std::min(wake, next_connect_attempt_);
+    }
+    const uint64_t epoch = maintenance_epoch_;
     maintenance_wakes_at_ = wake;
     // A new waiter may have an earlier deadline than the one slept for.
     maintenance_wake_.wait_for(
         lock,
         absl::ToChronoNanoseconds(
             std::max(wake - clock_.Now(), absl::ZeroDuration())),
-        [&] { return stopping_ || waiter_epoch_ != epoch; });
+        [&] { return stopping_ || maintenance_epoch_ != epoch; });
     maintenance_wakes_at_ = absl::InfinitePast();
     if (stopping_) return;
     lock.unlock();

@@ -3,18 +3,21 @@
 //
 // Waiters are served first in, first out, and a released connection goes
 // straight to the oldest waiter (no barging). Idle connections are reused
-// last in, first out so that surplus ones age out. Connections are opened by
-// a few opener threads, outside the lock, with backoff; a maintenance thread
-// expires waiters, closes dead, idle and old connections and keeps the
-// minimum.
+// last in, first out so that surplus ones age out. Connections are opened
+// through the Connector, which does not block: at most
+// max_concurrent_connects at once, started outside the lock by whichever
+// thread finds one needed, with backoff while connecting fails. A
+// maintenance thread expires waiters, closes dead, idle and old connections,
+// keeps the minimum and starts the attempts a backoff held back.
 //
 // Ownership: main owns the pool. A Lease must be destroyed before the pool.
 // Thread-safety: every public method may be called from any thread.
 // Blocking: Acquire, CancelWait, Snapshot and Drain never block on I/O and
 // may run on gRPC callback threads. Acquire callbacks run on whatever thread
-// completes the wait (the caller's, a releasing worker, an opener or the
+// completes the wait (the caller's, a releasing one, the connector's or the
 // maintenance thread), never under the pool's lock; they must not block.
-// The destructor blocks until the background threads have stopped.
+// The destructor blocks until the maintenance thread has stopped and the
+// connection attempts under way have ended.
 #ifndef DBPOOL_SERVER_POOL_CONNECTION_POOL_H_
 #define DBPOOL_SERVER_POOL_CONNECTION_POOL_H_
 
@@ -177,6 +180,8 @@ class ConnectionPool {
     ConnectionPool* const pool;
     std::vector<std::pair<AcquireCallback, absl::StatusOr<Lease>>> callbacks;
     std::vector<std::unique_ptr<Connection>> to_close;
+    // Connection attempts to start, already counted in connecting_.
+    int connects = 0;
     void Run();
   };
 
@@ -197,15 +202,19 @@ class ConnectionPool {
   absl::Status StateErrorLocked(absl::string_view what) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool FailingFastLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A connection should be opened, backoff aside.
+  bool WantConnectLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // ... and the backoff, if any, is over.
   bool NeedConnectLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Wakes the openers if the pool is stopping or a connection is needed. A
-  // condition variable, unlike absl::Mutex::Await, does not re-check its
-  // waiters' condition on every unlock, so every change that can make a
-  // connection needed calls this.
-  void WakeOpenersLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Counts the attempts to start now into `deferred`, within
+  // max_concurrent_connects. Every change that can make a connection
+  // needed calls this; the end of a backoff is the maintenance thread's.
+  void StartConnectsLocked(Deferred& deferred) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The connector's answer to one attempt.
+  void OnConnected(absl::StatusOr<std::unique_ptr<Connection>> conn);
+  void WakeMaintenanceLocked(absl::Time at) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int TotalLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Duration BackoffLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void OpenerLoop();
   void MaintenanceLoop();
 
   const PoolOptions options_;
@@ -215,21 +224,25 @@ class ConnectionPool {
   // std::mutex, not absl::Mutex, so that ThreadSanitizer sees the locking:
   // Debian's abseil is not instrumented (scripts/sanitize).
   mutable std::mutex mu_;
-  // The openers wait on it for stopping_ or NeedConnectLocked().
-  std::condition_variable opener_wake_;
-  // The maintenance thread waits on it for stopping_ or a new waiter.
+  // The maintenance thread waits on it for stopping_ or an earlier wake-up
+  // (a waiter's deadline, the end of a backoff).
   std::condition_variable maintenance_wake_;
+  // The destructor waits on it for the connection attempts to end.
+  std::condition_variable connects_ended_;
   std::vector<std::unique_ptr<Slot>> idle_ ABSL_GUARDED_BY(mu_);  // LIFO
   std::list<Waiter> waiters_ ABSL_GUARDED_BY(mu_);                 // FIFO
   absl::flat_hash_map<WaitId, std::list<Waiter>::iterator> waiter_index_
       ABSL_GUARDED_BY(mu_);
   WaitId next_wait_id_ ABSL_GUARDED_BY(mu_) = 1;
-  uint64_t waiter_epoch_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t maintenance_epoch_ ABSL_GUARDED_BY(mu_) = 0;
   // When the maintenance thread wakes next; the infinite past while it is
   // awake, since it looks at every waiter before it sleeps again.
   absl::Time maintenance_wakes_at_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   int active_ ABSL_GUARDED_BY(mu_) = 0;
   int connecting_ ABSL_GUARDED_BY(mu_) = 0;
+  // OnConnected calls still running after their attempt stopped counting
+  // in connecting_: the destructor waits for them too.
+  int connect_answers_running_ ABSL_GUARDED_BY(mu_) = 0;
   // Closed but not yet destroyed: they still hold a server connection, so
   // they count against max_connections until they are gone.
   int closing_ ABSL_GUARDED_BY(mu_) = 0;

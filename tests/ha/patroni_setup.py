@@ -49,7 +49,7 @@ INSERT = "INSERT INTO writes (caller) VALUES ($1)"
 # dbpool retries a refused connection itself, within half a second, while
 # HAProxy waits a second between retries to the same server; with the
 # default of 3, connections sent to a primary that had just stopped (still
-# UP until its checks fail) held dbpool's connection openers for 3 s, and
+# UP until its checks fail) held dbpool's connection attempts for 3 s, and
 # no write went through for 3 s after the new primary accepted them.
 HAPROXY_CONFIG = """\
 global

@@ -147,7 +147,7 @@ TEST_F(PoolTest, CloseIdleIfClosesOnlyWhatItPicksAndTheMinimumIsRestored) {
   const PoolStats after = pool->Snapshot();
   EXPECT_EQ(after.connections_closed[static_cast<int>(CloseReason::kBroken)], closed);
   EXPECT_EQ(after.active, 1);
-  // The openers bring the pool back to its minimum with a new connection
+  // The pool brings itself back to its minimum with a new connection
   // (idle once it is open: total alone counts it while it connects).
   EXPECT_TRUE(Eventually([&] {
     const PoolStats s = pool->Snapshot();
@@ -660,6 +660,61 @@ TEST_F(PoolTest, AccountingHoldsUnderChurn) {
     return pool->Snapshot().connecting == 0 &&
            connector_->live.load() == pool->Snapshot().total;
   }));
+}
+
+// Opening a connection holds no caller and no thread of the pool: the
+// attempts wait in the connector, at most max_concurrent_connects at once,
+// and each answer starts the next one still needed.
+TEST_F(PoolTest, AttemptsRunWithoutBlockingCallersUpToTheLimit) {
+  connector_->hold = true;
+  PoolOptions o;
+  o.min_connections = 0;
+  o.max_connections = 10;
+  o.max_concurrent_connects = 3;
+  auto pool = MakePool(o);
+  std::vector<Pending> pending(5);
+  for (auto& p : pending) pool->Acquire(absl::InfiniteFuture(), p.Callback());
+  EXPECT_EQ(connector_->held(), 3);
+  PoolStats s = pool->Snapshot();
+  EXPECT_EQ(s.connecting, 3);
+  EXPECT_EQ(s.waiting, 5);
+  ASSERT_TRUE(connector_->CompleteHeld());
+  EXPECT_TRUE(pending[0].done()) << "the oldest waiter gets the first connection";
+  EXPECT_FALSE(pending[1].done());
+  EXPECT_EQ(connector_->held(), 3) << "four still wait: the answer starts another attempt";
+  for (int answered = 1; answered < 5; ++answered) ASSERT_TRUE(connector_->CompleteHeld());
+  EXPECT_EQ(connector_->held(), 0);
+  std::vector<Lease> leases;
+  for (auto& p : pending) {
+    auto lease = p.Take();
+    ASSERT_TRUE(lease.ok()) << lease.status();
+    leases.push_back(*std::move(lease));
+  }
+  s = pool->Snapshot();
+  EXPECT_EQ(s.active, 5);
+  EXPECT_EQ(s.connecting, 0);
+  EXPECT_EQ(s.connections_opened, 5);
+}
+
+// An answer that comes while the pool is being destroyed still finds it:
+// the destructor waits for the attempts under way and closes what they
+// opened.
+TEST_F(PoolTest, DestructionWaitsForTheAttemptsUnderWay) {
+  connector_->hold = true;
+  PoolOptions o;
+  o.min_connections = 2;
+  o.max_connections = 2;
+  auto pool = MakePool(o);
+  ASSERT_EQ(connector_->held(), 2);
+  std::thread answerer([&] {
+    absl::SleepFor(absl::Milliseconds(100));
+    while (connector_->CompleteHeld()) {
+    }
+  });
+  pool.reset();
+  EXPECT_EQ(connector_->opened.load(), 2) << "both answers came before the pool was gone";
+  EXPECT_EQ(connector_->live.load(), 0) << "and what they opened was closed";
+  answerer.join();
 }
 
 TEST_F(PoolTest, AcquireQuantilesComeFromTheHistogram) {

@@ -397,7 +397,9 @@ class FakeEngine final : public engine::QueryEngine {
 
  private:
   static engine::QueryResult Cancelled() {
-    return {absl::CancelledError("cancelled by the caller"), {}, {}};
+    engine::QueryResult result;
+    result.status = absl::CancelledError("cancelled by the caller");
+    return result;
   }
 
   struct Entry {
