@@ -212,6 +212,7 @@ absl::StatusOr<std::unique_ptr<Server>> BuildServer(const config::Config& cfg) {
   pool_options.acquire_timeout = cfg.acquire_timeout;
   pool_options.max_waiting = cfg.max_waiting;
   pool_options.connect_timeout = cfg.connect_timeout;
+  pool_options.max_concurrent_connects = cfg.max_concurrent_connects;
   auto connector = std::make_shared<db::PgConnector>(db::ConnectionSettings{
       cfg.database_url, cfg.application_name, cfg.statement_timeout,
       static_cast<size_t>(cfg.prepared_cache_size)});

@@ -173,6 +173,10 @@ const std::vector<Option>& Options() {
        Int(&Config::max_waiting, 0, 1000000)},
       {"DB_POOL_CONNECT_TIMEOUT_MS", "5000", "time allowed to open one connection",
        Millis(&Config::connect_timeout, 100, 600000)},
+      {"DB_POOL_MAX_CONCURRENT_CONNECTS", "2",
+       "connections being opened at once, at most (they hold no thread while "
+       "they wait): bounds the burst of new sessions after an outage or failover",
+       Int(&Config::max_concurrent_connects, 1, 1000)},
       {"DB_STATEMENT_TIMEOUT_MS", "30000",
        "default statement timeout; QueryRequest.timeout and the RPC deadline cap it",
        Millis(&Config::statement_timeout, 1, kMaxMs)},

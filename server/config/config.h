@@ -42,6 +42,7 @@ struct Config {
   absl::Duration acquire_timeout;
   int max_waiting = 0;
   absl::Duration connect_timeout;
+  int max_concurrent_connects = 0;
   absl::Duration statement_timeout;
   absl::Duration cancel_grace;
   std::string application_name;
