@@ -19,8 +19,9 @@ RPCS = {"Q": stack.QUERY_LOAD, "S": stack.FLOOR_LOAD}
 
 
 def server_sample(pid):
-    """(CPU ticks, context switches) of the server, all threads."""
-    return proc.cpu_ticks(pid), proc.ctx_switches(pid)
+    """(CPU ticks, context switches, threads) of the server: the first two
+    of all its threads, the last per thread."""
+    return proc.cpu_ticks(pid), proc.ctx_switches(pid), proc.threads(pid)
 
 
 def measure(cli, target, pid, rpc, concurrency, repeat, seconds):
@@ -28,9 +29,9 @@ def measure(cli, target, pid, rpc, concurrency, repeat, seconds):
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     try:
         time.sleep(WARMUP_S)
-        t1, s1 = server_sample(pid)
+        t1, s1, th1 = server_sample(pid)
         time.sleep(seconds)
-        t2, s2 = server_sample(pid)
+        t2, s2, th2 = server_sample(pid)
         report = text.last_json_line(p.communicate(timeout=seconds + 60)[0])
     finally:
         stack.stop_process(p)
@@ -40,7 +41,8 @@ def measure(cli, target, pid, rpc, concurrency, repeat, seconds):
     return {"rpc": rpc, "concurrency": concurrency, "repeat": repeat, "rps": report["rps"],
             "errors": report["errors"],
             "server_cpu_us_per_call": (t2 - t1) * proc.US_PER_TICK / calls,
-            "server_switches_per_call": (s2 - s1) / calls}
+            "server_switches_per_call": (s2 - s1) / calls,
+            "threads": proc.per_thread_group(th1, th2, calls)}
 
 
 def summarize(runs, levels):
@@ -51,6 +53,14 @@ def summarize(runs, levels):
             mine = [r for r in runs if r["rpc"] == rpc and r["concurrency"] == c]
             row[rpc] = {k: median([r[k] for r in mine]) for k in
                         ("rps", "server_cpu_us_per_call", "server_switches_per_call")}
+            # Runs from before the per-thread figures have none.
+            if any("threads" in r for r in mine):
+                groups = sorted({g for r in mine for g in r.get("threads", {})})
+                zero = {"cpu_us_per_call": 0.0, "switches_per_call": 0.0}
+                row[rpc]["threads"] = {
+                    g: {k: median([r.get("threads", {}).get(g, zero)[k] for r in mine])
+                        for k in zero}
+                    for g in groups}
         row["S_over_Q_cpu"] = row["S"]["server_cpu_us_per_call"] / row["Q"]["server_cpu_us_per_call"]
         summary[str(c)] = row
     return summary
@@ -80,6 +90,7 @@ def render(doc, compare_path=None, compare_doc=None):
                      f"{q['server_cpu_us_per_call']:.0f} | {s['server_cpu_us_per_call']:.0f} | "
                      f"{row['S_over_Q_cpu']:.0%} | {q['server_switches_per_call']:.1f} | "
                      f"{s['server_switches_per_call']:.1f} |")
+    lines += thread_table(doc["summary"])
     bouncer = {}
     if compare_doc:
         for c, e in compare_doc["summary"].items():
@@ -103,6 +114,45 @@ def render(doc, compare_path=None, compare_doc=None):
                   "CPU per query, or runs slower than PgBouncer's queries, no change beneath "
                   "gRPC can bring Query to those figures on this machine."]
     return "\n".join(lines) + "\n"
+
+
+# What the groups of threads in dbpool-server are, for the report.
+THREAD_ROLES = {
+    "nexting_thread": "gRPC's callback threads: run handlers and completions",
+    "default-executo": "gRPC's executor: work gRPC hands off when a call is "
+                       "finished from a thread of its own",
+    "dbpool-io": "the engine's event loops: statements and replies",
+    "dbpool-connect": "opens connections",
+    "dbpool-server": "main and unnamed threads",
+}
+
+
+def thread_table(summary):
+    """Where the server's time goes, by group of threads; empty for runs
+    without per-thread figures."""
+    if not all("threads" in row[rpc] for row in summary.values() for rpc in "QS"):
+        return []
+    lines = ["", "## Where a call's server time goes, by thread", "",
+             "CPU µs and context switches per call of each group of the server's threads "
+             "(numbered threads of one pool count together), medians over the runs; groups "
+             "below 0.5 µs and 0.01 switches per call in both RPCs are left out.", "",
+             "| callers | threads | what they do | Query µs | Query switches | "
+             "GetPoolStats µs | GetPoolStats switches |",
+             "|---:|---|---|---:|---:|---:|---:|"]
+    zero = {"cpu_us_per_call": 0.0, "switches_per_call": 0.0}
+    for c, row in summary.items():
+        groups = set(row["Q"]["threads"]) | set(row["S"]["threads"])
+        shown = []
+        for g in groups:
+            q, s = row["Q"]["threads"].get(g, zero), row["S"]["threads"].get(g, zero)
+            if max(q["cpu_us_per_call"], s["cpu_us_per_call"]) >= 0.5 or \
+                    max(q["switches_per_call"], s["switches_per_call"]) >= 0.01:
+                shown.append((q["cpu_us_per_call"], g, q, s))
+        for _, g, q, s in sorted(shown, key=lambda x: (-x[0], x[1])):
+            lines.append(f"| {c} | `{g}` | {THREAD_ROLES.get(g, '')} | "
+                         f"{q['cpu_us_per_call']:.1f} | {q['switches_per_call']:.2f} | "
+                         f"{s['cpu_us_per_call']:.1f} | {s['switches_per_call']:.2f} |")
+    return lines
 
 
 def latest_compare():

@@ -5,6 +5,7 @@ fixtures; the others read the live files and return None for a process
 that is gone.
 """
 import os
+import re
 
 TICK = os.sysconf("SC_CLK_TCK")
 US_PER_TICK = 1e6 / TICK
@@ -70,6 +71,44 @@ def ctx_switches(pid):
         if text:
             n += parse_status(text)["ctx_switches"]
     return n
+
+
+def threads(pid):
+    """{tid: (name, CPU ticks, context switches)} of every thread of a
+    process; empty for a process that is gone."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return {}
+    out = {}
+    for tid in tids:
+        stat = _read(f"/proc/{pid}/task/{tid}/stat")
+        status_text = _read(f"/proc/{pid}/task/{tid}/status")
+        name = _read(f"/proc/{pid}/task/{tid}/comm")
+        if stat and status_text and name:
+            out[tid] = (name.strip(), parse_stat(stat)[1],
+                        parse_status(status_text)["ctx_switches"])
+    return out
+
+
+def thread_group(name):
+    """A thread's name without its number, so that the threads of one pool
+    (dbpool-io-0, dbpool-io-1) count together."""
+    return re.sub(r"[-_ ]?\d+$", "", name) or name
+
+
+def per_thread_group(before, after, calls):
+    """CPU µs and context switches per call of each group of threads
+    between two threads() samples, over the threads alive at both; groups
+    that did nothing are left out."""
+    groups = {}
+    for tid, (name, ticks, switches) in after.items():
+        if tid in before:
+            g = groups.setdefault(thread_group(name), [0, 0])
+            g[0] += ticks - before[tid][1]
+            g[1] += switches - before[tid][2]
+    return {k: {"cpu_us_per_call": t * US_PER_TICK / calls, "switches_per_call": n / calls}
+            for k, (t, n) in sorted(groups.items()) if t or n}
 
 
 def open_fds(pid):

@@ -83,6 +83,28 @@ class ProcFiles(unittest.TestCase):
         self.assertGreater(proc.status(pid)["threads"], 0)
         self.assertGreater(proc.ctx_switches(pid), 0)
         self.assertIn(pid, proc.children(os.getppid()))
+        threads = proc.threads(pid)
+        self.assertIn(str(pid), threads)
+        self.assertEqual(len(threads), proc.status(pid)["threads"])
+        self.assertEqual(proc.threads(2 ** 22 + 1), {})
+
+    def test_threads_of_one_pool_count_together(self):
+        self.assertEqual(proc.thread_group("dbpool-io-0"), "dbpool-io")
+        self.assertEqual(proc.thread_group("dbpool-io-12"), "dbpool-io")
+        self.assertEqual(proc.thread_group("worker 3"), "worker")
+        self.assertEqual(proc.thread_group("nexting_thread"), "nexting_thread")
+        self.assertEqual(proc.thread_group("default-executo"), "default-executo")
+        self.assertEqual(proc.thread_group("7"), "7")
+
+    def test_per_thread_group_counts_the_threads_alive_at_both_samples(self):
+        before = {"1": ("dbpool-io-0", 100, 10), "2": ("dbpool-io-1", 50, 5),
+                  "3": ("idle", 7, 7), "4": ("gone", 1, 1)}
+        after = {"1": ("dbpool-io-0", 150, 30), "2": ("dbpool-io-1", 60, 25),
+                 "3": ("idle", 7, 7), "5": ("new", 90, 90)}
+        got = proc.per_thread_group(before, after, calls=100)
+        self.assertEqual(list(got), ["dbpool-io"])
+        self.assertAlmostEqual(got["dbpool-io"]["cpu_us_per_call"], 60 * proc.US_PER_TICK / 100)
+        self.assertAlmostEqual(got["dbpool-io"]["switches_per_call"], 0.4)
 
 
 class Settings(unittest.TestCase):

@@ -252,6 +252,29 @@ class SmallReports(unittest.TestCase):
             del e["B"]
         self.assertEqual(floor.render(doc, "x.json", compare), floor.render(doc))
 
+    def test_floor_shows_where_the_time_goes_by_thread(self):
+        doc = load("floor-2026-11-30-0552.json")
+        doc["git"] = "d421995"
+        for i, r in enumerate(doc["runs"]):
+            r["threads"] = {"dbpool-io": {"cpu_us_per_call": 30.0 + i, "switches_per_call": 0.5},
+                            "nexting_thread": {"cpu_us_per_call": 40.0,
+                                               "switches_per_call": 0.8}}
+            if r["rpc"] == "S":
+                del r["threads"]["dbpool-io"]
+        doc["summary"] = floor.summarize(doc["runs"], [64, 128])
+        q = doc["summary"]["64"]["Q"]["threads"]
+        self.assertEqual(q["nexting_thread"], {"cpu_us_per_call": 40.0, "switches_per_call": 0.8})
+        ios = [30.0 + i for i, r in enumerate(doc["runs"])
+               if r["rpc"] == "Q" and r["concurrency"] == 64]
+        self.assertEqual(q["dbpool-io"]["cpu_us_per_call"], sorted(ios)[len(ios) // 2])
+        self.assertEqual(doc["summary"]["64"]["S"]["threads"]["nexting_thread"]["cpu_us_per_call"],
+                         40.0)
+        md = floor.render(doc)
+        self.assertIn("## Where a call's server time goes, by thread", md)
+        rows = [line for line in md.splitlines() if line.startswith("| 64 | `")]
+        self.assertEqual([r.split(" | ")[1] for r in rows], ["`nexting_thread`", "`dbpool-io`"])
+        self.assertTrue(rows[1].endswith("| 0.0 | 0.00 |"), rows[1])
+
     def test_rate(self):
         doc = load("rate-2026-11-30-0411.json")
         doc["git"] = "fe72020"
@@ -262,10 +285,6 @@ class SmallReports(unittest.TestCase):
         doc = load("waiters-2026-11-30-0412.json")
         doc["duration_s"] = 10
         self.assertEqual(waiters.render(doc), committed("docs/BENCHMARKS-waiters.md"))
-
-
-if __name__ == "__main__":
-    unittest.main()
 
 
 class BatchReport(StoredRun):
@@ -302,3 +321,7 @@ class BatchReport(StoredRun):
         self.assertIn("[`docs/BENCHMARKS-batch.md`](BENCHMARKS-batch.md)", md)
         for path, _ in compare_report.OTHER_REPORTS:
             self.assertTrue((REPO / path).is_file(), path)
+
+
+if __name__ == "__main__":
+    unittest.main()
