@@ -99,9 +99,9 @@ const SCRAPE = YAML.parse(read('deploy/prometheus/prometheus.yml'))
 // The job every rule selects.
 const RULE_JOBS = new Set([...read('deploy/prometheus/rules.yml').matchAll(/job="([^"]+)"/g)].map((m) => m[1]));
 // Seconds after the drain for the HTTP and metrics listeners to close
-// (docs/OPERATIONS.md, "SIGTERM and rolling deploys").
+// (docs/DEPLOYMENT.md, "Stopping and rolling deploys").
 const LISTENER_CLOSE_S = 5;
-// The readiness window docs/OPERATIONS.md promises: a replica that cannot
+// The readiness window docs/DEPLOYMENT.md promises: a replica that cannot
 // reach PostgreSQL leaves the endpoints within this many seconds.
 const READINESS_WINDOW_S = 10;
 

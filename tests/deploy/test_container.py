@@ -16,7 +16,7 @@ Three layers, cheapest first:
   No registry is reachable here, so the base is Debian 12 made with
   debootstrap from the machine's own apt mirror (BASE_IMAGE) and kept in
   local storage for the next run. A Release build of the binaries inside
-  the builder stage takes longer than CI allows (docs/OPERATIONS.md gives
+  the builder stage takes longer than CI allows (docs/DEPLOYMENT.md gives
   the figure), so the build stage is replaced by this build tree's own
   `cmake --install` (--build-context build=DIR) and the runtime stage is
   built exactly as written; DBPOOL_CONTAINER_FULL_BUILD=1 builds both
@@ -555,7 +555,7 @@ class ImageTest(unittest.TestCase):
         http = free_port()
         name = "dbpool-test-%d" % os.getpid()
         # The host's network, so that the container reaches the test's
-        # PostgreSQL on loopback; a read-only root, as OPERATIONS.md allows.
+        # PostgreSQL on loopback; a read-only root, as DEPLOYMENT.md allows.
         run(["podman", "run", "-d", "--name", name, "--network", "host", "--read-only",
              *CONTAINER_RUN_FLAGS,
              "-e", "DATABASE_URL=" + self.pg.database_url,
