@@ -19,13 +19,13 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	pb "dbpoolexample/dbpoolv1"
+	// Debian's grpc-go cannot marshal current messages without it.
+	_ "protocodec"
 )
 
 const (
@@ -34,22 +34,6 @@ const (
 	timeout       = 5 * time.Second
 	watchInterval = time.Second
 )
-
-// codec marshals with google.golang.org/protobuf. Debian pairs grpc-go 1.33
-// with github.com/golang/protobuf 1.3, whose codec cannot marshal messages
-// from a current protoc-gen-go; registering under the name "proto" replaces
-// it. grpc-go 1.35 and later do this themselves: drop codec there.
-type codec struct{}
-
-func (codec) Marshal(v interface{}) ([]byte, error) { return proto.Marshal(v.(proto.Message)) }
-
-func (codec) Unmarshal(data []byte, v interface{}) error {
-	return proto.Unmarshal(data, v.(proto.Message))
-}
-
-func (codec) Name() string { return "proto" }
-
-func init() { encoding.RegisterCodec(codec{}) }
 
 func main() {
 	target := flag.String("target", envOr("DBPOOL_TARGET", "127.0.0.1:50051"),
