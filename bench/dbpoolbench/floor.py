@@ -20,8 +20,10 @@ RPCS = {"Q": stack.QUERY_LOAD, "S": stack.FLOOR_LOAD}
 
 def server_sample(pid):
     """(CPU ticks, context switches, threads) of the server: the first two
-    of all its threads, the last per thread."""
-    return proc.cpu_ticks(pid), proc.ctx_switches(pid), proc.threads(pid)
+    of all its threads, the last per thread. CPU comes from the process,
+    which also counts threads that have ended."""
+    threads = proc.threads(pid)
+    return proc.cpu_ticks(pid), sum(t[2] for t in threads.values()), threads
 
 
 def measure(cli, target, pid, rpc, concurrency, repeat, seconds):

@@ -213,9 +213,6 @@ struct PgConnector::Attempt {
 
   absl::Time deadline;
   ConnectDone done;
-  // The parameters with the host lists cut to the hosts still to try.
-  std::vector<std::string> keys;
-  std::vector<std::string> values;
   // The first host of the list still to try.
   size_t first = 0;
   absl::Time host_deadline;
@@ -338,16 +335,19 @@ bool PgConnector::StartHost(Attempt& a, absl::Time now) const {
     if (list.size() <= 1) return list.empty() ? std::string() : list[0];
     return absl::StrJoin(list.begin() + static_cast<ptrdiff_t>(a.first), list.end(), ",");
   };
+  // The host lists cut to the hosts still to try; libpq copies what it is
+  // given.
+  std::vector<std::string> values = p.values;
   std::vector<const char*> k;
   std::vector<const char*> v;
-  for (size_t i = 0; i < a.keys.size(); ++i) {
+  for (size_t i = 0; i < p.keys.size(); ++i) {
     if (p.host_count > 1) {
-      if (a.keys[i] == "host") a.values[i] = rest_of(p.hosts);
-      if (a.keys[i] == "hostaddr") a.values[i] = rest_of(p.addrs);
-      if (a.keys[i] == "port") a.values[i] = rest_of(p.ports);
+      if (p.keys[i] == "host") values[i] = rest_of(p.hosts);
+      if (p.keys[i] == "hostaddr") values[i] = rest_of(p.addrs);
+      if (p.keys[i] == "port") values[i] = rest_of(p.ports);
     }
-    k.push_back(a.keys[i].c_str());
-    v.push_back(a.values[i].c_str());
+    k.push_back(p.keys[i].c_str());
+    v.push_back(values[i].c_str());
   }
   k.push_back(nullptr);
   v.push_back(nullptr);
@@ -429,13 +429,9 @@ void PgConnector::Run() {
     for (std::unique_ptr<Attempt>& a : fresh) {
       if (!params_.ok()) {
         a->outcome = params_.status();
-      } else {
-        a->keys = params_->keys;
-        a->values = params_->values;
-        if (StartHost(*a, now) && !Advance(*a, now, /*ready=*/false)) {
-          live.push_back(std::move(a));
-          continue;
-        }
+      } else if (StartHost(*a, now) && !Advance(*a, now, /*ready=*/false)) {
+        live.push_back(std::move(a));
+        continue;
       }
       finished.push_back(std::move(a));
     }
@@ -483,9 +479,9 @@ void PgConnector::Run() {
         still.push_back(std::move(live[i]));
       }
     }
+    // Answered at the top of the next turn, with the attempts that end at
+    // once.
     live.swap(still);
-    for (std::unique_ptr<Attempt>& a : finished) std::move(a->done)(std::move(a->outcome));
-    finished.clear();
   }
 }
 

@@ -192,9 +192,7 @@ ConnectionPool::WaitId ConnectionPool::Acquire(absl::Time deadline,
         id = next_wait_id_++;
         waiters_.push_back(Waiter{id, now, deadline, depth, std::move(done)});
         waiter_index_[id] = std::prev(waiters_.end());
-        // The maintenance thread expires waiters; it needs waking only for
-        // one whose deadline comes before it would wake anyway. Waking it
-        // for every waiter cost a thread switch per queued call.
+        // The maintenance thread expires waiters.
         WakeMaintenanceLocked(deadline);
         StartConnectsLocked(deferred);
       }
